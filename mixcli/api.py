@@ -1,0 +1,306 @@
+"""The public plugin API of mixcli.
+
+Everything the engine runs comes through this module's types; the built-in plugins in ``plugins/`` use
+nothing else, exactly as a third-party package would. Four kinds of plugins exist, one entry-point group each:
+
+============  ======================  ==========================================================
+group         base class              what it provides
+============  ======================  ==========================================================
+mixcli.datasets  :class:`Dataset`     ``load() -> DataBundle`` (tensors for train / val / test)
+mixcli.models    :class:`Model`       an ``nn.Module`` made of ``stages`` + ``pool`` + ``classifier``
+mixcli.methods   :class:`Method`      one training forward pass: ``__call__(model, batch, ctx) -> MixOutput``
+mixcli.losses    :class:`Loss`        ``__call__(out: MixOutput, ctx) -> scalar loss``
+============  ======================  ==========================================================
+
+A plugin's options are the keyword arguments of its ``__init__``; their defaults are what ``mixcli list``
+shows and what the experiment file may override. The first line of the class docstring is its description.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "Plugin", "Split", "DataBundle", "Dataset", "Model", "Batch", "MixOutput", "Context", "Method", "Loss",
+    "soft_targets", "sample_lam", "PluginError", "permutation", "lam_tensor", "interpolate",
+    "soft_cross_entropy", "mixed_regression_target",
+]
+
+
+class PluginError(Exception):
+    """Raised by a plugin for bad options or data; shown to the user as a clean error (exit code 2)."""
+
+
+class Plugin:
+    """Common metadata of every plugin kind."""
+
+    #: short citation of the paper the plugin implements, shown by ``mixcli list``
+    paper: ClassVar[str] = ""
+
+    @classmethod
+    def description(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0].strip() if doc else ""
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+@dataclass
+class Split:
+    """One split of a dataset, as tensors.
+
+    ``x``: images as ``uint8`` of shape (N, C, H, W), or float features of shape (N, F).
+    ``y``: int64 class labels (N,) for classification, float targets (N, D) for regression.
+    ``domain``: optional int64 domain / group id per example (N,).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    domain: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def to(self, device: torch.device | str) -> "Split":
+        d = None if self.domain is None else self.domain.to(device)
+        return Split(self.x.to(device), self.y.to(device), d)
+
+    def subset(self, index) -> "Split":
+        index = torch.as_tensor(index, dtype=torch.long)
+        d = None if self.domain is None else self.domain[index]
+        return Split(self.x[index], self.y[index], d)
+
+
+@dataclass
+class DataBundle:
+    """What a dataset plugin returns.
+
+    ``mean``/``std`` (per channel, in [0, 1] pixel units) are applied on the device to uint8 images after
+    augmentation; leave them ``None`` for float features. ``augment`` turns on the standard training
+    augmentation for images: random crop with ``pad`` pixels of ``pad_mode`` padding, and (if ``flip``) a
+    horizontal flip.
+    """
+
+    task: str
+    train: Split
+    test: Split
+    val: Split | None = None
+    num_classes: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    augment: bool = False
+    pad: int = 4
+    pad_mode: str = "reflect"
+    flip: bool = True
+    class_names: list[str] | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def out_dim(self) -> int:
+        if self.task == "classification":
+            return int(self.num_classes)
+        return 1 if self.train.y.dim() == 1 else int(self.train.y.shape[1])
+
+    def splits(self) -> dict[str, Split]:
+        out = {"train": self.train, "test": self.test}
+        if self.val is not None:
+            out["val"] = self.val
+        return out
+
+
+class Dataset(Plugin):
+    """Base class of dataset plugins: options in ``__init__``, data from :meth:`load`."""
+
+    task: ClassVar[str] = "classification"
+
+    def load(self) -> DataBundle:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------------- models
+class Model(nn.Module, Plugin):
+    """Base class of model plugins: ``logits = classifier(pool(stages[-1](...stages[0](x))))``.
+
+    Subclasses take ``(in_shape, out_dim, **options)`` and set ``self.stages`` (an ``nn.ModuleList``),
+    ``self.pool`` and ``self.classifier``. Feature-level methods address *positions*:
+
+    - position ``0``: the input;
+    - position ``k`` (1..S): the output of stage ``k`` (for CNNs, a feature map);
+    - position ``S + 1`` (:attr:`embed_position`): the pooled embedding just before the classifier.
+    """
+
+    stages: nn.ModuleList
+    pool: nn.Module
+    classifier: nn.Module
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def embed_position(self) -> int:
+        return len(self.stages) + 1
+
+    def forward_to(self, x: torch.Tensor, position: int) -> torch.Tensor:
+        """Run the network from the input up to ``position``."""
+        for stage in self.stages[: min(position, len(self.stages))]:
+            x = stage(x)
+        if position > len(self.stages):
+            x = self.pool(x)
+        return x
+
+    def forward_from(self, h: torch.Tensor, position: int) -> torch.Tensor:
+        """Run the network from the representation at ``position`` to the logits."""
+        for stage in self.stages[position:]:
+            h = stage(h)
+        if position <= len(self.stages):
+            h = self.pool(h)
+        return self.classifier(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_from(x, 0)
+
+
+# ------------------------------------------------------------------------------------------------ methods
+@dataclass
+class Batch:
+    """A training batch on the device: normalized (and augmented) inputs, labels, and their row indices
+    in the training split (so a method can pick partners outside the batch with :meth:`Context.fetch`)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+
+
+@dataclass
+class MixOutput:
+    """What a method's forward pass produces.
+
+    The training target of row ``b`` is ``lam[b] * t(y_a[b]) + (1 - lam[b]) * t(y_b[b])`` where ``t`` is the
+    (label-smoothed) one-hot encoding for classification and the identity for regression. ``lam`` is the
+    weight of ``y_a``, shape (B,). A method that defines its own objective (e.g. RegMixup) sets ``loss``,
+    and the loss plugin then returns it unchanged. ``info`` carries optional per-step scalars (tensors).
+    """
+
+    logits: torch.Tensor
+    y_a: torch.Tensor
+    y_b: torch.Tensor
+    lam: torch.Tensor
+    smoothing: float = 0.0
+    loss: torch.Tensor | None = None
+    info: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def unmixed(cls, logits: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0) -> "MixOutput":
+        lam = torch.ones(y.shape[0], device=logits.device)
+        return cls(logits, y, y, lam, smoothing)
+
+
+@dataclass
+class Context:
+    """What the engine tells a method (and a loss) about the run in progress.
+
+    ``rng`` is the method's seeded host-side random generator (numpy): draw lambdas, permutations and boxes
+    from it so that runs are reproducible and the device is never synchronized. ``fetch(index)`` returns the
+    training examples at ``index`` prepared exactly like a batch (augmented, normalized, on the device).
+    """
+
+    task: str
+    num_classes: int | None
+    device: torch.device
+    rng: np.random.Generator
+    train: Split
+    fetch: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    epochs: int
+    epoch: int = 1
+    step: int = 0
+    data: DataBundle | None = None
+    model: Model | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(Plugin):
+    """Base class of mixing methods.
+
+    ``family`` is ``input`` (mixes images), ``feature`` (mixes hidden representations) or ``loss`` (changes
+    the objective). Override :meth:`__call__`; :meth:`setup` runs once before training and
+    :meth:`start_epoch` before each epoch (epochs count from 1).
+    """
+
+    family: ClassVar[str] = "input"
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
+
+    def setup(self, ctx: Context) -> None:
+        pass
+
+    def start_epoch(self, epoch: int, ctx: Context) -> None:
+        pass
+
+    def __call__(self, model: Model, batch: Batch, ctx: Context) -> MixOutput:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Loss(Plugin):
+    """Base class of training losses: map a :class:`MixOutput` to a scalar."""
+
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
+
+    def __call__(self, out: MixOutput, ctx: Context) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def soft_targets(out: MixOutput, num_classes: int) -> torch.Tensor:
+    """The mixed soft target ``lam * onehot_s(y_a) + (1 - lam) * onehot_s(y_b)`` with label smoothing ``s``
+    (``onehot_s = (1 - s) * onehot + s / K``, the timm convention)."""
+    off = out.smoothing / num_classes
+    on = 1.0 - out.smoothing + off
+    a = torch.full((out.y_a.shape[0], num_classes), off, device=out.logits.device, dtype=torch.float32)
+    b = a.clone()
+    a.scatter_(1, out.y_a.view(-1, 1), on)
+    b.scatter_(1, out.y_b.view(-1, 1), on)
+    lam = out.lam.view(-1, 1).float()
+    return lam * a + (1.0 - lam) * b
+
+
+def sample_lam(rng: np.random.Generator, alpha: float, size: int | None = None) -> float | np.ndarray:
+    """Draw lambda ~ Beta(alpha, alpha); alpha <= 0 means no mixing (lambda = 1)."""
+    if alpha <= 0:
+        return 1.0 if size is None else np.ones(size)
+    return float(rng.beta(alpha, alpha)) if size is None else rng.beta(alpha, alpha, size)
+
+
+def mixed_regression_target(out: MixOutput) -> torch.Tensor:
+    lam = out.lam.view(-1, *([1] * (out.y_a.dim() - 1))).to(out.y_a.dtype)
+    return lam * out.y_a + (1 - lam) * out.y_b
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ``-sum_k target_k log softmax(logits)_k`` (computed in float32)."""
+    return -(target * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+
+def permutation(ctx: Context, n: int) -> torch.Tensor:
+    """A random permutation of ``n`` rows drawn from the method's seeded host generator, on the device."""
+    return torch.from_numpy(ctx.rng.permutation(n)).to(ctx.device, non_blocking=True)
+
+
+def lam_tensor(lam, n: int, device) -> torch.Tensor:
+    """Lambda (a float or an array of ``n``) as a float32 tensor of shape (n,) on ``device``."""
+    if isinstance(lam, (float, int)):
+        return torch.full((n,), float(lam), device=device)
+    return torch.as_tensor(np.asarray(lam, dtype=np.float32)).to(device, non_blocking=True)
+
+
+def interpolate(h: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """``lam * h + (1 - lam) * h[perm]`` with one lambda per row (``lam`` of shape (B,))."""
+    lam = lam.view(-1, *([1] * (h.dim() - 1))).to(h.dtype)
+    return lam * h + (1 - lam) * h[perm]

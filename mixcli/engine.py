@@ -1,0 +1,247 @@
+"""Jobs -> engine -> results: train and evaluate one resolved job, checkpointing every epoch.
+
+The engine knows no method, dataset or model by name: it builds them from the registry and talks to them
+through :mod:`mixcli.api`. The hot loop does no host-device synchronization (losses are summed on the
+device and read once per epoch); batches come from :class:`mixcli.data.DeviceData`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import datetime, timezone
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .api import Context, DataBundle, MixOutput, PluginError
+from .data import DeviceData
+from .errors import MixcliError
+from .jobs import Job
+from .metrics import classification_metrics, regression_metrics
+from .registry import REGISTRY
+from .selection import PRIMARY, best_index
+from .store import SPLITS, Store
+
+
+class Progress(Protocol):
+    def start(self, job: Job, epochs: int, steps: int, start_epoch: int) -> None: ...
+    def step(self) -> None: ...
+    def epoch(self, epoch: int, row: dict) -> None: ...
+
+
+class _Quiet:
+    def start(self, *a) -> None: ...
+    def step(self) -> None: ...
+    def epoch(self, *a) -> None: ...
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MixcliError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise MixcliError(f"--device {name}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+def _plugin(kind: str, spec: dict, *args):
+    cls = REGISTRY.get(kind, spec["name"])
+    opts = {k: v for k, v in spec.items() if k not in ("name", "off_after_epoch")}
+    try:
+        return cls(*args, **opts)
+    except PluginError as exc:
+        raise MixcliError(f"{kind[:-1]} '{spec['name']}': {exc}") from None
+
+
+def build_optimizer(model: torch.nn.Module, train: dict, steps_per_epoch: int):
+    o, s = train["optimizer"], train["schedule"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o["name"] == "sgd":
+        opt = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
+                              nesterov=o["nesterov"] and o["momentum"] > 0)
+    elif o["name"] == "adamw":
+        opt = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"])
+    else:
+        opt = torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"])
+    total = train["epochs"] * steps_per_epoch
+    warm = s["warmup_epochs"] * steps_per_epoch
+    milestones = [m * steps_per_epoch for m in s["milestones"]]
+
+    def factor(step: int) -> float:
+        """LR multiplier after ``step`` optimizer steps: linear warm-up, then the schedule."""
+        if step < warm:
+            return (step + 1) / warm
+        if s["name"] == "cosine":
+            t = (step - warm) / max(1, total - warm)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        if s["name"] == "multistep":
+            return s["gamma"] ** sum(step >= m for m in milestones)
+        return 1.0
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@torch.no_grad()
+def evaluate(model, dd: DeviceData, split: str, task: str, batch_size: int, autocast) -> dict:
+    """Metrics of ``model`` on one split (see :mod:`mixcli.metrics`)."""
+    model.eval()
+    outs, ys = [], []
+    for x, y in dd.eval_batches(split, batch_size):
+        with autocast():
+            outs.append(model(x).float())
+        ys.append(y)
+    out, y = torch.cat(outs), torch.cat(ys)
+    if task == "classification":
+        counts = torch.bincount(dd.train.y, minlength=dd.data.num_classes).cpu().numpy()
+        return classification_metrics(out, y, num_classes=dd.data.num_classes, class_counts=counts)
+    s = dd.splits[split]
+    return regression_metrics(out.view(y.shape), y, domain=s.domain)
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def run_job(job: Job, store: Store, device: torch.device, progress: Progress | None = None) -> dict:
+    """Train ``job`` to completion (resuming from its checkpoint), record it, and return its runs row."""
+    progress = progress or _Quiet()
+    cfg = job.config
+    prev = store.run_row(job.run_id)
+    if prev is not None and prev.get("status") == "finished":
+        return prev
+    task, train_cfg, seed = cfg["task"], cfg["train"], cfg["seed"]
+    _seed_all(seed)
+    try:
+        data: DataBundle = _plugin("datasets", cfg["dataset"]).load()
+    except PluginError as exc:
+        raise MixcliError(f"dataset '{cfg['dataset']['name']}': {exc}") from None
+    if data.task != task:
+        raise MixcliError(f"dataset '{cfg['dataset']['name']}' is a {data.task} dataset but the experiment "
+                          f"has task: {task}")
+    dd = DeviceData(data, device, seed)
+    _seed_all(seed)
+    model = _plugin("models", cfg["model"], data.input_shape, data.out_dim).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    method = _plugin("methods", cfg["method"])
+    loss_fn = _plugin("losses", cfg["loss"])
+    off_after = cfg["method"].get("off_after_epoch")
+    steps = dd.steps_per_epoch(train_cfg["batch_size"])
+    opt, sched = build_optimizer(model, train_cfg, steps)
+    bf16 = train_cfg["precision"] == "bf16" or (train_cfg["precision"] == "auto" and device.type == "cuda")
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    ctx = Context(task=task, num_classes=data.num_classes, device=device, rng=np.random.default_rng(seed),
+                  train=dd.train, fetch=dd.fetch, epochs=train_cfg["epochs"], data=data, model=model)
+    rows: list[dict] = []
+    start, wall = 1, 0.0
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    ckpt = store.load_checkpoint(job.run_id)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        dd.generator.set_state(ckpt["data_rng"].to(dd.generator.get_state().device))
+        ctx.rng.bit_generator.state = json.loads(ckpt["method_rng"])
+        rows = json.loads(ckpt["rows"])
+        start, wall, started_at = ckpt["epoch"] + 1, ckpt["wall"], ckpt["started_at"]
+        ctx.step = ckpt["step"]
+    method.setup(ctx)
+    if ckpt is not None and hasattr(method, "load_state_dict") and "method" in ckpt:
+        method.load_state_dict(ckpt["method"])
+    run_model = model
+    if train_cfg["compile"]:
+        for i, stage in enumerate(model.stages):
+            model.stages[i] = torch.compile(stage)
+    base_row = {
+        "run_id": job.run_id, "experiment": cfg["name"], "method": cfg["method"]["name"],
+        "dataset": cfg["dataset"]["name"], "model": cfg["model"]["name"], "loss": cfg["loss"]["name"],
+        "task": task, "seed": seed, "config": json.dumps(cfg, sort_keys=True), "device": str(device),
+        "mixcli_version": __version__, "started_at": started_at,
+    }
+    store.write_config(job.run_id, cfg)
+    store.write_run({**base_row, "status": "running", "epochs": len(rows)})
+    progress.start(job, train_cfg["epochs"], steps, start)
+    every = cfg["eval"]["every"]
+    for epoch in range(start, train_cfg["epochs"] + 1):
+        t0 = time.perf_counter()
+        ctx.epoch = epoch
+        mixing = off_after is None or epoch <= off_after
+        if mixing:
+            method.start_epoch(epoch, ctx)
+        run_model.train()
+        loss_sum = torch.zeros((), device=device)
+        for batch in dd.train_batches(train_cfg["batch_size"]):
+            with autocast():
+                out = method(run_model, batch, ctx) if mixing else MixOutput.unmixed(run_model(batch.x), batch.y)
+                loss = out.loss if out.loss is not None else loss_fn(out, ctx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.detach().float()
+            ctx.step += 1
+            progress.step()
+        train_loss = float(loss_sum) / steps
+        if not math.isfinite(train_loss):
+            raise MixcliError(f"run {job.run_id}: the training loss became {train_loss} in epoch {epoch}; "
+                              "lower train.optimizer.lr or check the data")
+        row = {"epoch": epoch, "train_loss": train_loss, "lr": opt.param_groups[0]["lr"]}
+        if epoch % every == 0 or epoch == train_cfg["epochs"]:
+            for split in SPLITS:
+                if split in dd.splits:
+                    m = evaluate(run_model, dd, split, task, cfg["eval"]["batch_size"], autocast)
+                    row.update({f"{split}_{k}": v for k, v in m.items()})
+        wall += time.perf_counter() - t0
+        row["time_s"] = time.perf_counter() - t0
+        rows.append(row)
+        store.write_epochs(job.run_id, [r for r in rows if "test_" + PRIMARY[task] in r])
+        state = {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "torch_rng": torch.get_rng_state(), "data_rng": dd.generator.get_state().cpu(),
+            "method_rng": json.dumps(ctx.rng.bit_generator.state), "rows": json.dumps(rows),
+            "epoch": epoch, "wall": wall, "started_at": started_at, "step": ctx.step,
+        }
+        if hasattr(method, "state_dict"):
+            state["method"] = method.state_dict()
+        store.save_checkpoint(job.run_id, _uncompiled(state))
+        progress.epoch(epoch, row)
+    evaluated = pd.DataFrame([r for r in rows if "test_" + PRIMARY[task] in r])
+    final = evaluated.iloc[-1].to_dict()
+    bi, best_on = best_index(evaluated, task)
+    best = evaluated.iloc[bi].to_dict() if bi is not None else {}
+    result = {**base_row, "status": "finished", "epochs": len(rows), "best_epoch": best.get("epoch"),
+              "best_on": best_on, "wall_time_s": wall,
+              "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    for name, src in (("final", final), ("best", best)):
+        for k, v in src.items():
+            if k.startswith(SPLITS) and not isinstance(v, (list, np.ndarray)):
+                result[f"{name}_{k}"] = v
+    store.write_run(result)
+    return store.run_row(job.run_id) or result
+
+
+def _uncompiled(state: dict) -> dict:
+    """Strip torch.compile's ``_orig_mod.`` prefixes so checkpoints load into a plain model."""
+    sd = state["model"]
+    state["model"] = {k.replace("._orig_mod", ""): v for k, v in sd.items()}
+    return state
+
+
+def record_failure(job: Job, store: Store, device: torch.device, error: str) -> None:
+    cfg = job.config
+    prev = store.run_row(job.run_id) or {}
+    store.write_run({**prev, "run_id": job.run_id, "experiment": cfg["name"], "method": cfg["method"]["name"],
+                     "dataset": cfg["dataset"]["name"], "model": cfg["model"]["name"],
+                     "loss": cfg["loss"]["name"], "task": cfg["task"], "seed": cfg["seed"],
+                     "config": json.dumps(cfg, sort_keys=True), "device": str(device), "status": "failed",
+                     "error": error, "mixcli_version": __version__})

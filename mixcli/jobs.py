@@ -1,0 +1,60 @@
+"""Validated spec -> jobs: the ablation grid's cartesian product times the seeds, each fully resolved."""
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MixcliError
+from .spec import Experiment, resolve, run_id, set_dotted
+
+
+@dataclass
+class Job:
+    run_id: str
+    config: dict          # fully resolved, includes the seed
+    grid_values: dict     # the grid keys and the values this job takes
+    out: Path
+
+    @property
+    def label(self) -> str:
+        bits = [f"{k}={_short(v)}" for k, v in self.grid_values.items()]
+        return " ".join(bits + [f"seed={self.config['seed']}"])
+
+
+def _short(v) -> str:
+    if isinstance(v, dict):
+        name = v.get("name", "")
+        rest = ",".join(f"{k}={x}" for k, x in v.items() if k != "name")
+        return f"{name}({rest})" if rest else str(name)
+    return str(v)
+
+
+def expand(exp: Experiment) -> list[Job]:
+    """All jobs of an experiment, grid combinations in file order, seeds innermost."""
+    keys = list(exp.grid)
+    combos = list(itertools.product(*(exp.grid[k] for k in keys))) if keys else [()]
+    jobs, seen, errors = [], set(), []
+    for combo in combos:
+        doc = copy.deepcopy(exp.doc)
+        for k, value in zip(keys, combo):
+            set_dotted(doc, k, copy.deepcopy(value))
+        try:
+            cfg = resolve(doc, exp.lines)
+        except MixcliError as exc:
+            msg = str(exc)
+            if msg not in errors:
+                errors.append(msg)
+            continue
+        for seed in exp.seeds:
+            c = copy.deepcopy(cfg)
+            c["seed"] = seed
+            rid = run_id(c)
+            if rid in seen:  # two grid points that resolve to the same configuration
+                continue
+            seen.add(rid)
+            jobs.append(Job(rid, c, dict(zip(keys, combo)), exp.out))
+    if errors:
+        raise MixcliError("\n".join(errors))
+    return jobs

@@ -1,0 +1,163 @@
+"""The result store: parquet files under the output directory, each written atomically.
+
+Layout of ``OUT``::
+
+    runs/<run_id>.parquet      one row per run (``pandas.read_parquet(OUT / "runs")`` reads them all)
+    epochs/<run_id>.parquet    one row per evaluated epoch (``pandas.read_parquet(OUT / "epochs")``)
+    jobs/<run_id>/config.yaml  the fully resolved configuration of the run
+    jobs/<run_id>/checkpoint.pt  the last epoch's training state (model, optimizer, RNGs), for resuming
+
+Every file is written to a hidden temporary file in the same directory and renamed over the target, so a
+crash never leaves a half-written file (pyarrow ignores the hidden temporaries when reading a directory).
+All files share one fixed schema, whatever the task, so a directory read never drops a column.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+import yaml
+
+from .errors import MixcliError
+from .metrics import METRICS
+
+SPLITS = ("val", "test")
+LIST_METRICS = ("per_class_recall", "per_class_coverage")
+SCALARS = tuple(METRICS)
+
+#: the columns of a runs row, in order, with their meaning (documented in the README)
+RUN_COLUMNS: dict[str, str] = {
+    "run_id": "stable id: method, seed and a hash of the resolved configuration",
+    "experiment": "the experiment's name",
+    "method": "method plugin name", "dataset": "dataset plugin name", "model": "model plugin name",
+    "loss": "loss plugin name", "task": "classification or regression", "seed": "the run's seed",
+    "status": "running, finished or failed", "error": "the error message of a failed run",
+    "config": "the fully resolved configuration, as JSON",
+    "epochs": "epochs completed", "best_epoch": "the epoch selected by the best-epoch rule",
+    "best_on": "the split the best epoch was selected on (val when the dataset has one, else test)",
+    "wall_time_s": "training wall time in seconds (summed over resumed sessions)",
+    "device": "the device the run trained on", "mixcli_version": "the mixcli version that ran it",
+    "started_at": "UTC time of the first start", "finished_at": "UTC time of completion",
+}
+for _rule in ("final", "best"):
+    for _s in SPLITS:
+        for _m in SCALARS:
+            RUN_COLUMNS[f"{_rule}_{_s}_{_m}"] = f"{_m} on {_s} at the {_rule} epoch"
+
+EPOCH_COLUMNS: dict[str, str] = {
+    "run_id": "the run", "epoch": "epoch number (1-based)", "train_loss": "mean training loss over the epoch",
+    "lr": "learning rate at the end of the epoch", "time_s": "wall time of the epoch in seconds",
+}
+for _s in SPLITS:
+    for _m in SCALARS + LIST_METRICS:
+        EPOCH_COLUMNS[f"{_s}_{_m}"] = f"{_m} on {_s}"
+
+_STRINGS = {"run_id", "experiment", "method", "dataset", "model", "loss", "task", "status", "error", "config",
+            "best_on", "device", "mixcli_version", "started_at", "finished_at"}
+_INTS = {"seed", "epochs", "best_epoch", "epoch"}
+
+
+def _frame(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
+    data = {}
+    for col in columns:
+        vals = [r.get(col) for r in rows]
+        if col in _STRINGS:
+            data[col] = pd.Series([None if v is None else str(v) for v in vals], dtype="object")
+        elif col in _INTS:
+            data[col] = pd.Series([-1 if v is None else int(v) for v in vals], dtype="int64")
+        elif col.endswith(LIST_METRICS):
+            data[col] = pd.Series([[float(x) for x in v] if v is not None else [] for v in vals], dtype="object")
+        else:
+            data[col] = pd.Series([float("nan") if v is None else float(v) for v in vals], dtype="float64")
+    return pd.DataFrame(data)
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
+    """Write via a hidden temporary file in the same directory, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class Store:
+    def __init__(self, out: Path | str) -> None:
+        self.out = Path(out)
+        try:
+            for sub in ("runs", "epochs", "jobs"):
+                (self.out / sub).mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=self.out / "runs", prefix=".probe", delete=True)
+            probe.close()
+        except OSError as exc:
+            raise MixcliError(f"output directory {self.out}: not writable ({exc.strerror or exc}); "
+                              "choose another with --out or the 'out:' key") from None
+
+    def job_dir(self, run_id: str) -> Path:
+        return self.out / "jobs" / run_id
+
+    # ------------------------------------------------------------------------------------------------ runs
+    def run_row(self, run_id: str) -> dict | None:
+        path = self.out / "runs" / f"{run_id}.parquet"
+        if not path.exists():
+            return None
+        try:
+            return pd.read_parquet(path).iloc[0].to_dict()
+        except Exception:  # noqa: BLE001 - an unreadable file is treated as absent and rewritten
+            return None
+
+    def write_run(self, row: dict) -> None:
+        df = _frame([row], RUN_COLUMNS)
+        atomic_write(self.out / "runs" / f"{row['run_id']}.parquet", lambda f: df.to_parquet(f, index=False))
+
+    def write_epochs(self, run_id: str, rows: list[dict]) -> None:
+        df = _frame([{**r, "run_id": run_id} for r in rows], EPOCH_COLUMNS)
+        atomic_write(self.out / "epochs" / f"{run_id}.parquet", lambda f: df.to_parquet(f, index=False))
+
+    def write_config(self, run_id: str, cfg: dict) -> None:
+        text = yaml.safe_dump(cfg, sort_keys=False).encode()
+        atomic_write(self.job_dir(run_id) / "config.yaml", lambda f: f.write(text))
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def checkpoint_path(self, run_id: str) -> Path:
+        return self.job_dir(run_id) / "checkpoint.pt"
+
+    def save_checkpoint(self, run_id: str, state: dict) -> None:
+        atomic_write(self.checkpoint_path(run_id), lambda f: torch.save(state, f))
+
+    def load_checkpoint(self, run_id: str) -> dict | None:
+        path = self.checkpoint_path(run_id)
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a corrupt checkpoint means starting over, not crashing
+            return None
+
+
+def read_table(out: Path | str, table: str) -> pd.DataFrame:
+    """All rows of ``runs`` or ``epochs`` under ``out`` (empty frame if none)."""
+    d = Path(out) / table
+    files = sorted(p for p in d.glob("*.parquet")) if d.is_dir() else []
+    if not files:
+        return pd.DataFrame(columns=list(RUN_COLUMNS if table == "runs" else EPOCH_COLUMNS))
+    return pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+
+
+def config_of(row: Any) -> dict:
+    return json.loads(row["config"]) if isinstance(row["config"], str) else {}
