@@ -154,8 +154,9 @@ def compare(
     metric: Optional[List[str]] = typer.Option(None, "--metric", help="Metric column to show (repeatable; "
                                                "default: the task's standard set)."),
     fmt: str = typer.Option("table", "--format", help="table, markdown, csv or json."),
-    select: str = typer.Option("final", "--select", help="Epoch selection rule: final, best "
-                               "(best val epoch, else best test epoch) or median_last10."),
+    select: Optional[str] = typer.Option(None, "--select", help="Epoch selection rule: final, best "
+                                         "(best val epoch, else best test epoch) or median_last10 "
+                                         "(default: the experiment's eval.selection)."),
     split: str = typer.Option("test", "--split", help="Evaluation split to report: test or val."),
 ) -> None:
     """Compare the runs under DIRECTORY: mean ± std over seeds per group, best value marked."""

@@ -166,7 +166,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
         "run_id": job.run_id, "experiment": cfg["name"], "method": cfg["method"]["name"],
         "dataset": cfg["dataset"]["name"], "model": cfg["model"]["name"], "loss": cfg["loss"]["name"],
         "task": task, "seed": seed, "config": json.dumps(cfg, sort_keys=True), "device": str(device),
-        "mixcli_version": __version__, "started_at": started_at,
+        "mixcli_version": __version__, "started_at": started_at, "selection": cfg["eval"]["selection"],
     }
     store.write_config(job.run_id, cfg)
     store.write_run({**base_row, "status": "running", "epochs": len(rows)})

@@ -80,9 +80,9 @@ class Comparison:
 
 
 def compare(out: Path | str, by: list[str] | None = None, metrics: list[str] | None = None,
-            rule: str = "final", split: str = "test", run_ids: list[str] | None = None) -> Comparison:
-    if rule not in RULES:
-        raise MixcliError(f"--rule {rule}: expected one of {', '.join(RULES)}")
+            rule: str | None = None, split: str = "test", run_ids: list[str] | None = None) -> Comparison:
+    if rule is not None and rule not in RULES:
+        raise MixcliError(f"--select {rule}: expected one of {', '.join(RULES)}")
     runs = load_runs(out)
     if run_ids is not None:
         runs = runs[runs["run_id"].isin(run_ids)].reset_index(drop=True)
@@ -98,6 +98,12 @@ def compare(out: Path | str, by: list[str] | None = None, metrics: list[str] | N
     if len(tasks) > 1:
         raise MixcliError(f"{out}: mixes {' and '.join(tasks)} runs; compare them from separate directories")
     task = tasks[0]
+    if rule is None:
+        rules = runs["selection"].dropna().unique().tolist()
+        if len(rules) > 1:
+            raise MixcliError(f"{out}: these runs ask for different selection rules ({', '.join(rules)}); "
+                              "pass --select final|best|median_last10")
+        rule = rules[0] if rules else "final"
     by = list(by) if by else varying_keys(runs)
     for key in by:
         if key not in runs.columns:

@@ -25,6 +25,8 @@ Top-level keys (defaults in brackets)::
     eval:
       every: int > 0                   [1] evaluate every N epochs (and always after the last)
       batch_size: int > 0              [1024]
+      selection: final|best|median_last10   the epoch rule reports use by default [final for
+                                       classification, best (best validation epoch) for regression]
     seeds: [int, ...] or a count N     [[0]] (a count means seeds 0..N-1)
     grid: {dotted.key: [v1, v2, ...]}  ablation: the cartesian product of all values (any key, e.g. method)
     out: path                          [results/<name>] output directory
@@ -128,6 +130,7 @@ SCHEMA: dict[str, Any] = {
     "eval": {
         "every": Check("int", 1, low=1),
         "batch_size": Check("int", 1024, low=1),
+        "selection": Check("str", None, choices=("final", "best", "median_last10"), nullable=True),
     },
     "seeds": Check("seeds", [0]),
     "grid": Check("grid", {}),
@@ -424,6 +427,8 @@ def resolve(doc: dict, lines: Lines) -> dict:
     cfg["loss"] = v.plugin("loss", "losses", doc.get("loss", DEFAULT_LOSS[task]), task)
     cfg["train"] = v.section("train", SCHEMA["train"], doc.get("train"))
     cfg["eval"] = v.section("eval", SCHEMA["eval"], doc.get("eval"))
+    if cfg["eval"].get("selection") is None:
+        cfg["eval"]["selection"] = "best" if task == "regression" else "final"
     sched = cfg["train"].get("schedule", {})
     ms = sched.get("milestones") or []
     epochs = cfg["train"].get("epochs")

@@ -39,6 +39,7 @@ RUN_COLUMNS: dict[str, str] = {
     "loss": "loss plugin name", "task": "classification or regression", "seed": "the run's seed",
     "status": "running, finished or failed", "error": "the error message of a failed run",
     "config": "the fully resolved configuration, as JSON",
+    "selection": "the epoch selection rule the experiment asks reports to use (eval.selection)",
     "epochs": "epochs completed", "best_epoch": "the epoch selected by the best-epoch rule",
     "best_on": "the split the best epoch was selected on (val when the dataset has one, else test)",
     "wall_time_s": "training wall time in seconds (summed over resumed sessions)",
@@ -59,7 +60,7 @@ for _s in SPLITS:
         EPOCH_COLUMNS[f"{_s}_{_m}"] = f"{_m} on {_s}"
 
 _STRINGS = {"run_id", "experiment", "method", "dataset", "model", "loss", "task", "status", "error", "config",
-            "best_on", "device", "mixcli_version", "started_at", "finished_at"}
+            "best_on", "selection", "device", "mixcli_version", "started_at", "finished_at"}
 _INTS = {"seed", "epochs", "best_epoch", "epoch"}
 
 
