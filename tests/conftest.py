@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny experiment files and a CLI runner."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mixcli.cli import app
+
+TINY = """\
+name: tiny
+dataset: {name: digits}
+model: {name: mlp, widths: [32]}
+method: erm
+train:
+  epochs: 3
+  batch_size: 64
+  optimizer: {name: sgd, lr: 0.05}
+seeds: [0]
+"""
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def write(tmp_path):
+    """write(text, name='exp.yaml') -> path of a YAML file in tmp_path."""
+    def _write(text: str, name: str = "exp.yaml") -> Path:
+        p = tmp_path / name
+        p.write_text(textwrap.dedent(text))
+        return p
+    return _write
+
+
+@pytest.fixture
+def cli(runner):
+    """cli(*args) -> (exit_code, combined output)."""
+    def _cli(*args):
+        r = runner.invoke(app, [str(a) for a in args])
+        if r.exception is not None and not isinstance(r.exception, SystemExit):
+            raise r.exception
+        return r.exit_code, r.output
+    return _cli
