@@ -8,9 +8,9 @@ from mixcli.subsets import build_classification, stratified_fraction
 class Digits(Dataset):
     """UCI handwritten digits, 1797 8x8 grey images of 10 classes, bundled with scikit-learn (no download).
 
-    Fixed seeded split (``split_seed``): a stratified 20% test set (360 images), then a balanced validation
-    set of ``val_size`` images (default 180, 18 per class; 0 for none) held out of the remaining 1437; the rest
-    (1257) is the training set. ``imbalance`` (long-tail ratio rho) and ``fraction`` (stratified subset) apply to
+    Fixed seeded split (``split_seed``): a stratified 20% test set (359 images), then a balanced validation
+    set of ``val_size`` images (default 180, 18 per class; 0 for none) held out of the remaining 1438; the rest
+    (1258) is the training set. ``imbalance`` (long-tail ratio rho) and ``fraction`` (stratified subset) apply to
     the training set only. Pixels (0..16) are scaled to uint8 0..255; ``augment`` adds random 1-pixel shifts
     (random crop with 1 pixel of zero padding; no flips, which do not preserve digits).
     """
