@@ -1,32 +1,47 @@
-"""Input mixup (Zhang et al., ICLR 2018)."""
-import numpy as np
+"""Input mixup (Zhang et al., ICLR 2018), with timm's modes and its mixup / CutMix switch."""
+from __future__ import annotations
 
-from mixcli.api import (Batch, Context, Method, MixOutput, Model, PluginError, interpolate, lam_tensor,
-                        permutation)
+import numpy as np
+import torch
+
+from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, interpolate, lam_tensor
+from mixcli_plugins.methods.cutmix import box_mask, check_images, check_minmax, cutmix_draw, paste
 
 LAM_MODES = ("batch", "pair", "elem")
 
 
 class Mixup(Method):
-    """Mixup: train on convex combinations of pairs of inputs and their labels.
+    """Mixup: train on convex combinations of pairs of inputs and their labels (optionally CutMix instead).
 
     Zhang, Cisse, Dauphin, Lopez-Paz, "mixup: Beyond Empirical Risk Minimization", ICLR 2018.
 
         lam ~ Beta(alpha, alpha),  x~ = lam * x_i + (1 - lam) * x_j,  y~ = lam * y_i + (1 - lam) * y_j
 
-    with ``j`` a random permutation of the batch. Options (timm's names):
+    with ``j`` the partner of ``i`` under a random permutation of the batch. Options (timm's ``Mixup``):
 
-    - ``alpha`` (1.0): Beta parameter; 0 disables mixing.
-    - ``prob`` (1.0): probability that a batch is mixed at all.
+    - ``alpha`` (1.0, the paper's CIFAR value; 0.2 on ImageNet): Beta parameter; 0 turns mixup off.
+    - ``prob`` (1.0): probability that a batch (``batch`` mode), a pair or an element is mixed at all.
     - ``mode`` (batch): one lambda per ``batch``; per ``pair`` (the batch is split into random disjoint pairs
-      that share one lambda, both directions); per ``elem`` (one lambda per example).
+      that share one lambda, mixed in both directions); per ``elem`` (one lambda per example).
     - ``label_smoothing`` (0.0): smoothing of each one-hot label before mixing (classification).
+    - ``cutmix_alpha`` (0.0 = off): Beta parameter of CutMix (Yun et al., ICCV 2019). With both alphas > 0,
+      each batch / pair / element uses CutMix with probability ``switch_prob`` (0.5) and mixup otherwise
+      (the DeiT recipe: alpha 0.8, cutmix_alpha 1.0, switch_prob 0.5, label_smoothing 0.1); with alpha 0
+      it always uses CutMix. CutMix lambda is the box's area when ``correct_lam`` (true) or
+      ``cutmix_minmax`` (box side fractions [lo, hi], see ``cutmix``; timm silently sets cutmix_alpha 1 with
+      it, here it needs cutmix_alpha > 0) is set. One box per batch in ``batch`` mode, one per pair /
+      element otherwise (timm's rule), pasted on the device with a mask.
+
+    Partners come from a random permutation (random disjoint pairs in ``pair`` mode); timm pairs row i
+    with row B-1-i and torchvision with row i-1, which equals a permutation of a shuffled batch.
     """
 
     family = "input"
     paper = "Zhang et al., mixup: Beyond Empirical Risk Minimization, ICLR 2018"
 
-    def __init__(self, alpha: float = 1.0, prob: float = 1.0, mode: str = "batch", label_smoothing: float = 0.0):
+    def __init__(self, alpha: float = 1.0, prob: float = 1.0, mode: str = "batch", label_smoothing: float = 0.0,
+                 cutmix_alpha: float = 0.0, switch_prob: float = 0.5, cutmix_minmax: list | None = None,
+                 correct_lam: bool = True):
         if alpha < 0:
             raise PluginError(f"alpha must be >= 0, got {alpha}")
         if not 0 <= prob <= 1:
@@ -35,30 +50,83 @@ class Mixup(Method):
             raise PluginError(f"mode must be one of {', '.join(LAM_MODES)}, got {mode!r}")
         if not 0 <= label_smoothing < 1:
             raise PluginError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if cutmix_alpha < 0:
+            raise PluginError(f"cutmix_alpha must be >= 0 (0 = no CutMix), got {cutmix_alpha}")
+        if not 0 <= switch_prob <= 1:
+            raise PluginError(f"switch_prob must be in [0, 1], got {switch_prob}")
+        if cutmix_minmax is not None and cutmix_alpha <= 0:
+            raise PluginError("cutmix_minmax is set but CutMix is off; set cutmix_alpha > 0 to use it")
         self.alpha, self.prob, self.mode, self.smoothing = alpha, prob, mode, label_smoothing
+        self.cutmix_alpha, self.switch_prob = cutmix_alpha, switch_prob
+        self.minmax, self.correct = check_minmax(cutmix_minmax, "cutmix_minmax"), correct_lam
 
-    def draw(self, ctx: Context, n: int):
-        """(perm, lam) for a batch of ``n``: lam is a float (batch mode) or an array of n values."""
-        mixed = self.alpha > 0 and (self.prob >= 1 or ctx.rng.random() < self.prob)
-        if self.mode == "batch":
-            lam = float(ctx.rng.beta(self.alpha, self.alpha)) if mixed else 1.0
-            return permutation(ctx, n), lam
+    def setup(self, ctx: Context) -> None:
+        if self.cutmix_alpha > 0:
+            check_images(ctx, "mixup with cutmix_alpha > 0")
+
+    def params(self, rng: np.random.Generator, units: int):
+        """(lam, use_cutmix) for ``units`` batches / pairs / elements (timm's ``_params_per_*``): arrays of
+        ``units``; lam = 1 where a unit is not mixed (probability 1 - prob)."""
+        a, ca = self.alpha, self.cutmix_alpha
+        mixed = rng.random(units) < self.prob if self.prob < 1 else np.ones(units, dtype=bool)
+        if a > 0 and ca > 0:
+            cut = rng.random(units) < self.switch_prob
+        else:
+            cut = np.full(units, ca > 0)
+        lam = np.ones(units)
+        if (~cut).any() and a > 0:
+            lam[~cut] = rng.beta(a, a, int((~cut).sum()))
+        if cut.any():
+            lam[cut] = rng.beta(ca, ca, int(cut.sum()))
+        lam = np.where(mixed, lam, 1.0)
+        return lam, cut & mixed
+
+    def draw(self, ctx: Context, n: int, h: int = 0, w: int = 0):
+        """(perm, lam, cut, box) for a batch of ``n`` images of ``h`` x ``w``, all on the host: the partner
+        permutation; the label weight of each row (the box area for CutMix rows when corrected); whether a
+        row uses CutMix; its box as four arrays (y1, y2, x1, x2) of ``n`` (empty boxes for the other rows).
+        Rows of one batch (``batch`` mode) or one pair share lambda, the mixup/CutMix choice and the box."""
+        rng = ctx.rng
         if self.mode == "pair":
-            order = ctx.rng.permutation(n)
-            perm = np.arange(n)
+            order = rng.permutation(n)
             a, b = order[0:n - 1:2], order[1:n:2]
+            perm = np.arange(n)
             perm[a], perm[b] = b, a
-            lam_pair = ctx.rng.beta(self.alpha, self.alpha, len(a)) if mixed else np.ones(len(a))
-            lam = np.ones(n)
-            lam[a], lam[b] = lam_pair, lam_pair
-            from torch import from_numpy
-            return from_numpy(perm).to(ctx.device, non_blocking=True), lam
-        lam = ctx.rng.beta(self.alpha, self.alpha, n) if mixed else np.ones(n)
-        return permutation(ctx, n), lam
+            units = len(a)
+            unit = np.full(n, units)  # an odd row out points at the extra, unmixed unit
+            unit[a] = unit[b] = np.arange(units)
+        else:
+            perm = rng.permutation(n)
+            units = 1 if self.mode == "batch" else n
+            unit = np.zeros(n, dtype=np.int64) if self.mode == "batch" else np.arange(n)
+        lam, cut = self.params(rng, units)
+        box = [np.zeros(units, dtype=np.int64) for _ in range(4)]
+        if cut.any():
+            drawn, lam[cut] = cutmix_draw(rng, lam[cut], h, w, self.minmax, self.correct)
+            for full, part in zip(box, drawn):
+                full[cut] = part
+        lam, cut = np.append(lam, 1.0)[unit], np.append(cut, False)[unit]
+        return perm, lam, cut, tuple(np.append(b, 0)[unit] for b in box)
 
     def __call__(self, model: Model, batch: Batch, ctx: Context) -> MixOutput:
-        n = batch.x.shape[0]
-        perm, lam = self.draw(ctx, n)
-        lam_t = lam_tensor(lam, n, batch.x.device)
-        logits = model(interpolate(batch.x, perm, lam_t))
-        return MixOutput(logits, batch.y, batch.y[perm], lam_t, self.smoothing)
+        x, n = batch.x, batch.x.shape[0]
+        h, w = (x.shape[-2], x.shape[-1]) if x.dim() == 4 else (0, 0)
+        perm, lam, cut, box = self.draw(ctx, n, h, w)
+        perm = torch.from_numpy(perm).to(x.device, non_blocking=True)
+        lam_t = lam_tensor(float(lam[0]) if self.mode == "batch" else lam, n, x.device)
+        if not cut.any():
+            mixed = x if (lam == 1).all() else interpolate(x, perm, lam_t)
+        elif self.mode == "batch":
+            mixed = paste(x, perm, tuple(int(v[0]) for v in box))
+        else:
+            lam_interp = lam_tensor(np.where(cut, 1.0, lam), n, x.device)
+            mixed = mix_rows(x, perm, lam_interp, box_mask(box, h, w, x.device))
+        return MixOutput(model(mixed), batch.y, batch.y[perm], lam_t, self.smoothing)
+
+
+def mix_rows(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row: the partner ``x[perm]`` where ``mask`` (B, 1, H, W) is True, else ``lam x + (1 - lam) x[perm]``
+    (``lam`` of shape (B,); 1 for the CutMix rows, whose mask holds their box)."""
+    xp = x[perm]
+    mixed = torch.lerp(xp, x, lam.view(-1, *[1] * (x.dim() - 1)).to(x.dtype))
+    return torch.where(mask, xp, mixed)
