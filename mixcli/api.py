@@ -18,6 +18,7 @@ shows and what the experiment file may override. The first line of the class doc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -210,6 +211,9 @@ class Context:
     ``rng`` is the method's seeded host-side random generator (numpy): draw lambdas, permutations and boxes
     from it so that runs are reproducible and the device is never synchronized. ``fetch(index)`` returns the
     training examples at ``index`` prepared exactly like a batch (augmented, normalized, on the device).
+    ``eval_batches(split, batch_size)`` iterates over a split ("train", "val", "test") as prepared evaluation
+    batches ``(x, y)`` on the device (normalized, not augmented). ``artifacts_dir`` is the run's directory
+    (``OUT/jobs/<run_id>``): a method may write files there for the user to inspect (e.g. selmix's gains).
     """
 
     task: str
@@ -224,6 +228,8 @@ class Context:
     data: DataBundle | None = None
     model: Model | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    eval_batches: Callable[[str, int], Any] | None = None
+    artifacts_dir: Path | None = None
 
 
 class Method(Plugin):

@@ -77,6 +77,7 @@ def run(
 ) -> None:
     """Run every job of an experiment (skipping finished runs, resuming interrupted ones), then compare."""
     from .engine import pick_device, record_failure, run_job
+    from .finetune import with_parents
     from .jobs import expand
     from .report import compare, render
     from .spec import load_experiment
@@ -85,7 +86,8 @@ def run(
     exp = load_experiment(experiment, set_ or [])
     if out is not None:
         exp.out = out
-    jobs = expand(exp)
+    targets = expand(exp)
+    jobs = with_parents(targets)  # jobs fine-tuned from another experiment's runs need those first
     if dry_run:
         t = Table(title=f"{exp.name}: {len(jobs)} job(s) -> {exp.out}")
         for col in ("#", "run_id", "method", "dataset", "model", "seed", "grid values"):
@@ -93,11 +95,12 @@ def run(
         for i, j in enumerate(jobs, 1):
             c = j.config
             t.add_row(str(i), j.run_id, c["method"]["name"], c["dataset"]["name"], c["model"]["name"],
-                      str(c["seed"]), j.label.rpartition(" seed=")[0] if j.grid_values else "")
+                      str(c["seed"]), (j.label.rpartition(" seed=")[0] if j.grid_values else "") +
+                      ("" if j.out == exp.out else f" (init_from parent -> {j.out})"))
         console.print(t)
         return
     dev = pick_device(device)
-    store = Store(exp.out)
+    stores = {}
     console.print(f"[bold]{exp.name}[/]: {len(jobs)} job(s) on {dev} -> {exp.out}")
     failed = []
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
@@ -106,6 +109,7 @@ def run(
         rp = RichProgress(p, len(jobs))
         for k, job in enumerate(jobs, 1):
             rp.k = k
+            store = stores[job.out] = stores.get(job.out) or Store(job.out)
             prev = store.run_row(job.run_id)
             if prev is not None and prev.get("status") == "finished":
                 p.console.print(f"  [dim][{k}/{len(jobs)}] {job.run_id}: already finished, skipped[/]")
@@ -136,7 +140,7 @@ def run(
             p.console.print(f"  [green]✓[/] [{k}/{len(jobs)}] {job.run_id}  {score}  "
                             f"({time.perf_counter() - t0:.1f}s)")
             p.advance(rp.overall)
-    cmp = compare(exp.out, run_ids=[j.run_id for j in jobs])
+    cmp = compare(exp.out, run_ids=[j.run_id for j in targets])
     console.print(render(cmp, "table"))
     console.print(f"results: {exp.out}/runs, {exp.out}/epochs (parquet); `mixcli compare {exp.out}` for more views")
     if failed:
@@ -172,6 +176,73 @@ def compare(
         sys.stdout.write(out if out.endswith("\n") else out + "\n")
     else:
         console.print(out)
+
+
+# -------------------------------------------------------------------------------------------------- curves
+@app.command()
+@user_errors
+def curves(
+    directory: Path = typer.Argument(Path("results"), help="An output directory holding runs/ and epochs/."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Metric to plot against the epoch (default: "
+                                         "accuracy for classification, rmse for regression)."),
+    by: Optional[List[str]] = typer.Option(None, "--by", help="Group by this column or dotted config key "
+                                           "(repeatable; default: method plus the keys that vary)."),
+    split: str = typer.Option("test", "--split", help="Evaluation split to plot: test or val."),
+    select: Optional[str] = typer.Option(None, "--select", help="Epoch selection rule of the table's "
+                                         "'selected' column: final, best or median_last10 (default: the "
+                                         "experiment's eval.selection)."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Also write a matplotlib figure (PNG) here."),
+    height: int = typer.Option(4, "--height", min=1, max=20, help="Rows of text per group's chart."),
+) -> None:
+    """Generalization curves: the metric per epoch for each group (mean over seeds), its best epoch, the drop
+    from best to final and whether the curve is U-shaped (rule in `mixcli.curves` and under the table)."""
+    from .curves import load_curves, plot_png, render_chart, render_table
+
+    cv = load_curves(directory, metric=metric, by=by, split=split, rule=select)
+    width = min(console.width, 100)
+    console.print(render_chart(cv, width=width, height=height))
+    console.print(render_table(cv))
+    if png is not None:
+        try:
+            path = plot_png(cv, png)
+        except OSError as exc:
+            raise MixcliError(f"--png {png}: cannot write the figure ({exc.strerror or exc})") from None
+        console.print(f"figure: {path}")
+
+
+# -------------------------------------------------------------------------------------------- selmix-gains
+@app.command("selmix-gains")
+@user_errors
+def selmix_gains(
+    run_dir: Path = typer.Argument(..., help="A selmix run's directory, OUT/jobs/<run_id>."),
+    step: Optional[int] = typer.Option(None, "--step", help="The refresh step to show (default: the last)."),
+    top: int = typer.Option(10, "--top", min=1, help="How many of the most likely class pairs to list."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Write heat maps of G and P (PNG) here."),
+) -> None:
+    """SelMix's gain matrix G and pair distribution P as recorded at a refresh: the top pairs, and heat maps."""
+    import numpy as np
+
+    try:
+        from mixcli_plugins.methods.selmix import load_gains, plot_gains
+    except ImportError as exc:
+        raise MixcliError(f"the selmix plugin is not installed ({exc})") from None
+    rec = load_gains(run_dir, step)
+    G, P = rec["G"], rec["P"]
+    k = G.shape[0]
+    t = Table(title=f"{run_dir} · step {int(rec['step'])} · objective on val {float(rec['objective']):.4f} · "
+                    f"{int((G > 0).sum())}/{k * k} pairs with positive gain")
+    for col in ("i (label)", "j (partner)", "P_ij", "G_ij", "val recall of i"):
+        t.add_column(col, justify="right")
+    for f in np.argsort(-P.ravel(), kind="stable")[:top]:
+        i, j = divmod(int(f), k)
+        t.add_row(str(i), str(j), f"{P[i, j]:.4f}", f"{G[i, j]:.4g}", f"{rec['recall'][i]:.3f}")
+    console.print(t)
+    if png is not None:
+        try:
+            plot_gains(rec, png)
+        except OSError as exc:
+            raise MixcliError(f"--png {png}: cannot write the figure ({exc.strerror or exc})") from None
+        console.print(f"figure: {png}")
 
 
 # ---------------------------------------------------------------------------------------------------- list

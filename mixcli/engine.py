@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__
+from . import __version__, finetune
 from .api import Context, DataBundle, MixOutput, PluginError
 from .data import DeviceData
 from .errors import MixcliError
@@ -58,9 +58,10 @@ def _plugin(kind: str, spec: dict, *args):
         raise MixcliError(f"{kind[:-1]} '{spec['name']}': {exc}") from None
 
 
-def build_optimizer(model: torch.nn.Module, train: dict, steps_per_epoch: int):
+def build_optimizer(model: torch.nn.Module, train: dict, steps_per_epoch: int, total: int | None = None):
+    """Optimizer and per-step LR schedule; ``total`` steps (default epochs x steps_per_epoch)."""
     o, s = train["optimizer"], train["schedule"]
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = finetune.param_groups(model, o)
     if o["name"] == "sgd":
         opt = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"],
                               nesterov=o["nesterov"] and o["momentum"] > 0)
@@ -68,7 +69,7 @@ def build_optimizer(model: torch.nn.Module, train: dict, steps_per_epoch: int):
         opt = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"])
     else:
         opt = torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"])
-    total = train["epochs"] * steps_per_epoch
+    total = total or train["epochs"] * steps_per_epoch
     warm = s["warmup_epochs"] * steps_per_epoch
     milestones = [m * steps_per_epoch for m in s["milestones"]]
 
@@ -127,20 +128,27 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
     dd = DeviceData(data, device, seed)
     _seed_all(seed)
     model = _plugin("models", cfg["model"], data.input_shape, data.out_dim).to(device)
-    if device.type == "cuda":
+    if device.type == "cuda":  # channels_last weights and inputs (DeviceData), cuDNN picks the fastest kernels
         model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    finetune.load_init(model, cfg)
+    freeze_bn = train_cfg.get("freeze_bn", False)
+    if freeze_bn:
+        finetune.freeze_bn_params(model)
     method = _plugin("methods", cfg["method"])
     loss_fn = _plugin("losses", cfg["loss"])
     off_after = cfg["method"].get("off_after_epoch")
-    steps = dd.steps_per_epoch(train_cfg["batch_size"])
-    opt, sched = build_optimizer(model, train_cfg, steps)
+    budget = finetune.budget(train_cfg, dd.steps_per_epoch(train_cfg["batch_size"]))
+    steps, n_epochs = budget.per_epoch, budget.epochs
+    opt, sched = build_optimizer(model, train_cfg, steps, budget.total)
     bf16 = train_cfg["precision"] == "bf16" or (train_cfg["precision"] == "auto" and device.type == "cuda")
 
     def autocast():
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
     ctx = Context(task=task, num_classes=data.num_classes, device=device, rng=np.random.default_rng(seed),
-                  train=dd.train, fetch=dd.fetch, epochs=train_cfg["epochs"], data=data, model=model)
+                  train=dd.train, fetch=dd.fetch, epochs=n_epochs, data=data, model=model,
+                  eval_batches=dd.eval_batches, artifacts_dir=store.job_dir(job.run_id))
     rows: list[dict] = []
     start, wall = 1, 0.0
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -160,8 +168,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
         method.load_state_dict(ckpt["method"])
     run_model = model
     if train_cfg["compile"]:
-        for i, stage in enumerate(model.stages):
-            model.stages[i] = torch.compile(stage)
+        compile_stages(model)
     base_row = {
         "run_id": job.run_id, "experiment": cfg["name"], "method": cfg["method"]["name"],
         "dataset": cfg["dataset"]["name"], "model": cfg["model"]["name"], "loss": cfg["loss"]["name"],
@@ -170,17 +177,17 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
     }
     store.write_config(job.run_id, cfg)
     store.write_run({**base_row, "status": "running", "epochs": len(rows)})
-    progress.start(job, train_cfg["epochs"], steps, start)
+    progress.start(job, n_epochs, steps, start)
     every = cfg["eval"]["every"]
-    for epoch in range(start, train_cfg["epochs"] + 1):
+    for epoch in range(start, n_epochs + 1):
         t0 = time.perf_counter()
         ctx.epoch = epoch
         mixing = off_after is None or epoch <= off_after
         if mixing:
             method.start_epoch(epoch, ctx)
-        run_model.train()
+        finetune.train_mode(run_model, freeze_bn)
         loss_sum = torch.zeros((), device=device)
-        for batch in dd.train_batches(train_cfg["batch_size"]):
+        for batch in finetune.train_steps(dd, train_cfg["batch_size"], budget.steps(epoch)):
             with autocast():
                 out = method(run_model, batch, ctx) if mixing else MixOutput.unmixed(run_model(batch.x), batch.y)
                 loss = out.loss if out.loss is not None else loss_fn(out, ctx)
@@ -191,12 +198,12 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
             loss_sum += loss.detach().float()
             ctx.step += 1
             progress.step()
-        train_loss = float(loss_sum) / steps
+        train_loss = float(loss_sum) / budget.steps(epoch)
         if not math.isfinite(train_loss):
             raise MixcliError(f"run {job.run_id}: the training loss became {train_loss} in epoch {epoch}; "
                               "lower train.optimizer.lr or check the data")
         row = {"epoch": epoch, "train_loss": train_loss, "lr": opt.param_groups[0]["lr"]}
-        if epoch % every == 0 or epoch == train_cfg["epochs"]:
+        if epoch % every == 0 or epoch == n_epochs:
             for split in SPLITS:
                 if split in dd.splits:
                     m = evaluate(run_model, dd, split, task, cfg["eval"]["batch_size"], autocast)
@@ -228,6 +235,21 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
                 result[f"{name}_{k}"] = v
     store.write_run(result)
     return store.run_row(job.run_id) or result
+
+
+def compile_stages(model) -> None:
+    """``torch.compile`` each stage in place, so that ``forward_to``/``forward_from`` at any position run
+    compiled code (the pool and the classifier stay eager).
+
+    All stages share one code object, and dynamo's recompile limit (8 by default) counts guard variants per
+    code object: stages x (train, eval) x (batch shapes) would exceed it and silently fall back to eager.
+    The limit is raised to cover them.
+    """
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, name, max(getattr(cfg, name), 8 * len(model.stages)))
+    for i, stage in enumerate(model.stages):
+        model.stages[i] = torch.compile(stage)
 
 
 def _uncompiled(state: dict) -> dict:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MixcliError
+from .finetune import resolve_init
 from .spec import Experiment, resolve, run_id, set_dotted
 
 
@@ -16,6 +17,7 @@ class Job:
     config: dict          # fully resolved, includes the seed
     grid_values: dict     # the grid keys and the values this job takes
     out: Path
+    parent: "Job | None" = None  # the job it fine-tunes from (init_from: {experiment: ...}), run first
 
     @property
     def label(self) -> str:
@@ -32,11 +34,12 @@ def _short(v) -> str:
 
 
 def expand(exp: Experiment) -> list[Job]:
-    """All jobs of an experiment, grid combinations in file order, seeds innermost."""
-    keys = list(exp.grid)
-    combos = list(itertools.product(*(exp.grid[k] for k in keys))) if keys else [()]
-    jobs, seen, errors = [], set(), []
-    for combo in combos:
+    """All jobs of an experiment, grid combinations in file order (a list of grids: the union of their
+    products), seeds innermost."""
+    grids = exp.grid if isinstance(exp.grid, list) else [exp.grid]
+    points = [(list(g), combo) for g in grids for combo in itertools.product(*g.values())]
+    jobs, seen, errors, parents = [], set(), [], {}
+    for keys, combo in points:
         doc = copy.deepcopy(exp.doc)
         for k, value in zip(keys, combo):
             set_dotted(doc, k, copy.deepcopy(value))
@@ -50,11 +53,12 @@ def expand(exp: Experiment) -> list[Job]:
         for seed in exp.seeds:
             c = copy.deepcopy(cfg)
             c["seed"] = seed
+            parent = resolve_init(c, exp, parents)
             rid = run_id(c)
             if rid in seen:  # two grid points that resolve to the same configuration
                 continue
             seen.add(rid)
-            jobs.append(Job(rid, c, dict(zip(keys, combo)), exp.out))
+            jobs.append(Job(rid, c, dict(zip(keys, combo)), exp.out, parent))
     if errors:
         raise MixcliError("\n".join(errors))
     return jobs

@@ -24,6 +24,7 @@ DEFAULT_METRICS = {
     "regression": ["rmse", "mape", "pearson_r", "worst_domain_rmse"],
 }
 IGNORED_KEYS = {"seed", "name"}
+IGNORED_COLUMNS = {"init_from.parent", "init_from.checkpoint"}  # per-seed parent runs, not a setting
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -54,7 +55,8 @@ def load_runs(out: Path | str) -> pd.DataFrame:
 def varying_keys(runs: pd.DataFrame) -> list[str]:
     """``method`` plus the configuration keys whose value differs between runs of the same method."""
     keys = ["method"]
-    cfg_cols = [c for c in runs.columns if "." in c and c.split(".")[-1] not in IGNORED_KEYS]
+    cfg_cols = [c for c in runs.columns if "." in c and c.split(".")[-1] not in IGNORED_KEYS
+                and c not in IGNORED_COLUMNS]
     for col in cfg_cols:
         if col.startswith("method."):
             differs = any(g[col].astype(str).nunique(dropna=False) > 1 for _, g in runs.groupby("method"))

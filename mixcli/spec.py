@@ -17,19 +17,25 @@ Top-level keys (defaults in brackets)::
       epochs: int > 0                  [10]
       batch_size: int > 0              [128]
       optimizer: {name: sgd|adamw|adam, lr: >0 [0.1], momentum: [0,1) [0.9], weight_decay: >=0 [5e-4],
-                  nesterov: bool [false]}
+                  nesterov: bool [false], classifier_lr: >0 or null [null = lr] (lr is then the backbone's)}
       schedule: {name: constant|cosine|multistep [cosine], warmup_epochs: >=0 [0],
                  milestones: [epochs] [[]], gamma: (0,1] [0.1]}
       compile: bool [false]            torch.compile the model (CUDA)
       precision: auto|bf16|fp32        [auto]: bf16 autocast on CUDA, fp32 on CPU
+      iterations: int > 0 or null      [null] train this many steps instead of `epochs` (not both); an
+      iterations_per_epoch: int > 0    "epoch" is then this many steps [null = one pass] (mixcli.finetune)
+      freeze_bn: bool [false]          BatchNorm kept in eval mode, its affine parameters not trained
     eval:
       every: int > 0                   [1] evaluate every N epochs (and always after the last)
       batch_size: int > 0              [1024]
       selection: final|best|median_last10   the epoch rule reports use by default [final for
                                        classification, best (best validation epoch) for regression]
     seeds: [int, ...] or a count N     [[0]] (a count means seeds 0..N-1)
-    grid: {dotted.key: [v1, v2, ...]}  ablation: the cartesian product of all values (any key, e.g. method)
+    grid: {dotted.key: [v1, v2, ...]}  ablation: the cartesian product of all values (any key, e.g. method);
+                                       a list of such mappings runs the union of their products
     out: path                          [results/<name>] output directory
+    init_from: RUN | {experiment: FILE, where: {...}, seed: N}   [null] start from an earlier run's
+                                       weights (same model and dataset; see mixcli.finetune)
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from typing import Any
 
 import yaml
 
+from . import finetune
 from .errors import MixcliError, did_you_mean
 from .registry import REGISTRY, plugin_options
 
@@ -117,6 +124,7 @@ SCHEMA: dict[str, Any] = {
             "momentum": Check("float", 0.9, low=0, high=1, high_open=True),
             "weight_decay": Check("float", 5e-4, low=0),
             "nesterov": Check("bool", False),
+            "classifier_lr": Check("float", None, low=0, low_open=True, nullable=True),
         },
         "schedule": {
             "name": Check("str", "cosine", choices=("constant", "cosine", "multistep")),
@@ -126,6 +134,9 @@ SCHEMA: dict[str, Any] = {
         },
         "compile": Check("bool", False),
         "precision": Check("str", "auto", choices=("auto", "bf16", "fp32")),
+        "iterations": Check("int", None, low=1, nullable=True),
+        "iterations_per_epoch": Check("int", None, low=1, nullable=True),
+        "freeze_bn": Check("bool", False),
     },
     "eval": {
         "every": Check("int", 1, low=1),
@@ -135,6 +146,7 @@ SCHEMA: dict[str, Any] = {
     "seeds": Check("seeds", [0]),
     "grid": Check("grid", {}),
     "out": Check("str", None, nullable=True),
+    "init_from": Check("init", None, nullable=True),  # checked by mixcli.finetune.check_init_from
 }
 SHORTHAND = {"train.optimizer", "train.schedule"}  # may be written as just their name
 
@@ -234,7 +246,7 @@ class Experiment:
     name: str
     out: Path
     doc: dict
-    grid: dict[str, list]
+    grid: dict[str, list] | list[dict[str, list]]
     seeds: list[int]
     lines: Lines = field(repr=False)
 
@@ -393,12 +405,14 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     elif len(set(seeds)) != len(seeds):
         v.error("seeds", f"seeds are repeated: {seeds}")
     grid = doc.get("grid") or {}
-    if "grid" in doc and not isinstance(doc["grid"], dict):
-        v.error("grid", f"expected a mapping of dotted keys to lists of values, got {doc['grid']!r}")
-        grid = {}
-    elif "grid" in doc and not grid:
+    grids = grid if isinstance(grid, list) else [grid]
+    if "grid" in doc and not all(isinstance(g, dict) for g in grids):
+        v.error("grid", f"expected a mapping of dotted keys to lists of values (or a list of such mappings), "
+                        f"got {doc['grid']!r}")
+        grid, grids = {}, []
+    elif "grid" in doc and not all(grids):
         v.error("grid", "the grid is empty; remove it or give at least one key with a list of values")
-    for k, values in grid.items():
+    for k, values in [kv for g in grids for kv in g.items()]:
         if not isinstance(values, list) or not values:
             v.error(f"grid.{k}", f"expected a non-empty list of values, got {values!r}")
         elif str(k).split(".")[0] not in SCHEMA or str(k).split(".")[0] in ("name", "grid", "seeds", "out"):
@@ -407,7 +421,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     v.raise_if_errors()
     out = Path(doc.get("out") or Path("results") / doc["name"])
     base = {k: val for k, val in doc.items() if k not in ("grid", "seeds", "out")}
-    for k in grid:
+    for k in [k for g in grids for k in g]:
         lines.origin.setdefault(k, f"grid.{k}" + (f" (line {lines.lines[f'grid.{k}']})"
                                                   if f"grid.{k}" in lines.lines else ""))
     return Experiment(str(path), doc["name"], out, base, grid, seeds, lines)
@@ -427,6 +441,8 @@ def resolve(doc: dict, lines: Lines) -> dict:
     cfg["loss"] = v.plugin("loss", "losses", doc.get("loss", DEFAULT_LOSS[task]), task)
     cfg["train"] = v.section("train", SCHEMA["train"], doc.get("train"))
     cfg["eval"] = v.section("eval", SCHEMA["eval"], doc.get("eval"))
+    cfg["init_from"] = finetune.check_init_from(doc.get("init_from"), v.error)
+    finetune.check_train(doc.get("train"), cfg["train"], v.error)
     if cfg["eval"].get("selection") is None:
         cfg["eval"]["selection"] = "best" if task == "regression" else "final"
     sched = cfg["train"].get("schedule", {})
@@ -434,7 +450,7 @@ def resolve(doc: dict, lines: Lines) -> dict:
     epochs = cfg["train"].get("epochs")
     if not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in ms):
         v.error("train.schedule.milestones", f"expected a list of positive epoch numbers, got {ms!r}")
-    elif isinstance(epochs, int) and isinstance(sched.get("warmup_epochs"), int) \
+    elif isinstance(epochs, int) and epochs >= 1 and isinstance(sched.get("warmup_epochs"), int) \
             and sched["warmup_epochs"] >= epochs:
         v.error("train.schedule.warmup_epochs",
                 f"expected fewer warm-up epochs than train.epochs ({epochs}), got {sched['warmup_epochs']}")
@@ -446,6 +462,6 @@ def run_id(cfg: dict) -> str:
     """A stable id: the method name, the seed and a hash of the fully resolved configuration."""
     import hashlib
 
-    blob = json.dumps(cfg, sort_keys=True, default=str, separators=(",", ":"))
+    blob = json.dumps(finetune.hashed_config(cfg), sort_keys=True, default=str, separators=(",", ":"))
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
     return f"{cfg['method']['name']}-s{cfg['seed']}-{digest}"

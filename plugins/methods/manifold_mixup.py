@@ -15,6 +15,8 @@ class ManifoldMixup(Method):
     ``positions`` index the model's stages: 0 is the input, k the output of stage k (the paper's CIFAR
     setting, {input, block 1, block 2}, is the default [0, 1, 2]); positions beyond the model are dropped
     with the remaining ones used. alpha = 2.0 is the paper's CIFAR value. One lambda per batch.
+    Regression: float targets (N, D) mix the same way; ``positions: [1]`` with the ``mlp`` model is the C-Mixup
+    paper's ManiMix baseline (mixing after the first hidden layer; partners as in ``mixup``, see there).
     """
 
     family = "feature"
