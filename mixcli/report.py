@@ -53,13 +53,15 @@ def load_runs(out: Path | str) -> pd.DataFrame:
 
 
 def varying_keys(runs: pd.DataFrame) -> list[str]:
-    """``method`` plus the configuration keys whose value differs between runs of the same method."""
+    """``method`` plus the configuration keys whose value differs between runs (a plugin's options: between
+    runs of the same plugin)."""
     keys = ["method"]
     cfg_cols = [c for c in runs.columns if "." in c and c.split(".")[-1] not in IGNORED_KEYS
                 and c not in IGNORED_COLUMNS]
     for col in cfg_cols:
-        if col.startswith("method."):
-            differs = any(g[col].astype(str).nunique(dropna=False) > 1 for _, g in runs.groupby("method"))
+        kind = col.split(".")[0]
+        if kind in ("method", "loss", "dataset", "model"):  # options of one plugin: compared within its runs
+            differs = any(g[col].astype(str).nunique(dropna=False) > 1 for _, g in runs.groupby(kind))
         else:
             differs = runs[col].astype(str).nunique(dropna=False) > 1
         if differs and not col.endswith(".name"):
@@ -128,8 +130,9 @@ def compare(out: Path | str, by: list[str] | None = None, metrics: list[str] | N
     metrics = [m for m in metrics if vals[m].notna().any()]
     if not metrics:
         raise MixcliError(f"no {split} metrics recorded for these runs (try --split test)")
-    data = pd.concat([runs[by].astype(str), vals[metrics]], axis=1)
-    grouped = data.groupby(by, sort=False)
+    keys = runs[by].astype(object)
+    data = pd.concat([keys.where(keys.notna(), "-").astype(str), vals[metrics]], axis=1)  # "-": option absent
+    grouped = data.groupby(by, sort=False, dropna=False)
     table = grouped.size().rename("n").reset_index()
     for m in metrics:
         table[f"{m}_mean"] = grouped[m].mean().to_numpy()

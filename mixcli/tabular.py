@@ -4,7 +4,7 @@
   from the first line: tab, else comma, else semicolon, else runs of whitespace).
 - :func:`numeric_columns`: columns of such a table as float64, with a :class:`~mixcli.api.PluginError` that
   names the file, the row (file line) and the column of the first empty or non-numeric cell.
-- :func:`split_rows`: a seeded shuffle split into train / val / test, given as three fractions summing to 1
+- :func:`check_split` / :func:`split_rows`: a seeded shuffle split into train / val / test, given as three fractions summing to 1
   or three row counts summing to N (the C-Mixup Airfoil split is ``[1003, 300, 200]``).
 - :func:`minmax`: per-feature min-max scaling to [0, 1] (constant features become 0).
 - :func:`build_regression`: arrays -> :class:`~mixcli.api.DataBundle` with float32 ``x`` (N, F), float32
@@ -84,26 +84,36 @@ def numeric_columns(df, columns: list, path: str, header: bool = True, what: str
     return out
 
 
+def check_split(split) -> list:
+    """``split`` as a list after checking its form: three row counts (ints >= 0) or three fractions >= 0
+    summing to 1."""
+    if not (isinstance(split, (list, tuple)) and len(split) == 3):
+        raise PluginError(f"split must be [train, val, test] (fractions summing to 1 or row counts summing "
+                          f"to the number of rows), got {split!r}")
+    if not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in split):
+        raise PluginError(f"split must hold three numbers, got {split!r}")
+    if min(split) < 0:
+        raise PluginError(f"split {list(split)}: sizes must be >= 0")
+    counts = all(isinstance(s, int) for s in split)
+    if not counts and abs(sum(split) - 1) > 1e-6:
+        raise PluginError(f"split {list(split)}: fractions must sum to 1 (or give three integer row counts)")
+    return list(split)
+
+
 def split_rows(n: int, split, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seeded shuffle split of ``n`` rows: ``split`` = [train, val, test] as fractions (sum 1) or row counts
     (sum n). The rows are permuted once (``rng.permutation``: a numpy Generator, or the ``numpy.random``
     module for the global generator) and cut in that order (train first), as the C-Mixup reference does."""
-    if not (isinstance(split, (list, tuple)) and len(split) == 3):
-        raise PluginError(f"split must be [train, val, test] (fractions summing to 1 or row counts summing "
-                          f"to the number of rows), got {split!r}")
-    if all(isinstance(s, int) and not isinstance(s, bool) for s in split):
-        counts = list(split)
-        if min(counts) < 0 or sum(counts) != n:
-            raise PluginError(f"split {counts}: row counts must be >= 0 and sum to the number of rows ({n})")
-    elif all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in split):
-        if min(split) < 0 or abs(sum(split) - 1) > 1e-6:
-            raise PluginError(f"split {list(split)}: fractions must be >= 0 and sum to 1")
+    split = check_split(split)
+    if all(isinstance(s, int) for s in split):
+        counts = split
+        if sum(counts) != n:
+            raise PluginError(f"split {counts}: row counts must sum to the number of rows ({n})")
+    else:
         n_val, n_test = int(round(split[1] * n)), int(round(split[2] * n))
         counts = [n - n_val - n_test, n_val, n_test]
-    else:
-        raise PluginError(f"split must hold three numbers, got {split!r}")
     if counts[0] < 1 or (split[2] > 0 and counts[2] < 1):
-        raise PluginError(f"split {list(split)} of {n} rows leaves an empty training or test set")
+        raise PluginError(f"split {split} of {n} rows leaves an empty training or test set")
     perm = rng.permutation(n)
     a, b = counts[0], counts[0] + counts[1]
     return perm[:a], perm[a:b], perm[b:]

@@ -111,6 +111,17 @@ def run_cli(tmp_path, dataset: dict, epochs: int = 1, methods=("erm",), widths=(
     return CliRunner().invoke(app, ["run", str(tmp_path / "e.yaml"), "--device", "cpu"])
 
 
+def test_compare_shows_worst_domain_rmse_only_with_domains(tmp_path):
+    n = 60
+    path = write_csv(tmp_path / "d.csv", {"a": np.linspace(0, 1, n), "g": ["u", "v", "w"] * 20,
+                                          "y": np.linspace(0, 1, n) * 3 + 1})
+    res = run_cli(tmp_path, {"name": "csv", "path": str(path), "targets": ["y"], "domain": "g"}, epochs=2)
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["compare", str(tmp_path / "out"), "--format", "json"])
+    import json
+    assert json.loads(res.output)["metrics"] == ["rmse", "mape", "pearson_r", "worst_domain_rmse"]
+
+
 @pytest.mark.parametrize("case", ["missing_target", "non_numeric", "nan_label", "one_domain"])
 def test_csv_bad_inputs_give_one_clear_error(tmp_path, case):
     n = 20
@@ -173,6 +184,10 @@ def test_diabetes_real_data_seeded_split():
     from sklearn.datasets import load_diabetes
     np.testing.assert_allclose(ally, np.sort(load_diabetes().target), rtol=1e-6)   # every row once, raw
     assert float(a.train.x.min()) == 0.0 and float(a.train.x.max()) == 1.0
+    with pytest.raises(PluginError, match=r"fractions must sum to 1"):
+        Diabetes(split=[0.5, 0.6, 0.1])
+    with pytest.raises(PluginError, match=r"row counts must sum to the number of rows \(442\)"):
+        Diabetes(split=[300, 100, 10]).load()
 
 
 def test_multimodal_generator_and_modes():

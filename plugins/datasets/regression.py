@@ -15,7 +15,7 @@ import urllib.request
 import numpy as np
 
 from mixcli.api import DataBundle, Dataset, PluginError
-from mixcli.tabular import DELIMITERS, SCALINGS, build_regression, numeric_columns, read_table
+from mixcli.tabular import DELIMITERS, SCALINGS, build_regression, check_split, numeric_columns, read_table
 
 DEFAULT_ROOT = "~/.cache/mixcli/data"
 AIRFOIL_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/00291/airfoil_self_noise.dat"
@@ -26,20 +26,23 @@ AIRFOIL_COLUMNS = ["frequency_hz", "angle_deg", "chord_m", "velocity_m_s", "thic
 def _check_common(split, split_seed, scaling, split_per_seed=False) -> None:
     if not isinstance(split_per_seed, bool):
         raise PluginError(f"split_per_seed must be true or false, got {split_per_seed!r}")
-    if not isinstance(split, (list, tuple)) or len(split) != 3:
-        raise PluginError(f"split must be [train, val, test] (fractions or row counts), got {split!r}")
+    check_split(split)
     if isinstance(split_seed, bool) or not isinstance(split_seed, int):
         raise PluginError(f"split_seed must be an integer, got {split_seed!r}")
     if scaling not in SCALINGS:
         raise PluginError(f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
 
 
-def _check_path(name: str, value, nullable: bool = True) -> str | None:
+def _check_path(name: str, value, nullable: bool = True, hint: str = "") -> str | None:
+    """A path option; a file path (``hint`` given) must exist, so a typo fails before any run starts."""
     if value is None and nullable:
         return None
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
         raise PluginError(f"{name} must be a file path (a non-empty string), got {value!r}")
-    return os.path.expanduser(os.fspath(value))
+    path = os.path.expanduser(os.fspath(value))
+    if hint and not os.path.isfile(path):
+        raise PluginError(f"{name} {path}: no such file{hint}")
+    return path
 
 
 class Airfoil(Dataset):
@@ -65,7 +68,8 @@ class Airfoil(Dataset):
     def __init__(self, path: str | None = None, download: bool = False, root: str = DEFAULT_ROOT,
                  split: list = (1003, 300, 200), split_seed: int = 0, split_per_seed: bool = False,
                  scaling: str = "minmax_train"):
-        self.path = _check_path("path", path)
+        self.path = _check_path("path", path, hint=" (give the UCI airfoil_self_noise.dat, or leave path "
+                                                   "out and set download: true)")
         self.root = _check_path("root", root, nullable=False)
         if not isinstance(download, bool):
             raise PluginError(f"download must be true or false, got {download!r}")
@@ -75,9 +79,6 @@ class Airfoil(Dataset):
 
     def _file(self) -> str:
         if self.path is not None:
-            if not os.path.isfile(self.path):
-                raise PluginError(f"path {self.path}: no such file (give the UCI airfoil_self_noise.dat, or "
-                                  "leave path out and set download: true)")
             return self.path
         target = os.path.join(self.root, AIRFOIL_FILE)
         if os.path.isfile(target):
@@ -136,7 +137,7 @@ class CSV(Dataset):
     def __init__(self, path: str, targets: list, features: list | None = None, domain: str | None = None,
                  split: list = (0.7, 0.1, 0.2), split_seed: int = 0, split_per_seed: bool = False,
                  scaling: str = "minmax_train", delimiter: str = "auto"):
-        self.path = _check_path("path", path, nullable=False)
+        self.path = _check_path("path", path, nullable=False, hint=" (a CSV or TSV file with a header row)")
         if isinstance(targets, str):
             targets = [targets]
         if not isinstance(targets, (list, tuple)) or not targets or not all(isinstance(t, str) for t in targets):

@@ -34,6 +34,13 @@ class Mixup(Method):
 
     Partners come from a random permutation (random disjoint pairs in ``pair`` mode); timm pairs row i
     with row B-1-i and torchvision with row i-1, which equals a permutation of a shuffled batch.
+
+    Regression: float targets (N, D) mix the same way (``mse`` loss). The C-Mixup reference's ``mixtype
+    random`` instead draws each row's partner uniformly over all N training examples (with replacement). The
+    batch being a uniformly random subset, an in-batch partner is the row itself with probability 1/B (a
+    fixed point of the permutation) and otherwise uniform over the other N - 1 examples: the same non-self
+    distribution, but more self-pairs (1/B vs 1/N: 6.25% vs 0.1% at B = 16, N = 1003), which train unmixed,
+    and distinct partners within a batch. Label-aware partners over the whole training set: ``cmixup``.
     """
 
     family = "input"
