@@ -252,6 +252,13 @@ class Method(Plugin):
     def __call__(self, model: Model, batch: Batch, ctx: Context) -> MixOutput:  # pragma: no cover
         raise NotImplementedError
 
+    @classmethod
+    def inspect(cls, run_dir: Path, png: Path | None = None, step: int | None = None, top: int = 10) -> Any:
+        """What a run of this method recorded in its run directory (``OUT/jobs/<run_id>``, see
+        ``Context.artifacts_dir``), as a rich renderable; with ``png``, also a figure. ``step`` picks a recorded
+        step (default: the last) and ``top`` how many rows to list. Shown by ``mixcli inspect``."""
+        raise PluginError(f"this method ({cls.__name__}) records nothing to inspect")
+
 
 class Loss(Plugin):
     """Base class of training losses: map a :class:`MixOutput` to a scalar."""

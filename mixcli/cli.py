@@ -210,38 +210,31 @@ def curves(
         console.print(f"figure: {path}")
 
 
-# -------------------------------------------------------------------------------------------- selmix-gains
-@app.command("selmix-gains")
+# ------------------------------------------------------------------------------------------------- inspect
+@app.command()
 @user_errors
-def selmix_gains(
-    run_dir: Path = typer.Argument(..., help="A selmix run's directory, OUT/jobs/<run_id>."),
-    step: Optional[int] = typer.Option(None, "--step", help="The refresh step to show (default: the last)."),
-    top: int = typer.Option(10, "--top", min=1, help="How many of the most likely class pairs to list."),
-    png: Optional[Path] = typer.Option(None, "--png", help="Write heat maps of G and P (PNG) here."),
+def inspect(
+    run_dir: Path = typer.Argument(..., help="A run's directory, OUT/jobs/<run_id>."),
+    step: Optional[int] = typer.Option(None, "--step", help="The recorded step to show (default: the last)."),
+    top: int = typer.Option(10, "--top", min=1, help="How many rows to list."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Also write a figure (PNG) here."),
 ) -> None:
-    """SelMix's gain matrix G and pair distribution P as recorded at a refresh: the top pairs, and heat maps."""
-    import numpy as np
+    """Show what a run's method recorded while training (e.g. SelMix's gain matrix and pair distribution)."""
+    import yaml
 
+    from .registry import REGISTRY
+
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise MixcliError(f"{run_dir}: not a run directory (expected {cfg_path}; run directories are "
+                          "OUT/jobs/<run_id>)")
+    cfg = yaml.safe_load(cfg_path.read_text())
+    method = REGISTRY.get("methods", cfg["method"]["name"])
     try:
-        from mixcli_plugins.methods.selmix import load_gains, plot_gains
-    except ImportError as exc:
-        raise MixcliError(f"the selmix plugin is not installed ({exc})") from None
-    rec = load_gains(run_dir, step)
-    G, P = rec["G"], rec["P"]
-    k = G.shape[0]
-    t = Table(title=f"{run_dir} · step {int(rec['step'])} · objective on val {float(rec['objective']):.4f} · "
-                    f"{int((G > 0).sum())}/{k * k} pairs with positive gain")
-    for col in ("i (label)", "j (partner)", "P_ij", "G_ij", "val recall of i"):
-        t.add_column(col, justify="right")
-    for f in np.argsort(-P.ravel(), kind="stable")[:top]:
-        i, j = divmod(int(f), k)
-        t.add_row(str(i), str(j), f"{P[i, j]:.4f}", f"{G[i, j]:.4g}", f"{rec['recall'][i]:.3f}")
-    console.print(t)
+        console.print(method.inspect(run_dir, png=png, step=step, top=top))
+    except OSError as exc:
+        raise MixcliError(f"--png {png}: cannot write the figure ({exc.strerror or exc})") from None
     if png is not None:
-        try:
-            plot_gains(rec, png)
-        except OSError as exc:
-            raise MixcliError(f"--png {png}: cannot write the figure ({exc.strerror or exc})") from None
         console.print(f"figure: {png}")
 
 

@@ -273,11 +273,13 @@ def test_selmix_fine_tune_end_to_end(cli, write, tmp_path):
         P, G = z["P"], z["G"]
         assert P.shape == (10, 10) and P.sum() == pytest.approx(1.0)
         assert ((P == 0) == (G <= 0)).all() or (G <= 0).all()
-    code, text = cli("selmix-gains", run_dir, "--png", tmp_path / "g.png", "--top", "3")
+    code, text = cli("inspect", run_dir, "--png", tmp_path / "g.png", "--top", "3")
     assert code == 0, text
     assert "step 6" in text and (tmp_path / "g.png").stat().st_size > 1000
-    code, text = cli("selmix-gains", tmp_path, "--step", "1")
-    assert code == 2 and "no selmix gains recorded" in text
+    code, text = cli("inspect", tmp_path, "--step", "1")
+    assert code == 2 and "not a run directory" in text
+    code, text = cli("inspect", next((tmp_path / "pre" / "jobs").iterdir()))  # the erm parent
+    assert code == 2 and "records nothing to inspect" in text
     # running again skips both the parent and the fine-tune
     code, text = cli("run", p, "--out", tmp_path / "ft", "--device", "cpu")
     assert code == 0 and text.count("already finished, skipped") == 2

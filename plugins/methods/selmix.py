@@ -319,6 +319,27 @@ class SelMix(Method):
         return MixOutput(model.forward_from(z, pos), y1, y1, torch.ones(n, device=ctx.device))
 
 
+    @classmethod
+    def inspect(cls, run_dir, png=None, step=None, top=10):
+        """The gain matrix G and pair distribution P recorded at a refresh: the ``top`` most likely pairs as a
+        table, and heat maps of G and P with ``png`` (``mixcli inspect OUT/jobs/<run_id>``)."""
+        from rich.table import Table
+
+        rec = load_gains(run_dir, step)
+        G, P = rec["G"], rec["P"]
+        k = G.shape[0]
+        t = Table(title=f"{run_dir} · step {int(rec['step'])} · objective on val {float(rec['objective']):.4f} · "
+                        f"{int((G > 0).sum())}/{k * k} pairs with positive gain")
+        for col in ("i (label)", "j (partner)", "P_ij", "G_ij", "val recall of i"):
+            t.add_column(col, justify="right")
+        for f in np.argsort(-P.ravel(), kind="stable")[:top]:
+            i, j = divmod(int(f), k)
+            t.add_row(str(i), str(j), f"{P[i, j]:.4f}", f"{G[i, j]:.4g}", f"{rec['recall'][i]:.3f}")
+        if png is not None:
+            plot_gains(rec, png)
+        return t
+
+
 def _save_npz(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
