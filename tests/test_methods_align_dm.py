@@ -2,6 +2,7 @@
 computations, invariants, and runs through the real engine."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -268,11 +269,17 @@ def test_decoupled_gradient_flows_and_eta_zero_is_mixed_ce():
 
 
 def test_cutmix_with_decoupled_loss_through_the_engine(cli, write, tmp_path):
-    p = write(CNN_RUN.replace("method: erm", "method: {name: cutmix, alpha: 0.2}\nloss: {name: decoupled, eta: 0.1}"))
-    code, text = cli("run", p, "--out", tmp_path / "o", "--device", "cpu")
+    grid = "grid: [{method: [erm]}, {method: [{name: cutmix, alpha: 0.2}], loss: [{name: decoupled, eta: 0.1}]}]\n"
+    code, text = cli("run", write(CNN_RUN + grid), "--out", tmp_path / "o", "--device", "cpu")
     assert code == 0, text
-    runs = pd.read_parquet(tmp_path / "o" / "runs")
-    assert runs["loss"].tolist() == ["decoupled"] and runs["status"].tolist() == ["finished"]
+    runs = pd.read_parquet(tmp_path / "o" / "runs").sort_values("method")
+    assert runs["loss"].tolist() == ["decoupled", "soft_ce"] and set(runs["status"]) == {"finished"}
+    assert (runs["final_test_accuracy"] > 0.3).all()
+    # the table has one row per (method, loss); the decoupled loss's options exist for one loss only
+    code, text = cli("compare", tmp_path / "o", "--format", "json")
+    doc = json.loads(text)
+    assert doc["by"] == ["method", "loss"]
+    assert [(g["method"], g["loss"], g["n"]) for g in doc["groups"]] == [("cutmix", "decoupled", 1), ("erm", "soft_ce", 1)]
     code, text = cli("run", write(CNN_RUN.replace("method: erm", "loss: {name: decoupled, mode: all}"), "b.yaml"),
                      "--out", tmp_path / "b", "--device", "cpu")
     assert code == 2 and "mode must be one of both, more, less" in text
