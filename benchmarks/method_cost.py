@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mixcli.api import Batch, Context, DataBundle, Split
-from mixcli.engine import pick_device
+from mixcli.engine import autocast_for, pick_device, train_step
 from mixcli.errors import MixcliError
 from mixcli.registry import REGISTRY
 
@@ -66,20 +66,15 @@ class Runner:
         self.method.setup(self.ctx)
         self.method.start_epoch(1, self.ctx)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
-        self.bf16 = device.type == "cuda" and not args.fp32
+        self.autocast = autocast_for(device, device.type == "cuda" and not args.fp32)
         self.batch, self.device = batch, device
         self.loss_sum = torch.zeros((), device=device)
         self.times: list[float] = []
 
     def step(self) -> None:
         self.model.train()
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.method(self.model, self.batch, self.ctx)
-            loss = out.loss if out.loss is not None else self.loss_fn(out, self.ctx)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.loss_sum += loss.detach().float()
+        self.loss_sum += train_step(self.model, self.method, self.loss_fn, self.batch, self.ctx, self.opt,
+                                    self.autocast)
 
     def timed(self, steps: int) -> None:
         sync(self.device)

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from mixcli.api import Batch, Context, DataBundle, Split
 from mixcli.data import DeviceData
-from mixcli.engine import compile_stages, pick_device
+from mixcli.engine import autocast_for, compile_stages, pick_device, train_step
 from mixcli.errors import MixcliError
 from mixcli.registry import REGISTRY
 
@@ -106,19 +106,13 @@ class Trainer:
             compile_stages(model)
         self.model = model.train()
         self.opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
-        self.bf16 = device.type == "cuda" and not args.fp32
+        self.autocast = autocast_for(device, device.type == "cuda" and not args.fp32)
         self.loss_sum = torch.zeros((), device=device)
         self.seconds, self.steps = 0.0, 0
 
     def step(self) -> None:
-        batch = next(self.batches)
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.method(self.model, batch, self.ctx)
-            loss = out.loss if out.loss is not None else self.loss_fn(out, self.ctx)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.loss_sum += loss.detach().float()
+        self.loss_sum += train_step(self.model, self.method, self.loss_fn, next(self.batches), self.ctx,
+                                    self.opt, self.autocast)
 
     def timed(self, n: int) -> None:
         if self.device.type == "cuda":

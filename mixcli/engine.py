@@ -104,6 +104,24 @@ def evaluate(model, dd: DeviceData, split: str, task: str, batch_size: int, auto
     return regression_metrics(out.view(y.shape), y, domain=s.domain)
 
 
+def autocast_for(device: torch.device, bf16: bool):
+    """A factory of autocast contexts: bf16 when asked for, else a no-op."""
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def train_step(model, method, loss_fn, batch, ctx: Context, opt, autocast) -> torch.Tensor:
+    """One optimizer step: the method's forward (plain training when ``method`` is None), its loss (or the
+    loss the method set itself), backward, update. Returns the detached float32 loss (no host sync). The
+    benchmarks time exactly this function."""
+    with autocast():
+        out = method(model, batch, ctx) if method is not None else MixOutput.unmixed(model(batch.x), batch.y)
+        loss = out.loss if out.loss is not None else loss_fn(out, ctx)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach().float()
+
+
 def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -143,8 +161,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
     opt, sched = build_optimizer(model, train_cfg, steps, budget.total)
     bf16 = train_cfg["precision"] == "bf16" or (train_cfg["precision"] == "auto" and device.type == "cuda")
 
-    def autocast():
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+    autocast = autocast_for(device, bf16)
 
     ctx = Context(task=task, num_classes=data.num_classes, device=device, rng=np.random.default_rng(seed),
                   train=dd.train, fetch=dd.fetch, epochs=n_epochs, data=data, model=model,
@@ -188,14 +205,9 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
         finetune.train_mode(run_model, freeze_bn)
         loss_sum = torch.zeros((), device=device)
         for batch in finetune.train_steps(dd, train_cfg["batch_size"], budget.steps(epoch)):
-            with autocast():
-                out = method(run_model, batch, ctx) if mixing else MixOutput.unmixed(run_model(batch.x), batch.y)
-                loss = out.loss if out.loss is not None else loss_fn(out, ctx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = train_step(run_model, method if mixing else None, loss_fn, batch, ctx, opt, autocast)
             sched.step()
-            loss_sum += loss.detach().float()
+            loss_sum += loss
             ctx.step += 1
             progress.step()
         train_loss = float(loss_sum) / budget.steps(epoch)
