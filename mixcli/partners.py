@@ -158,9 +158,31 @@ def sample_partners(index: torch.Tensor, y_all: torch.Tensor, sigma: float, kern
         raise PluginError("cannot draw partners from an empty training set")
     if bool(((index < 0) | (index >= n)).any()):
         raise PluginError(f"index out of range for {n} training examples")
-    for start, probs in iter_partner_probs(index, y_all, sigma, kernel, block_size):
-        draw = torch.multinomial(probs, 1, replacement=True, generator=generator).squeeze(1)
-        out[start:start + probs.shape[0]] = draw
+    sigma, kernel, block_size = _check_sigma(sigma), _check_kernel(kernel), _check_block_size(block_size)
+    if kernel == "tophat":  # every row needs a label within sigma (partner_probs checks and says so)
+        for _ in iter_partner_probs(index, y_all, sigma, kernel, block_size):
+            pass
+    u = torch.rand(index.shape[0], generator=generator, device=y_all.device, dtype=torch.float64)
+    return draw_partners(index, y_all, sigma, kernel, u, block_size)
+
+
+def draw_partners(index: torch.Tensor, y_all: torch.Tensor, sigma: float, kernel: str, u: torch.Tensor,
+                  block_size: int = 1024) -> torch.Tensor:
+    """The partner of each row of ``index`` by inverse-CDF sampling with the given uniforms ``u`` in [0, 1):
+    the first ``j`` whose cumulative kernel weight exceeds ``u * total`` (zero-weight ``j`` never drawn).
+
+    No validation and no host-device synchronization: the hot-path form of :func:`sample_partners` for
+    methods that draw ``u`` from their own seeded generator. Rows are built ``block_size`` at a time.
+    """
+    y2 = _as_2d(y_all)
+    u = torch.as_tensor(u, dtype=torch.float64).to(y2.device, non_blocking=True)
+    out = torch.empty(index.shape[0], dtype=torch.long, device=y2.device)
+    for start in range(0, index.shape[0], block_size):
+        rows = index[start:start + block_size]
+        cdf = kernel_weights(y2[rows], y2, sigma, kernel).double().cumsum_(1)
+        target = (u[start:start + len(rows)] * cdf[:, -1]).unsqueeze(1)
+        draw = torch.searchsorted(cdf, target, right=True).squeeze(1)
+        out[start:start + len(rows)] = draw.clamp_(max=cdf.shape[1] - 1)
     return out
 
 

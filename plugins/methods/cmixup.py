@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, lam_tensor
-from mixcli.partners import KERNELS, PartnerSampler, kernel_weights
+from mixcli.partners import KERNELS, PartnerSampler, draw_partners
 
 
 class CMixup(Method):
@@ -68,22 +68,11 @@ class CMixup(Method):
         self.sampler = PartnerSampler(ctx.train.y, "cmixup", self.sigma, self.kernel, self.block_size)
 
     def partners(self, index: torch.Tensor, ctx: Context) -> torch.Tensor:
-        """Training-set indices of the partners of the training rows ``index`` (B,), one draw per row.
-
-        Inverse-CDF sampling on the unnormalised kernel rows (normalising cancels): the first ``j`` whose
-        cumulative weight exceeds ``u * total`` with ``u ~ U[0, 1)``; a zero-weight ``j`` is never drawn.
-        Every row's total is >= 1 (its own label is at distance 0), so no check is needed (and none syncs).
-        """
-        y_all = self.sampler.y_all
-        out = torch.empty(index.shape[0], dtype=torch.long, device=y_all.device)
-        u = torch.from_numpy(ctx.rng.random(index.shape[0])).to(y_all.device, non_blocking=True)
-        for start in range(0, index.shape[0], self.block_size):
-            rows = index[start:start + self.block_size]
-            cdf = kernel_weights(y_all[rows], y_all, self.sigma, self.kernel).double().cumsum_(1)
-            target = (u[start:start + len(rows)] * cdf[:, -1]).unsqueeze(1)
-            draw = torch.searchsorted(cdf, target, right=True).squeeze(1)
-            out[start:start + len(rows)] = draw.clamp_(max=cdf.shape[1] - 1)
-        return out
+        """Training-set indices of the partners of the training rows ``index`` (B,), one draw per row, by
+        inverse-CDF sampling (:func:`mixcli.partners.draw_partners`) with uniforms from ``ctx.rng``. Every
+        row's total weight is >= 1 (its own label is at distance 0), so no check (and no sync) is needed."""
+        u = torch.from_numpy(ctx.rng.random(index.shape[0]))
+        return draw_partners(index, self.sampler.y_all, self.sigma, self.kernel, u, self.block_size)
 
     def __call__(self, model: Model, batch: Batch, ctx: Context) -> MixOutput:
         lam = float(ctx.rng.beta(self.alpha, self.alpha))
