@@ -160,7 +160,6 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
     steps, n_epochs = budget.per_epoch, budget.epochs
     opt, sched = build_optimizer(model, train_cfg, steps, budget.total)
     bf16 = train_cfg["precision"] == "bf16" or (train_cfg["precision"] == "auto" and device.type == "cuda")
-
     autocast = autocast_for(device, bf16)
 
     ctx = Context(task=task, num_classes=data.num_classes, device=device, rng=np.random.default_rng(seed),
@@ -183,7 +182,6 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
     method.setup(ctx)
     if ckpt is not None and hasattr(method, "load_state_dict") and "method" in ckpt:
         method.load_state_dict(ckpt["method"])
-    run_model = model
     if train_cfg["compile"]:
         compile_stages(model)
     base_row = {
@@ -202,10 +200,10 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
         mixing = off_after is None or epoch <= off_after
         if mixing:
             method.start_epoch(epoch, ctx)
-        finetune.train_mode(run_model, freeze_bn)
+        finetune.train_mode(model, freeze_bn)
         loss_sum = torch.zeros((), device=device)
         for batch in finetune.train_steps(dd, train_cfg["batch_size"], budget.steps(epoch)):
-            loss = train_step(run_model, method if mixing else None, loss_fn, batch, ctx, opt, autocast)
+            loss = train_step(model, method if mixing else None, loss_fn, batch, ctx, opt, autocast)
             sched.step()
             loss_sum += loss
             ctx.step += 1
@@ -218,7 +216,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
         if epoch % every == 0 or epoch == n_epochs:
             for split in SPLITS:
                 if split in dd.splits:
-                    m = evaluate(run_model, dd, split, task, cfg["eval"]["batch_size"], autocast)
+                    m = evaluate(model, dd, split, task, cfg["eval"]["batch_size"], autocast)
                     row.update({f"{split}_{k}": v for k, v in m.items()})
         wall += time.perf_counter() - t0
         row["time_s"] = time.perf_counter() - t0
