@@ -17,7 +17,12 @@ accuracy, and lower for the others, e.g. rmse, nll):
   ``floor`` is 0.005 (half a percentage point) for metrics reported in percent (accuracy, ece, recalls) and
   1% of ``|best|`` for the others. A single-epoch curve is never U-shaped (its peak is its last epoch).
 
-The terminal view draws each group as a braille line chart on its own y scale with a shared epoch axis, then
+The table's ``selected`` column applies an epoch selection rule of :mod:`mixcli.selection` to every run
+(``--select``, default the experiment's ``eval.selection``) and shows mean ± std over seeds; the rule is named
+in the title.
+
+The terminal view draws each group as a braille line chart on its own y scale (the range of the mean curve
+after the first 10% of epochs, so a steep start does not flatten the rest) with a shared epoch axis, then
 one table row per group; ``--png`` writes a matplotlib figure (mean, ±1 std band, best epoch marked).
 """
 from __future__ import annotations
@@ -38,6 +43,8 @@ from .store import read_table
 PEAK_FRACTION = 0.8
 PERCENT_FLOOR = 0.005
 RELATIVE_FLOOR = 0.01
+CLIP_FRACTION = 0.1
+UNSET = ("-", "None", "nan", "NaN", "")  # how an absent option reads after grouping (report.compare uses "-")
 UNITS = {"nll": "nats", "rmse": "target units", "worst_domain_rmse": "target units", "mape": "%"}
 
 
@@ -131,18 +138,27 @@ class Curves:
 
 
 def _sort_key(v: str):
+    """Unset values first, then numbers in numeric order, then text."""
+    if v in UNSET:
+        return (0, 0.0, "")
     try:
-        return (0, float(v), "")
+        return (1, float(v), "")
     except ValueError:
-        return (1, 0.0, v)
+        return (2, 0.0, v)
+
+
+def _is_method_key(k: str) -> bool:
+    return k == "method" or k.startswith("method.")
 
 
 def _label(keys: dict[str, str]) -> str:
     short = [k.rsplit(".", 1)[-1] for k in keys]
     bits = []
     for (k, v), s in zip(keys.items(), short):
-        if v in ("None", "nan", "NaN", ""):
+        if v in UNSET:
             continue
+        if v.endswith(".0") and v[:-2].lstrip("-").isdigit() and abs(int(v[:-2])) >= 2:
+            v = v[:-2]  # 150.0 -> 150 (ints read back as floats next to unset values); 1.0 stays
         if k == "method":
             bits.insert(0, v)
         else:
@@ -165,12 +181,13 @@ def load_curves(out: Path | str, metric: str | None = None, by: list[str] | None
     finished = finished.reset_index(drop=True)
     col = f"{split}_{metric}"
     epochs = read_table(out, "epochs")
-    keys = finished[["run_id", *cmp.by]].astype(str)
+    keys = finished[cmp.by].astype(object)
+    keys = pd.concat([finished[["run_id"]], keys.where(keys.notna(), "-").astype(str)], axis=1)  # as compare
     data = epochs[["run_id", "epoch", col]].merge(keys, on="run_id").dropna(subset=[col])
     selected = {tuple(str(r[k]) for k in cmp.by): (r[f"{metric}_mean"], r[f"{metric}_std"])
                 for _, r in cmp.table.iterrows()}
     out_curves = []
-    for gkey, g in data.groupby(cmp.by, sort=False):
+    for gkey, g in data.groupby(cmp.by, sort=False, dropna=False):
         gkey = gkey if isinstance(gkey, tuple) else (gkey,)
         per = g.groupby("epoch")[col]
         ep = per.mean().index.to_numpy()
@@ -182,7 +199,8 @@ def load_curves(out: Path | str, metric: str | None = None, by: list[str] | None
                                 selected.get(tuple(map(str, gkey)), (float("nan"), float("nan")))))
     if not out_curves:
         raise MixcliError(f"{out}: no {split} {metric} values recorded per epoch")
-    out_curves.sort(key=lambda c: [_sort_key(c.keys[k]) for k in cmp.by])
+    order = [k for k in cmp.by if not _is_method_key(k)] + [k for k in cmp.by if _is_method_key(k)]
+    out_curves.sort(key=lambda c: [_sort_key(c.keys[k]) for k in order])  # e.g. by fraction, then method
     return Curves(str(finished["experiment"].iloc[0]), metric, split, cmp.by, cmp.rule_label, out_curves, cmp.notes)
 
 
@@ -243,8 +261,10 @@ def render_chart(cv: Curves, width: int = 80, height: int = 4):
     for i, c in enumerate(cv.curves):
         color = COLORS[i % len(COLORS)]
         ys = c.mean * scale
-        finite = ys[np.isfinite(ys)]
-        lo, hi = float(finite.min()), float(finite.max())
+        ok = np.isfinite(ys)
+        late = ok & (c.epochs >= lo_ep + CLIP_FRACTION * (hi_ep - lo_ep))  # the start may be clipped
+        span = np.append(ys[late] if late.sum() >= 2 else ys[ok], c.stats.best * scale)
+        lo, hi = float(span.min()), float(span.max())
         grid = braille_rows(c.epochs, ys, plot_w, height, (lo_ep, hi_ep), (lo, hi))
         s = c.stats
         bx = round((s.best_epoch - lo_ep) * (2 * plot_w - 1) / (hi_ep - lo_ep)) // 2 if hi_ep > lo_ep else 0
@@ -271,8 +291,9 @@ def render_chart(cv: Curves, width: int = 80, height: int = 4):
             labels[start:start + len(s)] = s
     parts.append(Text(" " * ylab + " └" + "".join("─" if a == " " else a for a in axis), style="dim"))
     parts.append(Text("".join(labels).rstrip(), style="dim"))
-    parts.append(Text("each chart on its own y scale (top/bottom: max/min of the mean curve); "
-                      "best epoch in bold yellow", style="dim italic"))
+    parts.append(Text(f"each chart on its own y scale: max/min of the mean curve after the first "
+                      f"{CLIP_FRACTION:.0%} of epochs (earlier points clipped); best epoch in bold yellow",
+                      style="dim italic"))
     return Group(*parts)
 
 
@@ -288,9 +309,11 @@ def render_table(cv: Curves):
     t = Table(title=f"{cv.experiment}: {cv.split} {m} curves; selected = {cv.rule_label}, mean ± std", caption=(
         f"drop = how much worse final is than best{unit}; spread = std over seeds at the last epoch; "
         f"U-shaped: best epoch <= {PEAK_FRACTION:g} x last epoch and drop > max(spread, {floor})"
-        + ("; " + "; ".join(cv.notes) if cv.notes else "")), box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
+        + ("; " + "; ".join(cv.notes) if cv.notes else "")),
+        box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
     for col in ("group", "n", "best ep", "best", "final", "drop", "spread", "selected", "U-shaped"):
-        t.add_column(col, style="cyan" if col == "group" else None, justify="left" if col == "group" else "right")
+        t.add_column(col, style="cyan" if col == "group" else None, justify="left" if col == "group" else "right",
+                     overflow="fold")
     for c in cv.curves:
         s = c.stats
         sel_m, sel_s = c.selected
@@ -310,14 +333,15 @@ def axis_label(split: str, metric: str) -> str:
 def plot_png(cv: Curves, path: Path | str, dpi: int = 150) -> Path:
     """A publication-quality figure of the curves: mean line, ±1 std band, best epoch starred. Groups that
     differ only by method settings share a panel; the other grouping keys (e.g. dataset.fraction) make
-    one panel each (at most 12, else everything goes in one panel)."""
+    one panel each (at most 12, else everything goes in one panel). The y axis spans the curves after the
+    first 10% of epochs (the steep start runs off the top or bottom), as in the terminal chart."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     path = Path(path)
-    line_keys = [k for k in cv.by if k == "method" or k.startswith("method.")]
+    line_keys = [k for k in cv.by if _is_method_key(k)]
     panel_keys = [k for k in cv.by if k not in line_keys]
     panels: dict[str, list[Curve]] = {}
     for c in cv.curves:
@@ -330,6 +354,9 @@ def plot_png(cv: Curves, path: Path | str, dpi: int = 150) -> Path:
     order = list(dict.fromkeys(line_label(c) for c in cv.curves))
     palette = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
     colors = {lab: palette[i % len(palette)] for i, lab in enumerate(order)}
+    first = {lab: lab.split(" ")[0] for lab in order}  # variants of one method get dashed lines
+    dashes = {lab: ("-", "--", "-.", ":")[[first[o] for o in order[:i]].count(first[lab]) % 4]
+              for i, lab in enumerate(order)}
     scale = 100.0 if METRICS[cv.metric].percent else 1.0
     ncols = min(3, len(names))
     nrows = math.ceil(len(names) / ncols)
@@ -337,14 +364,22 @@ def plot_png(cv: Curves, path: Path | str, dpi: int = 150) -> Path:
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True)
     for ax, name in zip(axes.flat, names):
+        lows, highs = [], []
         for c in panels[name]:
             col = colors[line_label(c)]
             mean, std = c.mean * scale, c.std * scale
-            ax.plot(c.epochs, mean, color=col, lw=1.6)
+            late = c.epochs >= c.epochs.min() + CLIP_FRACTION * (c.epochs.max() - c.epochs.min())
+            late = late if late.sum() >= 2 else np.ones_like(late)
+            lows += [np.nanmin((mean - std)[late]), c.stats.best * scale]
+            highs += [np.nanmax((mean + std)[late]), c.stats.best * scale]
+            ax.plot(c.epochs, mean, color=col, lw=1.6, ls=dashes[line_label(c)])
             ax.fill_between(c.epochs, mean - std, mean + std, color=col, alpha=0.18, lw=0)
             ax.plot([c.stats.best_epoch], [c.stats.best * scale], marker="*", ms=11, color=col,
                     markeredgecolor="black", markeredgewidth=0.6, zorder=5)
             ax.axvline(c.stats.best_epoch, color=col, lw=0.8, ls=":", alpha=0.8)
+        lo, hi = min(lows), max(highs)
+        pad = 0.08 * (hi - lo) if hi > lo else 0.05 * abs(hi) + 1e-9
+        ax.set_ylim(lo - pad, hi + pad)  # the steep start is cut off so the late shape shows
         if name:
             ax.set_title(name, fontsize=11)
         ax.set_xlabel("epoch")
@@ -352,7 +387,7 @@ def plot_png(cv: Curves, path: Path | str, dpi: int = 150) -> Path:
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)
-    handles = [Line2D([], [], color=colors[lab], lw=2, label=lab) for lab in order]
+    handles = [Line2D([], [], color=colors[lab], lw=2, ls=dashes[lab], label=lab) for lab in order]
     handles += [Patch(color="grey", alpha=0.3, label="±1 std over seeds"),
                 Line2D([], [], marker="*", ms=11, ls="", color="grey", markeredgecolor="black", label="best epoch")]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3 if ncols == 1 else 5),
