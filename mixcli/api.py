@@ -29,7 +29,7 @@ from torch import nn
 __all__ = [
     "Plugin", "Split", "DataBundle", "Dataset", "Model", "Batch", "MixOutput", "Context", "Method", "Loss",
     "soft_targets", "sample_lam", "PluginError", "permutation", "lam_tensor", "interpolate",
-    "soft_cross_entropy", "mixed_regression_target",
+    "soft_cross_entropy", "mixed_regression_target", "check_range",
 ]
 
 
@@ -270,6 +270,25 @@ class Loss(Plugin):
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def check_range(name: str, value, low=None, high=None, low_open: bool = False, high_open: bool = False):
+    """Return ``value`` if it is a number within the bounds, else raise a PluginError naming the option:
+    e.g. ``check_range("prob", p, 0, 1)`` -> "prob must be in [0, 1], got 1.5"."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        if low is not None and high is not None:
+            want = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        elif low is not None:
+            want = f"{'>' if low_open else '>='} {low}"
+        else:
+            want = f"{'<' if high_open else '<='} {high}"
+        raise PluginError(f"{name} must be {want}, got {value}")
+    return value
+
+
 def soft_targets(out: MixOutput, num_classes: int) -> torch.Tensor:
     """The mixed soft target ``lam * onehot_s(y_a) + (1 - lam) * onehot_s(y_b)`` with label smoothing ``s``
     (``onehot_s = (1 - s) * onehot + s / K``, the timm convention)."""

@@ -1,7 +1,6 @@
 """Regression: tabular datasets (airfoil, csv, diabetes, multimodal_1d), cmixup partners, mixed targets, CLI runs."""
 from __future__ import annotations
 
-import os
 import urllib.error
 from pathlib import Path
 

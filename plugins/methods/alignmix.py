@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from mixcli.api import (Batch, Context, Method, MixOutput, Model, PluginError, interpolate, lam_tensor,
+from mixcli.api import (Batch, Context, Method, MixOutput, Model, PluginError, check_range, interpolate, lam_tensor,
                         permutation)
 
 
@@ -127,18 +127,13 @@ class AlignMix(Method):
 
     def __init__(self, alpha: float = 2.0, input_prob: float = 0.5, eps: float = 0.1, max_iter: int = 100,
                  tol: float = 0.1, label_smoothing: float = 0.0, compile: str = "cuda"):
-        if alpha <= 0:
-            raise PluginError(f"alpha must be > 0, got {alpha}")
-        if not 0 <= input_prob <= 1:
-            raise PluginError(f"input_prob must be in [0, 1], got {input_prob}")
-        if eps <= 0:
-            raise PluginError(f"eps must be > 0, got {eps}")
+        check_range("alpha", alpha, 0, low_open=True)
+        check_range("input_prob", input_prob, 0, 1)
+        check_range("eps", eps, 0, low_open=True)
         if not (isinstance(max_iter, int) and max_iter >= 1):
             raise PluginError(f"max_iter must be an integer >= 1, got {max_iter}")
-        if tol < 0:
-            raise PluginError(f"tol must be >= 0, got {tol}")
-        if not 0 <= label_smoothing < 1:
-            raise PluginError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        check_range("tol", tol, 0)
+        check_range("label_smoothing", label_smoothing, 0, 1, high_open=True)
         if compile not in ("cuda", "always", "never"):
             raise PluginError(f"compile must be one of cuda, always, never, got {compile!r}")
         self.compile, self._compile_ok = compile, None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, lam_tensor, permutation
+from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation
 
 
 def half_sides(lam, h: int, w: int):
@@ -122,12 +122,9 @@ class CutMix(Method):
 
     def __init__(self, alpha: float = 1.0, prob: float = 1.0, minmax: list | None = None,
                  correct_lam: bool = True, label_smoothing: float = 0.0):
-        if alpha <= 0:
-            raise PluginError(f"alpha must be > 0, got {alpha}")
-        if not 0 <= prob <= 1:
-            raise PluginError(f"prob must be in [0, 1], got {prob}")
-        if not 0 <= label_smoothing < 1:
-            raise PluginError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        check_range("alpha", alpha, 0, low_open=True)
+        check_range("prob", prob, 0, 1)
+        check_range("label_smoothing", label_smoothing, 0, 1, high_open=True)
         self.alpha, self.prob, self.minmax, self.correct = alpha, prob, check_minmax(minmax), correct_lam
         self.smoothing = label_smoothing
 

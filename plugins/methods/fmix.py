@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 import torch
-
-from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, lam_tensor, permutation
 from mixcli_plugins.methods.cutmix import check_images
+
+from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation
 
 
 def spectrum_scale(h: int, w: int, decay_power: float, device) -> torch.Tensor:
@@ -60,14 +60,11 @@ class FMix(Method):
 
     def __init__(self, alpha: float = 1.0, decay_power: float = 3.0, max_soft: float = 0.0,
                  label_smoothing: float = 0.0):
-        if alpha <= 0:
-            raise PluginError(f"alpha must be > 0, got {alpha}")
-        if decay_power < 0:
-            raise PluginError(f"decay_power must be >= 0, got {decay_power}")
+        check_range("alpha", alpha, 0, low_open=True)
+        check_range("decay_power", decay_power, 0)
         if not 0 <= max_soft <= 0.5:
             raise PluginError(f"max_soft must be in [0, 0.5], got {max_soft}")
-        if not 0 <= label_smoothing < 1:
-            raise PluginError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        check_range("label_smoothing", label_smoothing, 0, 1, high_open=True)
         self.alpha, self.decay_power, self.max_soft, self.smoothing = alpha, decay_power, max_soft, label_smoothing
         self._scale: dict = {}
 

@@ -1,5 +1,5 @@
 """Manifold Mixup (Verma et al., ICML 2019)."""
-from mixcli.api import (Batch, Context, Method, MixOutput, Model, PluginError, interpolate, lam_tensor,
+from mixcli.api import (Batch, Context, Method, MixOutput, Model, PluginError, check_range, interpolate, lam_tensor,
                         permutation)
 
 
@@ -23,8 +23,7 @@ class ManifoldMixup(Method):
     paper = "Verma et al., Manifold Mixup, ICML 2019"
 
     def __init__(self, alpha: float = 2.0, positions: list = (0, 1, 2), label_smoothing: float = 0.0):
-        if alpha <= 0:
-            raise PluginError(f"alpha must be > 0, got {alpha}")
+        check_range("alpha", alpha, 0, low_open=True)
         positions = list(positions)
         if not positions or not all(isinstance(p, int) and p >= 0 for p in positions):
             raise PluginError(f"positions must be a non-empty list of stage indices >= 0, got {positions}")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, interpolate, lam_tensor
 from mixcli_plugins.methods.cutmix import box_mask, check_images, check_minmax, cutmix_draw, paste
+
+from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, interpolate, lam_tensor
 
 LAM_MODES = ("batch", "pair", "elem")
 
@@ -49,18 +49,14 @@ class Mixup(Method):
     def __init__(self, alpha: float = 1.0, prob: float = 1.0, mode: str = "batch", label_smoothing: float = 0.0,
                  cutmix_alpha: float = 0.0, switch_prob: float = 0.5, cutmix_minmax: list | None = None,
                  correct_lam: bool = True):
-        if alpha < 0:
-            raise PluginError(f"alpha must be >= 0, got {alpha}")
-        if not 0 <= prob <= 1:
-            raise PluginError(f"prob must be in [0, 1], got {prob}")
+        check_range("alpha", alpha, 0)
+        check_range("prob", prob, 0, 1)
         if mode not in LAM_MODES:
             raise PluginError(f"mode must be one of {', '.join(LAM_MODES)}, got {mode!r}")
-        if not 0 <= label_smoothing < 1:
-            raise PluginError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        check_range("label_smoothing", label_smoothing, 0, 1, high_open=True)
         if cutmix_alpha < 0:
             raise PluginError(f"cutmix_alpha must be >= 0 (0 = no CutMix), got {cutmix_alpha}")
-        if not 0 <= switch_prob <= 1:
-            raise PluginError(f"switch_prob must be in [0, 1], got {switch_prob}")
+        check_range("switch_prob", switch_prob, 0, 1)
         if cutmix_minmax is not None and cutmix_alpha <= 0:
             raise PluginError("cutmix_minmax is set but CutMix is off; set cutmix_alpha > 0 to use it")
         self.alpha, self.prob, self.mode, self.smoothing = alpha, prob, mode, label_smoothing

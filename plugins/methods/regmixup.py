@@ -1,8 +1,8 @@
 """RegMixup (Pinto, Yang, Lim, Torr, Dokania, NeurIPS 2022)."""
 import torch
 
-from mixcli.api import (Batch, Context, Method, MixOutput, Model, PluginError, interpolate, lam_tensor,
-                        permutation, soft_cross_entropy, soft_targets)
+from mixcli.api import (Batch, Context, Method, MixOutput, Model, check_range, interpolate, lam_tensor, permutation,
+                        soft_cross_entropy, soft_targets)
 
 
 class RegMixup(Method):
@@ -26,12 +26,9 @@ class RegMixup(Method):
     paper = "Pinto et al., Using Mixup as a Regularizer, NeurIPS 2022"
 
     def __init__(self, alpha: float = 20.0, eta: float = 1.0, average: bool = False, label_smoothing: float = 0.0):
-        if alpha <= 0:
-            raise PluginError(f"alpha must be > 0, got {alpha}")
-        if eta < 0:
-            raise PluginError(f"eta must be >= 0, got {eta}")
-        if not 0 <= label_smoothing < 1:
-            raise PluginError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        check_range("alpha", alpha, 0, low_open=True)
+        check_range("eta", eta, 0)
+        check_range("label_smoothing", label_smoothing, 0, 1, high_open=True)
         self.alpha, self.eta, self.average, self.smoothing = alpha, eta, average, label_smoothing
 
     def __call__(self, model: Model, batch: Batch, ctx: Context) -> MixOutput:

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-
-from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, lam_tensor, permutation
 from mixcli_plugins.methods.cutmix import box_lam, check_images
+
+from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation
 
 MODES = ("nearest", "bilinear", "bicubic", "area")
 
@@ -34,12 +34,10 @@ class ResizeMix(Method):
         scope = list(scope)
         if not (len(scope) == 2 and 0 < scope[0] <= scope[1] <= 1):
             raise PluginError(f"scope must be [lo, hi] with 0 < lo <= hi <= 1, got {scope}")
-        if not 0 <= prob <= 1:
-            raise PluginError(f"prob must be in [0, 1], got {prob}")
+        check_range("prob", prob, 0, 1)
         if interpolation not in MODES:
             raise PluginError(f"interpolation must be one of {', '.join(MODES)}, got {interpolation!r}")
-        if not 0 <= label_smoothing < 1:
-            raise PluginError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        check_range("label_smoothing", label_smoothing, 0, 1, high_open=True)
         self.scope, self.prob, self.interpolation = (float(scope[0]), float(scope[1])), prob, interpolation
         self.smoothing = label_smoothing
 

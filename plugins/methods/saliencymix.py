@@ -5,9 +5,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-
-from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, lam_tensor, permutation
 from mixcli_plugins.methods.cutmix import box_at, box_lam, box_mask, check_images
+
+from mixcli.api import Batch, Context, Method, MixOutput, Model, check_range, lam_tensor, permutation
 
 WORK_WIDTH = 64    # Hou & Zhang compute the saliency of images shrunk to 64 pixels wide
 BLUR_SIGMA = 2.5   # the Gaussian smoothing of their code (fspecial('gaussian', [10, 10], 2.5)) at that width
@@ -83,12 +83,9 @@ class SaliencyMix(Method):
     paper = "Uddin et al., SaliencyMix, ICLR 2021"
 
     def __init__(self, alpha: float = 1.0, prob: float = 1.0, label_smoothing: float = 0.0):
-        if alpha <= 0:
-            raise PluginError(f"alpha must be > 0, got {alpha}")
-        if not 0 <= prob <= 1:
-            raise PluginError(f"prob must be in [0, 1], got {prob}")
-        if not 0 <= label_smoothing < 1:
-            raise PluginError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        check_range("alpha", alpha, 0, low_open=True)
+        check_range("prob", prob, 0, 1)
+        check_range("label_smoothing", label_smoothing, 0, 1, high_open=True)
         self.alpha, self.prob, self.smoothing = alpha, prob, label_smoothing
 
     def setup(self, ctx: Context) -> None:
