@@ -192,13 +192,20 @@ def render(c: Comparison, fmt: str = "table"):
 
     t = Table(title=c.title, caption="best mean per column in bold green" + (
         "; " + "; ".join(c.notes) if c.notes else ""))
-    for k in c.by:
-        t.add_column(k, style="cyan")
+    # one column per grouping key when there are few; else one "group" column of key=value labels (narrow
+    # terminals keep the numbers readable)
+    merged = len(c.by) > 2
+    for k in (["group"] if merged else c.by):
+        t.add_column(k, style="cyan", overflow="fold")
     t.add_column("n", justify="right")
     for m in c.metrics:
         t.add_column(header(m), justify="right")
     for i in range(len(c.table)):
-        vals = [str(c.table.iloc[i][k]) for k in c.by] + [str(int(c.table.iloc[i]["n"]))]
+        keys = [str(c.table.iloc[i][k]) for k in c.by]
+        if merged:
+            keys = [" ".join([keys[0]] + [f"{k.split('.')[-1]}={v}" for k, v in zip(c.by[1:], keys[1:])
+                                          if v not in ("-", "nan", "None")])]
+        vals = keys + [str(int(c.table.iloc[i]["n"]))]
         vals += [f"[bold green]{cells(c, i, m)}[/]" if c.best.get(m) == i else cells(c, i, m) for m in c.metrics]
         t.add_row(*vals)
     return t
