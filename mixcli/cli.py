@@ -6,7 +6,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
@@ -20,6 +20,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Run mixup experiments described in YAML, record them as parquet, compare them.")
 console = Console()
 err = Console(stderr=True)
+
+# options shared by the report commands (compare, curves)
+ResultsDir = Annotated[Path, typer.Argument(help="An output directory holding runs/ and epochs/.")]
+ByOption = Annotated[Optional[List[str]], typer.Option(
+    "--by", help="Group by this column or dotted config key (repeatable; default: method plus the keys that vary).")]
 
 
 def user_errors(fn):
@@ -152,9 +157,8 @@ def run(
 @app.command()
 @user_errors
 def compare(
-    directory: Path = typer.Argument(Path("results"), help="An output directory holding runs/ and epochs/."),
-    by: Optional[List[str]] = typer.Option(None, "--by", help="Group by this column or dotted config key "
-                                           "(repeatable; default: method plus the keys that vary)."),
+    directory: ResultsDir = Path("results"),
+    by: ByOption = None,
     metric: Optional[List[str]] = typer.Option(None, "--metric", help="Metric column to show (repeatable; "
                                                "default: the task's standard set)."),
     fmt: str = typer.Option("table", "--format", help="table, markdown, csv or json."),
@@ -182,11 +186,10 @@ def compare(
 @app.command()
 @user_errors
 def curves(
-    directory: Path = typer.Argument(Path("results"), help="An output directory holding runs/ and epochs/."),
+    directory: ResultsDir = Path("results"),
     metric: Optional[str] = typer.Option(None, "--metric", help="Metric to plot against the epoch (default: "
                                          "accuracy for classification, rmse for regression)."),
-    by: Optional[List[str]] = typer.Option(None, "--by", help="Group by this column or dotted config key "
-                                           "(repeatable; default: method plus the keys that vary)."),
+    by: ByOption = None,
     split: str = typer.Option("test", "--split", help="Evaluation split to plot: test or val."),
     select: Optional[str] = typer.Option(None, "--select", help="Epoch selection rule of the table's "
                                          "'selected' column: final, best or median_last10 (default: the "
