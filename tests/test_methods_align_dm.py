@@ -66,7 +66,7 @@ def test_sinkhorn_equals_reference_loop(scale):
     # plan entries are <= 1/16; at scale 3 (costs ~100 = 1000 eps) float32 rounding inside exp(./eps) differs
     # between the reference's u-units and our eps-units by up to ~1.5e-5
     atol = 2e-5 if scale > 1 else 1e-6
-    for check_every in (1, 7, 10):  # where the host reads the stopping test does not change the result
+    for check_every in (1, 7, 10):  # the chunking of the iterations does not change the result
         torch.testing.assert_close(sinkhorn(cost, check_every=check_every), ref, atol=atol, rtol=1e-4)
 
 
