@@ -15,9 +15,10 @@ import math
 
 import pandas as pd
 
+from .metrics import METRICS
+
 RULES = ("final", "best", "median_last10")
 PRIMARY = {"classification": "accuracy", "regression": "rmse"}
-LOWER_IS_BETTER = {"rmse", "mape", "nll", "ece", "worst_domain_rmse"}
 
 
 def best_split(epochs: pd.DataFrame, metric: str) -> str:
@@ -36,7 +37,7 @@ def best_index(epochs: pd.DataFrame, task: str) -> tuple[int | None, str]:
     ok = [i for i, v in enumerate(vals) if not math.isnan(v)]
     if not ok:
         return None, split
-    key = (lambda i: vals[i]) if metric in LOWER_IS_BETTER else (lambda i: -vals[i])
+    key = (lambda i: -vals[i]) if METRICS[metric].higher_is_better else (lambda i: vals[i])
     return min(ok, key=lambda i: (key(i), i)), split
 
 

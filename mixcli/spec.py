@@ -20,7 +20,7 @@ Top-level keys (defaults in brackets)::
                   nesterov: bool [false], classifier_lr: >0 or null [null = lr] (lr is then the backbone's)}
       schedule: {name: constant|cosine|multistep [cosine], warmup_epochs: >=0 [0],
                  milestones: [epochs] [[]], gamma: (0,1] [0.1]}
-      compile: bool [false]            torch.compile the model (CUDA)
+      compile: bool [false]            torch.compile each model stage (CPU or CUDA)
       precision: auto|bf16|fp32        [auto]: bf16 autocast on CUDA, fp32 on CPU
       iterations: int > 0 or null      [null] train this many steps instead of `epochs` (not both); an
       iterations_per_epoch: int > 0    "epoch" is then this many steps [null = one pass] (mixcli.finetune)
@@ -50,6 +50,7 @@ import yaml
 from . import finetune
 from .errors import MixcliError, did_you_mean
 from .registry import REGISTRY, plugin_options
+from .selection import RULES
 
 TASKS = ("classification", "regression")
 DEFAULT_LOSS = {"classification": "soft_ce", "regression": "mse"}
@@ -141,7 +142,7 @@ SCHEMA: dict[str, Any] = {
     "eval": {
         "every": Check("int", 1, low=1),
         "batch_size": Check("int", 1024, low=1),
-        "selection": Check("str", None, choices=("final", "best", "median_last10"), nullable=True),
+        "selection": Check("str", None, choices=RULES, nullable=True),
     },
     "seeds": Check("seeds", [0]),
     "grid": Check("grid", {}),
