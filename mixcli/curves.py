@@ -36,7 +36,7 @@ import pandas as pd
 
 from .errors import MixcliError, did_you_mean
 from .metrics import METRICS
-from .report import compare, fmt_value, load_runs
+from .report import UNSET, compare, fmt_value, group_keys, group_label, load_runs
 from .selection import PRIMARY
 from .store import read_table
 
@@ -44,7 +44,6 @@ PEAK_FRACTION = 0.8
 PERCENT_FLOOR = 0.005
 RELATIVE_FLOOR = 0.01
 CLIP_FRACTION = 0.1
-UNSET = ("-", "None", "nan", "NaN", "")  # how an absent option reads after grouping (report.compare uses "-")
 UNITS = {"nll": "nats", "rmse": "target units", "worst_domain_rmse": "target units", "mape": "%"}
 
 
@@ -151,21 +150,6 @@ def _is_method_key(k: str) -> bool:
     return k == "method" or k.startswith("method.")
 
 
-def _label(keys: dict[str, str]) -> str:
-    short = [k.rsplit(".", 1)[-1] for k in keys]
-    bits = []
-    for (k, v), s in zip(keys.items(), short):
-        if v in UNSET:
-            continue
-        if v.endswith(".0") and v[:-2].lstrip("-").isdigit() and abs(int(v[:-2])) >= 2:
-            v = v[:-2]  # 150.0 -> 150 (ints read back as floats next to unset values); 1.0 stays
-        if k == "method":
-            bits.insert(0, v)
-        else:
-            bits.append(f"{s if short.count(s) == 1 else k}={v}")
-    return " ".join(bits) or "all runs"
-
-
 def load_curves(out: Path | str, metric: str | None = None, by: list[str] | None = None, split: str = "test",
                 rule: str | None = None) -> Curves:
     """The mean curve of every group of finished runs under ``out`` (see the module docstring)."""
@@ -181,8 +165,7 @@ def load_curves(out: Path | str, metric: str | None = None, by: list[str] | None
     finished = finished.reset_index(drop=True)
     col = f"{split}_{metric}"
     epochs = read_table(out, "epochs")
-    keys = finished[cmp.by].astype(object)
-    keys = pd.concat([finished[["run_id"]], keys.where(keys.notna(), "-").astype(str)], axis=1)  # as compare
+    keys = pd.concat([finished[["run_id"]], group_keys(finished, cmp.by)], axis=1)
     data = epochs[["run_id", "epoch", col]].merge(keys, on="run_id").dropna(subset=[col])
     selected = {tuple(str(r[k]) for k in cmp.by): (r[f"{metric}_mean"], r[f"{metric}_std"])
                 for _, r in cmp.table.iterrows()}
@@ -195,7 +178,7 @@ def load_curves(out: Path | str, metric: str | None = None, by: list[str] | None
         std = per.std(ddof=1).fillna(0.0).to_numpy()
         stats = curve_stats(ep, mean, std[-1], metric)
         kd = dict(zip(cmp.by, map(str, gkey)))
-        out_curves.append(Curve(_label(kd), kd, ep, mean, std, g["run_id"].nunique(), stats,
+        out_curves.append(Curve(group_label(kd), kd, ep, mean, std, g["run_id"].nunique(), stats,
                                 selected.get(tuple(map(str, gkey)), (float("nan"), float("nan")))))
     if not out_curves:
         raise MixcliError(f"{out}: no {split} {metric} values recorded per epoch")
@@ -345,12 +328,12 @@ def plot_png(cv: Curves, path: Path | str, dpi: int = 150) -> Path:
     panel_keys = [k for k in cv.by if k not in line_keys]
     panels: dict[str, list[Curve]] = {}
     for c in cv.curves:
-        name = _label({k: c.keys[k] for k in panel_keys}) if line_keys and panel_keys else ""
+        name = group_label({k: c.keys[k] for k in panel_keys}) if line_keys and panel_keys else ""
         panels.setdefault(name, []).append(c)
     if len(panels) > 12:
         panels = {"": cv.curves}
     names = list(panels)
-    line_label = (lambda c: _label({k: c.keys[k] for k in line_keys})) if len(names) > 1 else (lambda c: c.label)
+    line_label = (lambda c: group_label({k: c.keys[k] for k in line_keys})) if len(names) > 1 else (lambda c: c.label)
     order = list(dict.fromkeys(line_label(c) for c in cv.curves))
     palette = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"]
     colors = {lab: palette[i % len(palette)] for i, lab in enumerate(order)}

@@ -24,6 +24,7 @@ DEFAULT_METRICS = {
     "regression": ["rmse", "mape", "pearson_r", "worst_domain_rmse"],
 }
 IGNORED_KEYS = {"seed", "name"}
+UNSET = ("-", "None", "nan", "NaN", "")  # how an option a run does not have reads after grouping
 IGNORED_COLUMNS = {"init_from.parent", "init_from.checkpoint"}  # per-seed parent runs, not a setting
 
 
@@ -70,6 +71,30 @@ def varying_keys(runs: pd.DataFrame) -> list[str]:
         if runs[col].nunique() > 1:
             keys.append(col)
     return keys
+
+
+def group_keys(runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """The grouping columns as text, ``-`` where a run does not have the option (so it is not dropped)."""
+    keys = runs[by].astype(object)
+    return keys.where(keys.notna(), "-").astype(str)
+
+
+def group_label(keys: dict[str, str]) -> str:
+    """A group's label: the method first, then ``option=value`` for the other keys that are set (short
+    option names where they are unambiguous), e.g. ``mixup fraction=0.1 off_after_epoch=150``."""
+    short = [k.rsplit(".", 1)[-1] for k in keys]
+    bits = []
+    for (k, v), s in zip(keys.items(), short):
+        if v in UNSET:
+            continue
+        if v.endswith(".0") and v[:-2].lstrip("-").isdigit() and abs(int(v[:-2])) >= 2:
+            v = v[:-2]  # 150.0 -> 150 (ints read back as floats next to unset values); 1.0 stays
+        if k == "method":
+            bits.insert(0, v)
+        else:
+            bits.append(f"{s if short.count(s) == 1 else k}={v}")
+    return " ".join(bits) or "all runs"
+
 
 
 @dataclass
@@ -130,8 +155,7 @@ def compare(out: Path | str, by: list[str] | None = None, metrics: list[str] | N
     metrics = [m for m in metrics if vals[m].notna().any()]
     if not metrics:
         raise MixcliError(f"no {split} metrics recorded for these runs (try --split test)")
-    keys = runs[by].astype(object)
-    data = pd.concat([keys.where(keys.notna(), "-").astype(str), vals[metrics]], axis=1)  # "-": option absent
+    data = pd.concat([group_keys(runs, by), vals[metrics]], axis=1)
     grouped = data.groupby(by, sort=False, dropna=False)
     table = grouped.size().rename("n").reset_index()
     for m in metrics:
@@ -203,8 +227,7 @@ def render(c: Comparison, fmt: str = "table"):
     for i in range(len(c.table)):
         keys = [str(c.table.iloc[i][k]) for k in c.by]
         if merged:
-            keys = [" ".join([keys[0]] + [f"{k.split('.')[-1]}={v}" for k, v in zip(c.by[1:], keys[1:])
-                                          if v not in ("-", "nan", "None")])]
+            keys = [group_label(dict(zip(c.by, keys)))]
         vals = keys + [str(int(c.table.iloc[i]["n"]))]
         vals += [f"[bold green]{cells(c, i, m)}[/]" if c.best.get(m) == i else cells(c, i, m) for m in c.metrics]
         t.add_row(*vals)
