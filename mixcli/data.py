@@ -30,6 +30,9 @@ class DeviceData:
             self.shift = (-mean / std).float().view(1, c, 1, 1).to(device)
             if data.augment:
                 self._crop_tables(*data.train.x.shape[1:])
+        #: training examples per class (head/tail order of the recall metrics), counted once
+        self.class_counts = (torch.bincount(data.train.y, minlength=data.num_classes).numpy()
+                             if data.task == "classification" else None)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 

@@ -98,8 +98,7 @@ def evaluate(model, dd: DeviceData, split: str, task: str, batch_size: int, auto
         ys.append(y)
     out, y = torch.cat(outs), torch.cat(ys)
     if task == "classification":
-        counts = torch.bincount(dd.train.y, minlength=dd.data.num_classes).cpu().numpy()
-        return classification_metrics(out, y, num_classes=dd.data.num_classes, class_counts=counts)
+        return classification_metrics(out, y, num_classes=dd.data.num_classes, class_counts=dd.class_counts)
     s = dd.splits[split]
     return regression_metrics(out.view(y.shape), y, domain=s.domain)
 
