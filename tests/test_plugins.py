@@ -35,6 +35,20 @@ def make_package(root: Path, name: str, pyproject: str, files: dict[str, str]) -
     return pkg
 
 
+def method_pyproject(dist: str, entry_point: str) -> str:
+    """A minimal pyproject.toml registering one method entry point (``name = "module:Class"``)."""
+    return f"""\
+        [build-system]
+        requires = ["setuptools>=64"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "{dist}"
+        version = "0.0.1"
+        [project.entry-points."mixcli.methods"]
+        {entry_point}
+        """
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """Three packages installed with pip into one target directory: the README's example, a broken plugin,
@@ -42,26 +56,10 @@ def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("pkgs")
     good = make_package(root, "flipmix", readme_block("<!-- plugin-pyproject -->"),
                         {"mixcli_flipmix.py": readme_block("<!-- plugin-code -->")})
-    broken = make_package(root, "broken", """\
-        [build-system]
-        requires = ["setuptools>=64"]
-        build-backend = "setuptools.build_meta"
-        [project]
-        name = "mixcli-broken"
-        version = "0.0.1"
-        [project.entry-points."mixcli.methods"]
-        brokenmix = "mixcli_broken:BrokenMix"
-        """, {"mixcli_broken.py": "import a_module_that_does_not_exist\n"})
-    clash = make_package(root, "clash", """\
-        [build-system]
-        requires = ["setuptools>=64"]
-        build-backend = "setuptools.build_meta"
-        [project]
-        name = "mixcli-clash"
-        version = "0.0.1"
-        [project.entry-points."mixcli.methods"]
-        cutmix = "mixcli_clash:Other"
-        """, {"mixcli_clash.py": "class Other: pass\n"})
+    broken = make_package(root, "broken", method_pyproject("mixcli-broken", 'brokenmix = "mixcli_broken:BrokenMix"'),
+                          {"mixcli_broken.py": "import a_module_that_does_not_exist\n"})
+    clash = make_package(root, "clash", method_pyproject("mixcli-clash", 'cutmix = "mixcli_clash:Other"'),
+                         {"mixcli_clash.py": "class Other: pass\n"})
     target = root / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                         "--no-index", "--target", str(target), str(good), str(broken), str(clash)],
