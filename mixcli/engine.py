@@ -183,12 +183,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
         method.load_state_dict(ckpt["method"])
     if train_cfg["compile"]:
         compile_stages(model)
-    base_row = {
-        "run_id": job.run_id, "experiment": cfg["name"], "method": cfg["method"]["name"],
-        "dataset": cfg["dataset"]["name"], "model": cfg["model"]["name"], "loss": cfg["loss"]["name"],
-        "task": task, "seed": seed, "config": json.dumps(cfg, sort_keys=True), "device": str(device),
-        "mixcli_version": __version__, "started_at": started_at, "selection": cfg["eval"]["selection"],
-    }
+    base_row = {**identity_row(job, device), "started_at": started_at}
     store.write_config(job.run_id, cfg)
     store.write_run({**base_row, "status": "running", "epochs": len(rows)})
     progress.start(job, n_epochs, steps, start)
@@ -268,11 +263,15 @@ def _uncompiled(state: dict) -> dict:
     return state
 
 
-def record_failure(job: Job, store: Store, device: torch.device, error: str) -> None:
+def identity_row(job: Job, device: torch.device) -> dict:
+    """The columns of a runs row that describe the job itself (whatever its status)."""
     cfg = job.config
+    return {"run_id": job.run_id, "experiment": cfg["name"], "method": cfg["method"]["name"],
+            "dataset": cfg["dataset"]["name"], "model": cfg["model"]["name"], "loss": cfg["loss"]["name"],
+            "task": cfg["task"], "seed": cfg["seed"], "config": json.dumps(cfg, sort_keys=True),
+            "device": str(device), "mixcli_version": __version__, "selection": cfg["eval"]["selection"]}
+
+
+def record_failure(job: Job, store: Store, device: torch.device, error: str) -> None:
     prev = store.run_row(job.run_id) or {}
-    store.write_run({**prev, "run_id": job.run_id, "experiment": cfg["name"], "method": cfg["method"]["name"],
-                     "dataset": cfg["dataset"]["name"], "model": cfg["model"]["name"],
-                     "loss": cfg["loss"]["name"], "task": cfg["task"], "seed": cfg["seed"],
-                     "config": json.dumps(cfg, sort_keys=True), "device": str(device), "status": "failed",
-                     "error": error, "mixcli_version": __version__})
+    store.write_run({**prev, **identity_row(job, device), "status": "failed", "error": error})
