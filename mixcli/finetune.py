@@ -92,6 +92,14 @@ def check_train(doc_train: Any, train: dict, error) -> None:
                   f"expected fewer warm-up epochs than the {n} epochs of {ipe} iterations, got {warm}")
 
 
+def epoch_count(train: dict) -> int | None:
+    """The number of epochs of a validated ``train`` section (None when it depends on the data size)."""
+    if train.get("iterations") is None:
+        return train.get("epochs")
+    ipe = train.get("iterations_per_epoch")
+    return math.ceil(train["iterations"] / ipe) if isinstance(ipe, int) and ipe > 0 else None
+
+
 def hashed_config(cfg: dict) -> dict:
     """The part of a resolved config that identifies a run: of ``init_from`` only the parent's run id (not
     how it was referred to, nor where its checkpoint lies)."""
