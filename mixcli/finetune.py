@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from .errors import MixcliError, did_you_mean
@@ -154,10 +154,24 @@ def locate_run(ref: str, out: Path) -> tuple[str, Path, dict]:
     if not conf.is_file():
         raise MixcliError(f"init_from: {conf} is missing; the model and dataset of {ckpt} cannot be checked "
                           "(a mixcli run directory holds config.yaml beside checkpoint.pt)")
-    parent_cfg = yaml.safe_load(conf.read_text(encoding="utf-8"))
-    if not isinstance(parent_cfg, dict) or not isinstance(parent_cfg.get("model"), dict):
+    parent_cfg = read_run_config(conf, "init_from")
+    if not isinstance(parent_cfg.get("model"), dict):
         raise MixcliError(f"init_from: {conf} is not a mixcli run configuration")
     return run_dir.name, ckpt, parent_cfg
+
+
+def read_run_config(path: Path, who: str) -> dict:
+    """A run directory's config.yaml as a dict; anything else is a one-line error naming ``path``."""
+    from . import yamlsafe
+
+    try:
+        cfg = yamlsafe.load(yamlsafe.read_text(Path(path), "run configuration"), str(path))
+    except MixcliError as exc:
+        raise MixcliError(f"{who}: {exc} (a mixcli run directory holds the config.yaml mixcli wrote)") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("method"), dict):
+        raise MixcliError(f"{who}: {path} is not a mixcli run configuration (expected the mapping mixcli "
+                          "writes, with method, model and dataset)")
+    return cfg
 
 
 def check_compatible(cfg: dict, parent_cfg: dict, parent_id: str, where: str) -> None:
@@ -183,7 +197,11 @@ def resolve_init(cfg: dict, exp, cache: dict):
     where = exp.lines.at("init_from")
     parent = None
     if "run" in init:
-        pid, ckpt, parent_cfg = locate_run(init["run"], exp.out)
+        ref = init["run"]
+        if not exp.lines.origin.get("init_from", "").startswith("--set"):  # the one rule for relative paths
+            near = Path(exp.path).parent / os.path.expanduser(ref)
+            ref = str(near) if near.exists() or os.sep in ref or "/" in ref else ref  # else: a run id
+        pid, ckpt, parent_cfg = locate_run(ref, exp.out)
     else:
         path = (Path(exp.path).parent / init["experiment"]).resolve()
         if path not in cache:
@@ -245,7 +263,11 @@ def load_init(model: nn.Module, cfg: dict) -> None:
             raise MixcliError(f"init_from: the parent run {pid} is {status}, not finished; finish it first")
     if not path.is_file():
         raise MixcliError(f"init_from: the checkpoint {path} of the parent run {pid} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - garbage, truncated, or holding objects weights_only refuses
+        first = " ".join(str(exc).split())[:200]
+        raise MixcliError(f"init_from: {path} is not a readable checkpoint ({type(exc).__name__}: {first})") from None
     weights = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict):
         raise MixcliError(f"init_from: {path} holds no model weights")

@@ -348,7 +348,7 @@ class Validator:
                 self.error(key, f"{kind[:-1]} '{value['name']}': {exc}")
         return resolved
 
-    def model_fit(self, model: dict, method: dict) -> str | None:
+    def model_fit(self, dataset: dict, model: dict, method: dict) -> str | None:
         """Build the model on the meta device when the dataset knows its shape: bad model options, and method
         options that do not fit the model, become errors now. Returns the dataset's fingerprint."""
         data = self.instances.get("datasets")
@@ -358,7 +358,7 @@ class Validator:
             shape = data.shape()
             fingerprint = data.fingerprint()
         except Exception as exc:  # noqa: BLE001 - a plugin's complaint about its own options
-            self.error("dataset", f"dataset: {exc}")
+            self.error("dataset", f"dataset '{dataset['name']}': {exc}")
             return None
         if shape is not None:
             problem = _model_problem(model, method, tuple(shape[0]), int(shape[1]),
@@ -598,7 +598,7 @@ def resolve(doc: dict, lines: Lines) -> dict:
     if isinstance(off, int) and isinstance(n_epochs, int) and off >= n_epochs:
         v.error("method.off_after_epoch", f"mixing would never be switched off: off_after_epoch ({off}) must be "
                                           f"below the number of epochs ({n_epochs}); lower it or remove it")
-    fingerprint = v.model_fit(cfg["model"], cfg["method"])
+    fingerprint = v.model_fit(cfg["dataset"], cfg["model"], cfg["method"])
     v.raise_if_errors()
     if fingerprint is not None:
         cfg["data_fingerprint"] = str(fingerprint)

@@ -42,6 +42,9 @@ class TeacherStudent(Dataset):
         self.d, self.hidden, self.n, self.n_val, self.n_test = d, hidden, n, n_val, n_test
         self.activation, self.noise, self.seed = activation, float(noise), seed
 
+    def shape(self):
+        return (self.d,), 1
+
     def teacher(self) -> tuple[np.ndarray, np.ndarray]:
         """The teacher's weights ``(W, a)``."""
         rng = np.random.default_rng([self.seed, 0])
