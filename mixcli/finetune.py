@@ -60,11 +60,13 @@ def check_init_from(value: Any, error) -> dict | None:
         error("init_from", f"expected a run id, a run directory or checkpoint path, or a mapping with "
                            f"experiment/where/seed, got {value!r}")
         return None
-    for k in value:
-        if k not in INIT_KEYS:
-            error(f"init_from.{k}", f"unknown key '{k}'{did_you_mean(k, INIT_KEYS)}")
+    unknown = [k for k in value if k not in INIT_KEYS]
+    for k in unknown:
+        error(f"init_from.{k}", f"unknown key '{k}'{did_you_mean(k, INIT_KEYS)}")
     exp, where, seed = value.get("experiment"), value.get("where") or {}, value.get("seed")
-    if not isinstance(exp, str) or not exp:
+    if unknown and exp is None:
+        pass  # most likely the misspelled 'experiment' itself: one message is enough
+    elif not isinstance(exp, str) or not exp:
         error("init_from.experiment", f"expected the path of the parent experiment file, got {exp!r}")
     if not isinstance(where, dict):
         error("init_from.where", f"expected a mapping of dotted config keys to values, got {where!r}")
@@ -150,6 +152,10 @@ def locate_run(ref: str, out: Path) -> tuple[str, Path, dict]:
                           "run directory or checkpoint file")
     if not ckpt.is_file():
         raise MixcliError(f"init_from: run directory {run_dir} has no checkpoint.pt (has the run started?)")
+    import zipfile
+
+    if not zipfile.is_zipfile(ckpt):  # what torch.save writes; checked now so validate refuses it as run does
+        raise MixcliError(f"init_from: {ckpt} is not a PyTorch checkpoint (torch.save writes a zip archive)")
     conf = run_dir / "config.yaml"
     if not conf.is_file():
         raise MixcliError(f"init_from: {conf} is missing; the model and dataset of {ckpt} cannot be checked "

@@ -51,7 +51,7 @@ import yaml
 
 from . import finetune, yamlsafe
 from .errors import MixcliError, did_you_mean
-from .registry import REGISTRY, plugin_options
+from .registry import REGISTRY, SINGULAR, plugin_options
 from .selection import RULES
 
 TASKS = ("classification", "regression")
@@ -190,6 +190,9 @@ class Lines:
             if probe in self.origin:
                 return f"{self.path}: {self.origin[probe]}: {key}"
             probe = probe.rpartition(".")[0]
+        below = [o for k, o in self.origin.items() if k.startswith(key + ".")]  # e.g. --set model.widths
+        if below:
+            return f"{self.path}: {below[0]}: {key}"
         probe = key
         while probe:
             if probe in self.lines:
@@ -269,7 +272,7 @@ class Validator:
 
     def check(self, key: str, check: Check, value: Any) -> Any:
         if not check.ok(value):
-            self.error(key, f"expected {check.describe()}, got {value!r}")
+            self.error(key, f"expected {check.describe()}, got {_short_repr(value)}")
         return value
 
     def section(self, prefix: str, schema: dict, value: Any) -> dict:
@@ -278,7 +281,7 @@ class Validator:
         if prefix in SHORTHAND and isinstance(value, str):
             value = {"name": value}
         if not isinstance(value, dict):
-            self.error(prefix, f"expected a mapping with keys {', '.join(schema)}, got {value!r}")
+            self.error(prefix, f"expected a mapping with keys {', '.join(schema)}, got {_short_repr(value)}")
             return {}
         out = {}
         for k in value:
@@ -298,7 +301,7 @@ class Validator:
         if isinstance(value, str):
             value = {"name": value}
         if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-            self.error(key, f"expected a {kind[:-1]} name or a mapping with 'name:' and options, got {value!r}")
+            self.error(key, f"expected a {SINGULAR[kind]} name or a mapping with 'name:' and options, got {_short_repr(value)}")
             return None
         try:
             cls = REGISTRY.get(kind, value["name"])
@@ -312,7 +315,7 @@ class Validator:
             if k == "name":
                 continue
             if k not in opts and k not in common:
-                self.error(f"{key}.{k}", f"unknown option '{k}' for {kind[:-1]} '{value['name']}'"
+                self.error(f"{key}.{k}", f"unknown option '{k}' for {SINGULAR[kind]} '{value['name']}'"
                            f"{did_you_mean(k, list(opts) + list(common))}")
                 continue
             default = opts.get(k, common.get(k))
@@ -320,15 +323,17 @@ class Validator:
                 self.error(f"{key}.{k}", f"expected {_type_name(default)}, got {_short_repr(v)}")
             elif isinstance(v, float) and not math.isfinite(v):
                 self.error(f"{key}.{k}", f"expected a finite number, got {v!r}")
+        missing = [k for k, d in opts.items() if k not in value and d is _empty()]
+        if missing:
+            self.error(key, f"{SINGULAR[kind]} '{value['name']}' needs the option(s) "
+                            f"{', '.join(repr(k) for k in missing)}")
         for k, d in opts.items():
             if k in value:
                 resolved[k] = value[k]
                 if k in getattr(cls, "path_options", ()) and isinstance(value[k], str) and value[k].strip():
                     written = self.lines.origin.get(f"{key}.{k}", "") or self.lines.origin.get(key, "")
                     resolved[k] = str(resolve_path(value[k], self.lines.path, written.startswith("--set")))
-            elif d is _empty():
-                self.error(key, f"{kind[:-1]} '{value['name']}' needs the option '{k}'")
-            else:
+            elif d is not _empty():
                 resolved[k] = _plain(copy.deepcopy(d))
         if kind == "methods":
             t = value.get("off_after_epoch")
@@ -337,7 +342,7 @@ class Validator:
             resolved["off_after_epoch"] = t
         supported = getattr(cls, "tasks", None) or (getattr(cls, "task", None),)
         if kind in ("methods", "losses", "datasets") and task not in supported:
-            self.error(key, f"{kind[:-1]} '{value['name']}' supports task {', '.join(map(str, supported))}, "
+            self.error(key, f"{SINGULAR[kind]} '{value['name']}' supports task {', '.join(map(str, supported))}, "
                        f"not {task}")
         if not self.errors:
             try:  # let the plugin check its own values now, so a bad value fails before any run starts
@@ -345,7 +350,7 @@ class Validator:
                     self.instances[kind] = cls(**{k: v for k, v in resolved.items()
                                                   if k != "name" and k not in common})
             except Exception as exc:  # noqa: BLE001 - report any plugin complaint as a user error
-                self.error(key, f"{kind[:-1]} '{value['name']}': {exc}")
+                self.error(key, f"{SINGULAR[kind]} '{value['name']}': {exc}")
         return resolved
 
     def model_fit(self, dataset: dict, model: dict, method: dict) -> str | None:
@@ -510,9 +515,9 @@ def check_name(name: Any, error) -> None:
 def check_path_text(key: str, value: Any, error) -> None:
     """A path written as a non-empty string without control characters (NUL included)."""
     if not isinstance(value, str) or not value.strip():
-        error(key, f"expected a path (a non-empty string), got {value!r}")
+        error(key, f"expected a path (a non-empty string), got {_short_repr(value)}")
     elif any(ord(c) < 32 for c in value):
-        error(key, f"expected a path without control characters, got {value!r}")
+        error(key, f"expected a path without control characters, got {_short_repr(value)}")
 
 
 def resolve_path(value: str, experiment: str | Path, from_command_line: bool) -> Path:

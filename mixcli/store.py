@@ -157,7 +157,16 @@ def read_table(out: Path | str, table: str) -> pd.DataFrame:
     files = sorted(p for p in d.glob("*.parquet")) if d.is_dir() else []
     if not files:
         return pd.DataFrame(columns=list(RUN_COLUMNS if table == "runs" else EPOCH_COLUMNS))
-    return pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+    return pd.concat([_read_parquet(p) for p in files], ignore_index=True)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """One results file; a corrupt one is a one-line error naming it (issue 12)."""
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise MixcliError(f"{path}: not a readable parquet results file ({' '.join(str(exc).split())[:160]}); "
+                          "delete it (the run is then redone) or restore it") from None
 
 
 def config_of(row: Any) -> dict:
