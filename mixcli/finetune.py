@@ -207,7 +207,10 @@ def resolve_init(cfg: dict, exp, cache: dict):
         if not exp.lines.origin.get("init_from", "").startswith("--set"):  # the one rule for relative paths
             near = Path(exp.path).parent / os.path.expanduser(ref)
             ref = str(near) if near.exists() or os.sep in ref or "/" in ref else ref  # else: a run id
-        pid, ckpt, parent_cfg = locate_run(ref, exp.out)
+        try:
+            pid, ckpt, parent_cfg = locate_run(ref, exp.out)
+        except MixcliError as exc:  # name the file and line of the init_from key
+            raise MixcliError(f"{where}: {str(exc).removeprefix('init_from: ')}") from None
     else:
         path = (Path(exp.path).parent / init["experiment"]).resolve()
         if path not in cache:
