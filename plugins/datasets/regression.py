@@ -83,8 +83,9 @@ class Airfoil(Dataset):
         return (5,), 1
 
     def fingerprint(self) -> str | None:
-        """The file's SHA-256 (it is small); None before the download."""
-        return file_fingerprint(self.path or os.path.join(self.root, AIRFOIL_FILE))
+        """The SHA-256 of a file given by ``path`` (it is small); None for the UCI file under ``root`` (the
+        official data, so that the run id is the same before and after ``download: true`` fetches it)."""
+        return file_fingerprint(self.path) if self.path else None
 
     def _file(self) -> str:
         if self.path is not None:
