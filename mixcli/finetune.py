@@ -4,7 +4,8 @@
 
     init_from: RUN                 # a run id under this experiment's output dir (OUT/jobs/RUN/checkpoint.pt),
                                    # or a run directory (holding checkpoint.pt and config.yaml),
-                                   # or a checkpoint file (with the run's config.yaml beside it)
+                                   # or a checkpoint file (with the run's config.yaml beside it);
+                                   # a relative path is relative to this experiment file's folder
     init_from:                     # or: the matching job of another experiment file
       experiment: pretrain.yaml    #   path relative to this experiment file
       where: {method: mixup}       #   dotted keys of that experiment's resolved config the job must match

@@ -36,6 +36,28 @@ Top-level keys (defaults in brackets)::
     out: path                          [results/<name>] output directory
     init_from: RUN | {experiment: FILE, where: {...}, seed: N}   [null] start from an earlier run's
                                        weights (same model and dataset; see mixcli.finetune)
+
+``name`` names the folder results/<name>: it may not contain '/', '\\' or control characters, nor be '.'
+or '..'. ``train.epochs`` (and every epoch count) is at most 1,000,000; seeds lie in [0, 2**32 - 1]; one
+file describes at most 10,000 jobs (grid points x seeds). ``method.off_after_epoch`` must be below the
+number of epochs (else mixing would never stop).
+
+Relative paths, one rule: a path written in the experiment file (``out``, ``init_from``, and the path
+options of a dataset such as ``dataset.path`` or ``dataset.root``, grid values included) is relative to
+the folder of the experiment file; a path given on the command line (``--out``, ``--set``) is relative to
+the working folder. ``~`` is expanded. The default output folder results/<name> is in the working folder.
+
+The file itself is read by :mod:`mixcli.yamlsafe`: a regular file of at most 1 MB, no repeated keys, and at
+most 100,000 values once aliases are expanded (alias bombs are refused before anything is built).
+Errors inside a grid value name the grid entry (``grid.method[1] (line 12)``), and errors in a value set by
+``--set`` name the override. A ``--set`` of a key that the grid sets in every job is refused (it would
+have no effect), and a plugin the grid replaces is still checked.
+
+Validation goes as far as a run's start without loading data: each plugin is built with its options; when
+the dataset declares its shape (``Dataset.shape``), the model is built on PyTorch's meta device and the
+method checks that it fits (``Method.check_model``), so ``validate`` accepts exactly what ``run`` starts.
+A dataset's ``fingerprint()`` (e.g. a CSV file's hash) is part of the run id (``data_fingerprint`` in the
+resolved config): a run is redone when its data changed.
 """
 from __future__ import annotations
 
