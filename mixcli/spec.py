@@ -139,6 +139,7 @@ class Check:
 MAX_EPOCHS = 1_000_000   # train.epochs (and every epoch count) above this is a typo, not an experiment
 MAX_JOBS = 10_000        # seeds x grid points of one file
 MAX_SEED = 2**32 - 1     # numpy's seed range
+MAX_MODEL_SIZE = 2_000_000_000  # weights of a model built at validation time (8 GB in float32)
 POS_INT = Check("int", low=1)
 SCHEMA: dict[str, Any] = {
     "name": Check("str"),
@@ -426,7 +427,11 @@ def _model_problem(model: dict, method: dict, in_shape: tuple, out_dim: int, met
     except Exception:  # noqa: BLE001 - cannot be built without real tensors; checked when the run starts
         built = None
     else:
-        if method_obj is not None and hasattr(method_obj, "check_model"):
+        n = sum(p.numel() for p in built.parameters()) + sum(b.numel() for b in built.buffers())
+        if n > MAX_MODEL_SIZE:
+            problem = ("model", f"model '{model['name']}' would have {n:,} weights (more than {MAX_MODEL_SIZE:,}); "
+                                "check its width options")
+        elif method_obj is not None and hasattr(method_obj, "check_model"):
             try:
                 method_obj.check_model(built)
             except PluginError as exc:
