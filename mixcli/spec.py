@@ -508,7 +508,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         if not isinstance(k, str) or not k or "" in k.split("."):
             v.error("grid", f"grid keys must be dotted key names such as train.epochs, got {k!r}")
         elif not isinstance(values, list) or not values:
-            v.error(f"grid.{k}", f"expected a non-empty list of values, got {values!r}")
+            v.error(f"grid.{k}", f"expected a non-empty list of values, got {_short_repr(values)}")
         elif head not in SCHEMA or head in ("name", "grid", "seeds", "out"):
             v.error(f"grid.{k}", f"cannot vary '{k}' in a grid{did_you_mean(head, SCHEMA) if head not in SCHEMA else ''}")
     v.raise_if_errors()

@@ -105,12 +105,13 @@ class CIFARUnpickler(pickle.Unpickler):
     """Unpickles the CIFAR python files and nothing else.
 
     Plain containers and scalars need no global; a numpy array is rebuilt from exactly three: the
-    ``_reconstruct`` function (under numpy 1's and numpy 2's module name), ``ndarray`` and ``dtype``. Every
-    other global (``os.system``, ``builtins.eval``, ...) raises ``UnpicklingError`` before it is called.
+    ``_reconstruct`` function (under numpy 1's and numpy 2's module name), ``ndarray`` and ``dtype``; bytes
+    written by Python 3 at protocol 2 or lower come through ``_codecs.encode`` (text to bytes). Every other
+    global (``os.system``, ``builtins.eval``, ...) raises ``UnpicklingError`` before it is called.
     """
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
