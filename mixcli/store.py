@@ -157,16 +157,24 @@ def read_table(out: Path | str, table: str) -> pd.DataFrame:
     files = sorted(p for p in d.glob("*.parquet")) if d.is_dir() else []
     if not files:
         return pd.DataFrame(columns=list(RUN_COLUMNS if table == "runs" else EPOCH_COLUMNS))
-    return pd.concat([_read_parquet(p) for p in files], ignore_index=True)
+    return pd.concat([_read_parquet(p, table) for p in files], ignore_index=True)
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
-    """One results file; a corrupt one is a one-line error naming it (issue 12)."""
+_KEY_COLUMNS = {"runs": ("run_id", "status", "config"), "epochs": ("run_id", "epoch")}
+
+
+def _read_parquet(path: Path, table: str) -> pd.DataFrame:
+    """One results file; a corrupt or foreign one is a one-line error naming it (issue 12)."""
     try:
-        return pd.read_parquet(path)
+        df = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
         raise MixcliError(f"{path}: not a readable parquet results file ({' '.join(str(exc).split())[:160]}); "
                           "delete it (the run is then redone) or restore it") from None
+    missing = [c for c in _KEY_COLUMNS[table] if c not in df.columns]
+    if missing:
+        raise MixcliError(f"{path}: not a mixcli {table} file (no column {', '.join(missing)}); move it out of "
+                          f"{path.parent}")
+    return df
 
 
 def config_of(row: Any) -> dict:

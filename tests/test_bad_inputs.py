@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -448,6 +449,11 @@ def _results(env: Path, kind: str) -> Path:
         (d / "runs" / "x.parquet").write_text("not parquet")
     elif kind == "truncated-parquet":
         (d / "runs" / "x.parquet").write_bytes(b"PAR1xxxxPAR1")
+    elif kind == "foreign-parquet":
+        pd.DataFrame({"foo": [1]}).to_parquet(d / "runs" / "x.parquet")
+    elif kind == "bad-config":
+        pd.DataFrame({"run_id": ["x"], "status": ["finished"], "config": ["{not json"]}).to_parquet(
+            d / "runs" / "x.parquet")
     return d
 
 
@@ -465,6 +471,11 @@ CLI = [  # (id, args builder, expected)
     ("compare-truncated", lambda e: ["compare", _results(e, "truncated-parquet")], "not a readable parquet"),
     ("curves-garbage", lambda e: ["curves", _results(e, "garbage-parquet")], "x.parquet: not a readable parquet"),
     ("curves-empty", lambda e: ["curves", _results(e, "empty")], "res"),
+    ("compare-foreign", lambda e: ["compare", _results(e, "foreign-parquet")], "x.parquet: not a mixcli runs file"),
+    ("curves-foreign", lambda e: ["curves", _results(e, "foreign-parquet")], "x.parquet: not a mixcli runs file"),
+    ("compare-bad-config", lambda e: ["compare", _results(e, "bad-config")], "'config' column is not a JSON"),
+    ("run-out-is-file", lambda e: ["run", _file(e, "ok.yaml", BASE.encode()), "--out", _file(e, "f", b"")],
+     "not writable"),
     ("list-kind", lambda e: ["list", "metods"], "unknown plugin kind 'metods'"),
     ("inspect-not-run", lambda e: ["inspect", e], "not a run directory"),
     ("inspect-garbage-config", lambda e: ["inspect", e / "parent"], "parent/config.yaml"),
