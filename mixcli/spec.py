@@ -211,17 +211,25 @@ class Lines:
         probe = key
         while probe:
             if probe in self.origin:
-                return f"{self.path}: {self.origin[probe]}: {key}"
+                return self._origin(probe, key)
             probe = probe.rpartition(".")[0]
-        below = [o for k, o in self.origin.items() if k.startswith(key + ".")]  # e.g. --set model.widths
+        below = [k for k in self.origin if k.startswith(key + ".")]  # e.g. --set model.widths, error at model
         if below:
-            return f"{self.path}: {below[0]}: {key}"
+            return self._origin(below[0], key)
         probe = key
         while probe:
             if probe in self.lines:
                 return f"{self.path}:{self.lines[probe]}: {key}"
             probe = probe.rpartition(".")[0]
         return f"{self.path}: {key}"
+
+
+    def _origin(self, written: str, key: str) -> str:
+        """A --set names the override alone (not the file); a grid entry names the file and the entry."""
+        origin = self.origin[written]
+        if origin.startswith("--set"):
+            return origin if written == key else f"{origin}: {key}"
+        return f"{self.path}: {origin}: {key}"
 
 
 def read_yaml(path: str | Path) -> tuple[dict, Lines]:

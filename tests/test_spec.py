@@ -66,7 +66,7 @@ def test_bad_files_give_one_clear_message(cli, write, text, expect):
 def test_override_applies_before_validation(cli, write):
     p = write(TINY)
     out = bad(cli, p, "--set", "train.epochs=0")
-    assert "--set train.epochs: train.epochs: expected an integer in [1, 1000000], got 0" in out
+    assert "--set train.epochs: expected an integer in [1, 1000000], got 0" in out
     code, out = cli("validate", p, "--set", "train.epochs=5", "--set", "method.alpha=0.3",
                     "--set", "method.name=mixup")
     assert code == 0, out
