@@ -273,10 +273,11 @@ class Method(Plugin):
     def start_epoch(self, epoch: int, ctx: Context) -> None:
         pass
 
-    def check_model(self, model: Model) -> None:
-        """Raise :class:`PluginError` when the options do not fit ``model`` (e.g. a stage it does not have).
-        Called by ``mixcli validate`` and ``run`` before any training, with the model built on PyTorch's meta
-        device (structure only: no weights in memory, no computation)."""
+    def check_model(self, model: Model, input_shape: tuple[int, ...]) -> None:
+        """Raise :class:`PluginError` when the options do not fit ``model`` (e.g. a stage it does not have),
+        whose inputs have ``input_shape`` (one example). Called by ``mixcli validate`` and ``run --dry-run``
+        with the model built on PyTorch's meta device (structure only: no weights in memory; a forward pass
+        of meta tensors computes shapes only)."""
 
     def __call__(self, model: Model, batch: Batch, ctx: Context) -> MixOutput:  # pragma: no cover
         raise NotImplementedError

@@ -441,9 +441,11 @@ def _model_problem(model: dict, method: dict, in_shape: tuple, out_dim: int, met
                                 "check its width options")
         elif method_obj is not None and hasattr(method_obj, "check_model"):
             try:
-                method_obj.check_model(built)
+                method_obj.check_model(built, in_shape)
             except PluginError as exc:
                 problem = ("method", f"method '{method['name']}' with model '{model['name']}': {exc}")
+            except Exception:  # noqa: BLE001 - not checkable on the meta device; setup checks it at run time
+                pass
     _MODEL_CHECKS[memo] = problem
     return problem
 

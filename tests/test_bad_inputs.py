@@ -183,6 +183,7 @@ FILES = [
      "exp.yaml:4: method.off_after_epoch: mixing would never be switched off"),
     ("manifold-positions", R("method: erm", "method: {name: manifold_mixup, positions: [7]}"),
      "method 'manifold_mixup' with model 'mlp': positions [7] are all beyond this model"),
+    ("alignmix-mlp", R("method: erm", "method: alignmix"), "method 'alignmix' with model 'mlp': alignmix aligns"),
     ("manifold-neg", R("method: erm", "method: {name: manifold_mixup, positions: [-1]}"), "exp.yaml:4: method"),
     ("model-widths-0", R("{name: mlp, widths: [16]}", "{name: mlp, widths: [0]}"), "exp.yaml:3: model: model 'mlp': widths"),
     ("model-width-neg", R("{name: mlp, widths: [16]}", "{name: cnn, width: -4}"), "exp.yaml:3: model: model 'cnn': width"),

@@ -58,7 +58,7 @@ class CMixup(Method):
         self.alpha, self.sigma, self.kernel = float(alpha), float(sigma), kernel
         self.position, self.block_size = position, block_size
 
-    def check_model(self, model: Model) -> None:
+    def check_model(self, model: Model, input_shape: tuple[int, ...] = ()) -> None:
         top = model.embed_position
         if self.position > top:
             raise PluginError(f"position {self.position} is beyond this model, whose positions are 0..{top} "

@@ -29,7 +29,7 @@ class ManifoldMixup(Method):
             raise PluginError(f"positions must be a non-empty list of stage indices >= 0, got {positions}")
         self.alpha, self.positions, self.smoothing = alpha, positions, label_smoothing
 
-    def check_model(self, model: Model) -> None:
+    def check_model(self, model: Model, input_shape: tuple[int, ...]) -> None:
         self.usable_positions(model)
 
     def usable_positions(self, model: Model) -> list[int]:
