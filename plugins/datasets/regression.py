@@ -261,8 +261,10 @@ class MultiModal1D(Dataset):
                  frequency: float = 3.0, noise: float = 0.1, seed: int = 0, split: list = (0.6, 0.2, 0.2),
                  split_seed: int = 0, split_per_seed: bool = False, scaling: str = "none"):
         for name, v, lo, hi in (("n", n, 10, 10**8), ("modes", modes, 1, 10**6)):
-            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                raise PluginError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise PluginError(f"{name} must be an integer >= {lo}, got {v!r}")
+            if v > hi:
+                raise PluginError(f"{name} must be at most {hi}, got {v!r}")
         for name, v in (("gap", gap), ("amplitude", amplitude), ("frequency", frequency), ("noise", noise)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
                 raise PluginError(f"{name} must be a number >= 0, got {v!r}")
