@@ -9,6 +9,7 @@ from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .api import PluginError
@@ -32,7 +33,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (MixcliError, PluginError) as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
 
@@ -147,11 +148,12 @@ def status(
     target: Path = typer.Argument(..., help="An experiment file (shows its pending jobs too) or an output "
                                   "directory."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Overrides, as given to `mixcli run`."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The output directory, as given to `mixcli run`."),
 ) -> None:
     """Where a sweep stands: runs by status, who trains each running run and how far, and an ETA."""
     from .execution.status import ORDER, status_of
 
-    title, st = status_of(target, set_ or [])
+    title, st = status_of(target, set_ or [], out)
     t = Table(title=title, title_justify="left")
     for s in ORDER:
         t.add_column(s, justify="right")

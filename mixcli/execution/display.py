@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Column
 
@@ -80,9 +81,9 @@ class _Base:
     def done(self, job, outcome) -> None:
         j = self.live.pop(job.run_id, None)
         k = j["k"] if j else self.k
-        tag = f"[{k}/{self.n}]"
+        tag = f"\\[{k}/{self.n}]"
         for note in outcome.notes:
-            self._line(f"  [yellow]{tag} {job.run_id}: {note}[/]")
+            self._line(f"  [yellow]{tag} {job.run_id}: {escape(note)}[/]")
         if outcome.status == SKIPPED:
             self.counts["done"] += 1
             self._line(f"  [dim]{tag} {job.run_id}: already finished, skipped[/]")
@@ -92,7 +93,7 @@ class _Base:
             self._line(f"  [green]✓[/] {tag} {job.run_id}  {score(outcome.row)}  ({outcome.seconds:.1f}s)")
         elif outcome.status == FAILED:
             self.counts["failed"] += 1
-            self._line(f"  [red]✗ {tag} {job.run_id} failed: {outcome.error}[/]")
+            self._line(f"  [red]✗ {tag} {job.run_id} failed: {escape(str(outcome.error))}[/]")
         elif outcome.status == INTERRUPTED:
             self._line(f"  [yellow]{tag} {job.run_id} interrupted[/]")
         self._refresh()
@@ -127,7 +128,7 @@ class LiveDisplay(_Base):
     def submitted(self, job) -> None:
         super().submitted(job)
         j = self.live[job.run_id]
-        self.tasks[job.run_id] = self.p.add_task(f" {j['k']}. {job.label}", total=None, info="starting")
+        self.tasks[job.run_id] = self.p.add_task(f" {j['k']}. {escape(job.label)}", total=None, info="starting")
         self._refresh()
 
     def progress(self, job, kind: str, payload) -> None:
@@ -159,10 +160,10 @@ class LogDisplay(_Base):
 
     def submitted(self, job) -> None:
         super().submitted(job)
-        self._line(f"  [{self.k}/{self.n}] start {job.run_id}  {job.label}")
+        self._line(f"  \\[{self.k}/{self.n}] start {job.run_id}  {escape(job.label)}")
 
     def _epoch(self, job, j) -> None:
-        self._line(f"  [{j['k']}/{self.n}] {job.run_id}  {j['info']}")
+        self._line(f"  \\[{j['k']}/{self.n}] {job.run_id}  {j['info']}")
 
     def end(self) -> None:
         self._line(f"  sweep: {self.summary()} ({_clock(time.monotonic() - self.t0)} elapsed)")

@@ -81,7 +81,7 @@ class InlineExecutor:
         outcome = execute(job, self.device, Events(job.run_id, self.on_event))
         self.on_event(("done", job.run_id, outcome))
 
-    def close(self) -> None:
+    def close(self, interrupted: bool = False) -> None:
         pass
 
 

@@ -70,7 +70,7 @@ def sweep_status(outs: list[Path], expected: dict[str, tuple[Path, str]] | None 
     return st
 
 
-def status_of(target: Path, overrides: list[str]) -> tuple[str, Status]:
+def status_of(target: Path, overrides: list[str], out: Path | None = None) -> tuple[str, Status]:
     """(title, status) of an experiment file or an output directory."""
     if target.is_file():
         from ..finetune import with_parents
@@ -78,6 +78,8 @@ def status_of(target: Path, overrides: list[str]) -> tuple[str, Status]:
         from ..spec import load_experiment
 
         exp = load_experiment(target, overrides)
+        if out is not None:
+            exp.out = out
         jobs = with_parents(expand(exp))
         expected = {j.run_id: (j.out, j.label) for j in jobs}
         outs = list(dict.fromkeys(j.out for j in jobs))

@@ -91,8 +91,9 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def record(job: Job, device, status: str, error: str, plugin: str | None = None) -> None:
-    """Write ``status`` (failed / interrupted) and its reason into the run's row, keeping what it had."""
+def record(job: Job, device, status: str, error: str, plugin: str | None = None, epochs: int | None = None) -> None:
+    """Write ``status`` (failed / interrupted) and its reason into the run's row, keeping what it had
+    (``epochs``: the epochs completed, when known)."""
     from ..engine import identity_row
     from ..store import Store
 
@@ -100,7 +101,8 @@ def record(job: Job, device, status: str, error: str, plugin: str | None = None)
     prev = store.run_row(job.run_id) or {}
     store.write_run({**prev, **identity_row(job, device), "status": status, "error": error,
                      "error_plugin": plugin, "host": prev.get("host"), "pid": prev.get("pid"),
-                     "attempts": prev.get("attempts")})
+                     "attempts": prev.get("attempts"),
+                     "epochs": prev.get("epochs") if epochs is None else epochs})
 
 
 def record_lost(job: Job, device, reason: str) -> bool:
@@ -154,7 +156,8 @@ def execute(job: Job, device, progress=None) -> Outcome:
         return Outcome(job.run_id, FINISHED, row=row, seconds=time.perf_counter() - t0, notes=notes)
     except KeyboardInterrupt:
         _safe_record(job, device, INTERRUPTED, f"interrupted in epoch {tracker.done_epochs + 1}; "
-                     "`mixcli run` of the same file resumes it from its last finished epoch", None)
+                     "`mixcli run` of the same file resumes it from its last finished epoch", None,
+                     tracker.done_epochs if tracker.started else None)
         raise
     except BaseException as exc:  # noqa: BLE001 - everything a job does is contained in the job
         msg = describe(exc)
@@ -162,7 +165,7 @@ def execute(job: Job, device, progress=None) -> Outcome:
             msg += f" (in epoch {tracker.done_epochs + 1})"
         plugin = blame(job, exc.__traceback__)
         _save_traceback(job, exc)
-        _safe_record(job, device, FAILED, msg, plugin)
+        _safe_record(job, device, FAILED, msg, plugin, tracker.done_epochs if tracker.started else None)
         input_error = isinstance(exc, (MixcliError, PluginError)) and not tracker.started
         return Outcome(job.run_id, FAILED, error=msg + (f" [{plugin}]" if plugin else ""),
                        input_error=input_error, seconds=time.perf_counter() - t0, notes=notes)
@@ -179,9 +182,9 @@ def _save_traceback(job: Job, exc: BaseException) -> None:
         pass
 
 
-def _safe_record(job, device, status, error, plugin) -> None:
+def _safe_record(job, device, status, error, plugin, epochs) -> None:
     try:
-        record(job, device, status, error, plugin)
+        record(job, device, status, error, plugin, epochs)
     except OSError as exc:  # e.g. the disk is full: the claim's release still marks the run as not running
         print(f"mixcli: could not record run {job.run_id} as {status}: {exc.strerror or exc}", flush=True)
 
