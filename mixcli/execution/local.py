@@ -8,6 +8,7 @@ worker that dies while it runs a job (OOM kill, segfault) has the job recorded `
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -19,14 +20,31 @@ from .worker import FAILED, Outcome, execute, record_lost, set_threads
 STEP_EVERY_S = 0.25  # how often a worker reports training steps
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def sigterm_as_interrupt() -> None:
     """SIGTERM (SLURM's time limit, ``kill``) interrupts like Ctrl-C: the run is recorded ``interrupted``."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
     try:
-        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     except ValueError:  # not the main thread (e.g. under a test runner's thread)
         pass
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """:func:`sigterm_as_interrupt` for the duration of a block (the previous handler comes back)."""
+    try:
+        old = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 class Events:
