@@ -363,7 +363,7 @@ class Validator:
                 resolved[k] = value[k]
                 if k in getattr(cls, "path_options", ()) and isinstance(value[k], str) and value[k].strip():
                     written = self.lines.origin.get(f"{key}.{k}", "") or self.lines.origin.get(key, "")
-                    resolved[k] = str(resolve_path(value[k], self.lines.path, written.startswith("--set")))
+                    resolved[k] = os.path.abspath(resolve_path(value[k], self.lines.path, written.startswith("--set")))
             elif d is not _empty():
                 resolved[k] = _plain(copy.deepcopy(d))
         if kind == "methods":
