@@ -28,12 +28,6 @@ from torch import nn
 
 from mixcli.api import Model, PluginError
 
-#: options passed through to ``timm.create_model`` (anything else in the experiment file is rejected by name)
-PASSTHROUGH = ("img_size", "patch_size", "drop_rate", "drop_path_rate", "global_pool", "embed_dim", "depth",
-               "num_heads", "stem_type", "stem_width", "output_stride", "class_token", "mlp_ratio",
-               "qkv_bias", "reg_tokens", "dynamic_img_size")
-
-
 class _Stop(Exception):
     """Raised by the capture hook of :meth:`TimmModel.forward_to` to end the forward early."""
 
@@ -95,24 +89,30 @@ class TimmModel(Model):
     ``checkpoint`` (a local ``.safetensors`` file or a ``weights_only`` state dict; a classifier of another
     size is left freshly initialised), ``small_stem`` (false: for CNNs whose stem downsamples (ResNet's
     stride-2 7x7 conv and max-pool), a 3x3 stride-1 convolution and no max-pool instead, the CIFAR variant;
-    only for timm's ResNet family, found through its ``conv1``/``maxpool``), and timm's own keyword arguments
+    only for timm's ResNet family, found through its ``conv1``/``maxpool``), the common timm keywords
     ``img_size``, ``patch_size`` (ViTs: e.g. ``img_size: 32, patch_size: 4`` on CIFAR), ``drop_rate``,
-    ``drop_path_rate``, ``global_pool``, ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``,
-    ``class_token``, ``qkv_bias``, ``reg_tokens``, ``stem_type``, ``stem_width``, ``output_stride``. An option
-    the architecture does not take is a one-line error.
+    ``drop_path_rate`` (null: the architecture's default), and ``timm_args``: any other keyword arguments of
+    ``timm.create_model`` (e.g. ``{embed_dim: 192, depth: 6, num_heads: 3}``). An option the architecture
+    does not take is a one-line error.
     """
 
     paper = "Wightman, PyTorch Image Models (timm), 2019"
 
     def __init__(self, in_shape, out_dim, arch: str = "resnet18", pretrained: bool = False,
-                 checkpoint: str | None = None, small_stem: bool = False, **kwargs):
+                 checkpoint: str | None = None, small_stem: bool = False, img_size: int | None = None,
+                 patch_size: int | None = None, drop_rate: float | None = None, drop_path_rate: float | None = None,
+                 timm_args: dict | None = None):
         super().__init__()
         if len(in_shape) != 3:
             raise PluginError(f"timm needs image inputs (C, H, W), got inputs of shape {tuple(in_shape)}")
-        unknown = sorted(set(kwargs) - set(PASSTHROUGH))
-        if unknown:
-            raise PluginError(f"unknown option {unknown[0]!r}; the timm model takes arch, pretrained, checkpoint, "
-                              f"small_stem and {', '.join(PASSTHROUGH)}")
+        if timm_args is not None and not isinstance(timm_args, dict):
+            raise PluginError(f"timm_args must be a mapping of timm.create_model keywords, got {timm_args!r}")
+        named = {"img_size": img_size, "patch_size": patch_size, "drop_rate": drop_rate,
+                 "drop_path_rate": drop_path_rate}
+        kwargs = {**{k: v for k, v in named.items() if v is not None}, **(timm_args or {})}
+        clash = sorted({"num_classes", "in_chans", "pretrained"} & set(kwargs))
+        if clash:
+            raise PluginError(f"timm_args: {clash[0]} is set by mixcli (from the dataset / the pretrained option)")
         timm = _timm()
         if not isinstance(arch, str) or not timm.is_model(arch):
             close = timm.list_models(f"*{arch}*")[:5] if isinstance(arch, str) else []
