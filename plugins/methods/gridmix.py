@@ -22,27 +22,35 @@ def _range(name: str, value, low: float, high: float | None = None) -> tuple[flo
 
 def grid_mask(h: int, w: int, lam: float, n_holes: int, hole_aspect_ratio: float, cut_area_ratio: float,
               cut_aspect_ratio: float, cx: float, cy: float) -> np.ndarray:
-    """The GridMix mask (H, W) of 0/1 (1 = take the partner), OpenMixup's ``rand_grid`` in closed form.
+    """The GridMix mask (H, W) of 0/1 (1 = take the partner), as OpenMixup's ``rand_grid``.
 
     A crop of area ``int(H W cut_area_ratio)`` and aspect ``cut_aspect_ratio`` (``cut_w = int(sqrt(area /
-    aspect))``, ``cut_h = int(cut_w aspect)``) is placed at ``(int((W - cut_w) cx), int((H - cut_h) cy))``;
+    aspect))``, ``cut_h = int(cut_w aspect)``) starts at ``(int((W - cut_w) cx), int((H - cut_h) cy))``;
     it is tiled by cells of width ``pw = ceil(cut_w / n_holes)`` and height ``ph = int(pw hole_aspect_ratio)``,
     and each cell's top-left hole of ``int(pw sqrt(1 - lam))`` x ``int(ph sqrt(1 - lam))`` pixels (clamped to
-    [1, side - 1]) is 1: pixel (u, v) of the crop is 1 iff ``u % pw < hole_w`` and ``v % ph < hole_h``."""
+    [1, side - 1]) is set. As in the reference, a crop larger than the image (area x aspect > 1) starts at a
+    negative offset and its holes are painted with Python slice semantics (a negative start counts from the
+    far edge), so such masks are the reference's exactly."""
     cut_area = int(h * w * cut_area_ratio)
-    cut_w = min(int(math.sqrt(cut_area / cut_aspect_ratio)), w)
-    cut_h = min(int(cut_w * cut_aspect_ratio), h)
-    x1, y1 = int((w - cut_w) * cx), int((h - cut_h) * cy)
+    cut_w = int(math.sqrt(cut_area / cut_aspect_ratio))
+    cut_h = int(cut_w * cut_aspect_ratio)
+    xc, yc = int((w - cut_w) * cx), int((h - cut_h) * cy)
     pw = math.ceil(cut_w / n_holes)
     ph = int(pw * hole_aspect_ratio)
     ratio = math.sqrt(1.0 - lam)
     hw = min(max(int(pw * ratio), 1), pw - 1)
     hh = min(max(int(ph * ratio), 1), ph - 1)
     mask = np.zeros((h, w), dtype=np.float32)
-    if hw <= 0 or hh <= 0:
+    if ph < 1:
         return mask
-    u, v = np.arange(cut_w), np.arange(cut_h)
-    mask[y1:y1 + cut_h, x1:x1 + cut_w] = ((v % ph < hh)[:, None] & (u % pw < hw)[None, :])
+    ny = math.ceil(cut_h / ph)
+    for i in range(n_holes + 1):
+        x1 = min(pw * i, cut_w)
+        x2 = min(x1 + hw, cut_w)
+        for j in range(ny + 1):
+            y1 = min(ph * j, cut_h)
+            y2 = min(y1 + hh, cut_h)
+            mask[yc + y1:yc + y2, xc + x1:xc + x2] = 1.0
     return mask
 
 
@@ -94,7 +102,7 @@ class GridMix(Method):
         cut_area = rng.uniform(*self.cut_area)
         cut_aspect = rng.uniform(*self.cut_aspect)
         cx, cy = rng.random(), rng.random()
-        cut_w = min(int(math.sqrt(int(h * w * cut_area) / cut_aspect)), w)
+        cut_w = int(math.sqrt(int(h * w * cut_area) / cut_aspect))
         n_holes = min(n_holes, cut_w // 2)
         if n_holes < 1:
             return None

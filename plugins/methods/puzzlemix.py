@@ -209,7 +209,7 @@ class PuzzleMix(Method):
         block = width // n
         u1, u2, pw_x, pw_y, beta_n, sal_pool = graph_terms(
             x.float() * self.std + self.mean, sal, perm, n, self.beta, self.gamma, self.neigh_size)
-        host = [t.detach().cpu().numpy().astype(np.float64) for t in (u1, u2, pw_x, pw_y)]
+        host = [t.detach().float().cpu().numpy() for t in (u1, u2, pw_x, pw_y)]  # float32, as the reference
         masks = np.stack([graphcut_mask(host[0][i], host[1][i], host[2][i], host[3][i], lam, beta_n, self.eta,
                                         self.n_labels) for i in range(b)])
         mask = torch.from_numpy(masks.astype(np.float32)).to(x.device).unsqueeze(1)
