@@ -401,11 +401,11 @@ def ref_mixup_graph(input1, grad1, indices, block_num, alpha, beta, gamma, eta, 
 @pytest.mark.parametrize("block_num", [2, 4, 8, 16])
 def test_puzzlemix_matches_the_reference_mixup_graph(block_num):
     g = torch.Generator().manual_seed(block_num)
-    b = 6
+    b = 4
     mean, std = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
     x = torch.randn(b, 3, 32, 32, generator=g)
     sal = torch.rand(b, 32, 32, generator=g) ** 3
-    perm = torch.tensor([3, 0, 4, 1, 5, 2])
+    perm = torch.tensor([2, 0, 3, 1])
     m = PuzzleMix()
     m.setup(make_ctx((x * 50 + 128).clamp(0, 255).to(torch.uint8), torch.arange(b), b, mean=mean, std=std))
     for lam in (0.2, 0.5, 0.83):
@@ -451,7 +451,7 @@ def test_puzzlemix_step_on_digits_sized_images():
     m.setup(ctx)
     assert m.sides == [2, 4, 8]
     x = x8.float() / 255
-    for _ in range(4):
+    for _ in range(2):
         out = m(model, Batch(x, y, torch.arange(16)), ctx)
         assert ((out.lam >= 0) & (out.lam <= 1)).all() and out.logits.shape == (16, 4)
     assert all(p.grad is None for p in model.parameters())  # the saliency pass leaves no parameter gradients
@@ -499,7 +499,7 @@ def test_automix_trains_the_mixblock_and_keeps_the_encoder_an_ema():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x = x8.float() / 255
     before = [p.clone() for p in m.block.parameters()]
-    for step in range(3):
+    for step in range(2):
         ctx.step = step
         k_before = [p.clone() for p in m.k.parameters()]
         q_before = [p.detach().clone() for p in model.parameters()]
@@ -522,7 +522,7 @@ def test_automix_resume_is_exact(cli, write, tmp_path, monkeypatch):
     from mixcli import engine
     exp = """\
     name: am
-    dataset: {name: digits, fraction: 0.2}
+    dataset: {name: digits, fraction: 0.1}
     model: {name: cnn, width: 4}
     method: {name: automix}
     train: {epochs: 2, batch_size: 64, optimizer: {name: sgd, lr: 0.05}}

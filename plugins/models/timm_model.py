@@ -63,13 +63,14 @@ def load_weights(net: nn.Module, path: str) -> None:
     own = net.state_dict()
     head = {n for n, _ in net.get_classifier().named_parameters(prefix=_classifier_name(net))}
     sd = {k: v for k, v in sd.items() if not (k in head and k in own and own[k].shape != v.shape)}
-    missing, unexpected = net.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if k not in head]
+    missing = [k for k in own if k not in sd and k not in head]
+    unexpected = [k for k in sd if k not in own]
     bad = [k for k in sd if k in own and own[k].shape != sd[k].shape]
     if missing or unexpected or bad:
         parts = [f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
                  for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad)) if keys]
         raise PluginError(f"checkpoint {p} does not fit this architecture ({'; '.join(parts)})")
+    net.load_state_dict(sd, strict=False)
 
 
 def _classifier_name(net: nn.Module) -> str:
@@ -81,8 +82,9 @@ def _classifier_name(net: nn.Module) -> str:
 
 
 class TimmModel(Model):
-    """Any timm architecture (``arch``), with its feature levels as stages; ``mixcli list models`` shows the
-    options, ``python -c "import timm; print(timm.list_models('resnet*'))"`` the architectures.
+    """Any timm backbone (arch); list them: python -c "import timm; print(timm.list_models('resnet*'))".
+
+    The feature levels of timm's feature API are the stages (see the module docstring).
 
     Wightman, "PyTorch Image Models" (timm), https://github.com/huggingface/pytorch-image-models. Options:
     ``arch`` (resnet18), ``pretrained`` (false: timm downloads its weights when true, which needs a network),
