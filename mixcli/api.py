@@ -168,6 +168,11 @@ class Model(nn.Module, Plugin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_from(x, 0)
 
+    @classmethod
+    def check_options(cls, **options) -> None:
+        """Check the options that need no data (``mixcli validate`` calls this; a model is only built at run
+        time, when the input shape is known). Raise a PluginError for a bad value; the default checks nothing."""
+
     # Hooks for methods that need the model in a particular form. They name no architecture: a model
     # plugin provides them (or inherits the generic version below), a method calls them.
     def class_activation(self, x: torch.Tensor):

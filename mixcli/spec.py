@@ -331,6 +331,8 @@ class Validator:
             try:  # let the plugin check its own values now, so a bad value fails before any run starts
                 if kind != "models":
                     cls(**{k: v for k, v in resolved.items() if k != "name" and k not in common})
+                elif hasattr(cls, "check_options"):  # models are built at run time (they need the data)
+                    cls.check_options(**{k: v for k, v in resolved.items() if k != "name"})
             except Exception as exc:  # noqa: BLE001 - report any plugin complaint as a user error
                 self.error(key, f"{kind[:-1]} '{value['name']}': {exc}")
         return resolved

@@ -147,6 +147,8 @@ def test_validate_rejects_an_unknown_option_and_list_says_how_to_see_archs(cli, 
     """)
     code, text = cli("validate", p)
     assert code == 2 and "patchsize" in text
+    code, text = cli("validate", p, "--set", "model={name: timm, arch: resnet_nope}")
+    assert code == 2 and "not a timm architecture" in text and "Traceback" not in text
     code, text = cli("list", "models")
     assert code == 0 and "timm" in text
     assert "timm.list_models" in TimmModel.description()  # the line `mixcli list models` shows

@@ -107,22 +107,11 @@ class TimmModel(Model):
         super().__init__()
         if len(in_shape) != 3:
             raise PluginError(f"timm needs image inputs (C, H, W), got inputs of shape {tuple(in_shape)}")
-        if timm_args is not None and not isinstance(timm_args, dict):
-            raise PluginError(f"timm_args must be a mapping of timm.create_model keywords, got {timm_args!r}")
+        self.check_options(arch=arch, pretrained=pretrained, checkpoint=checkpoint, timm_args=timm_args)
         named = {"img_size": img_size, "patch_size": patch_size, "drop_rate": drop_rate,
                  "drop_path_rate": drop_path_rate}
         kwargs = {**{k: v for k, v in named.items() if v is not None}, **(timm_args or {})}
-        clash = sorted({"num_classes", "in_chans", "pretrained"} & set(kwargs))
-        if clash:
-            raise PluginError(f"timm_args: {clash[0]} is set by mixcli (from the dataset / the pretrained option)")
         timm = _timm()
-        if not isinstance(arch, str) or not timm.is_model(arch):
-            close = timm.list_models(f"*{arch}*")[:5] if isinstance(arch, str) else []
-            hint = f" (similar: {', '.join(close)})" if close else ""
-            raise PluginError(f"arch {arch!r} is not a timm architecture{hint}; "
-                              "see python -c \"import timm; print(timm.list_models())\"")
-        if pretrained and checkpoint:
-            raise PluginError("set either pretrained or checkpoint, not both")
         try:
             net = timm.create_model(arch, pretrained=bool(pretrained), num_classes=out_dim,
                                     in_chans=int(in_shape[0]), **kwargs)
@@ -142,10 +131,11 @@ class TimmModel(Model):
             raise PluginError(f"arch {arch} exposes no timm feature_info / forward_head; feature-level "
                               "methods cannot address its stages")
         mods = dict(net.named_modules())
-        names = [f["module"] for f in info]
-        # feature levels that are the network's own submodules, in forward order, excluding the last
-        # (position S is forward_features, which ends with it)
-        self._levels = [mods[n] for n in names[:-1] if n in mods]
+        # timm's feature levels, in forward order: positions 1..S-1 are the first S-1 of them, position S is
+        # forward_features (which ends with the last)
+        self._names = [f["module"] for f in info if f["module"] in mods]
+        if not self._names:
+            raise PluginError(f"arch {arch}: its feature_info names no submodule")
         self.classifier = net.get_classifier()
         self._check_forward(in_shape)
 
@@ -162,18 +152,42 @@ class TimmModel(Model):
         finally:
             self.net.train(was)
 
+    @classmethod
+    def check_options(cls, arch="resnet18", pretrained=False, checkpoint=None, timm_args=None, **_) -> None:
+        """What can be checked before the data is known: the architecture exists, ``timm_args`` is a mapping
+        that does not set what mixcli sets, not both ``pretrained`` and ``checkpoint``, the checkpoint exists."""
+        timm = _timm()
+        if not isinstance(arch, str) or not timm.is_model(arch):
+            close = timm.list_models(f"*{arch}*")[:5] if isinstance(arch, str) else []
+            hint = f" (similar: {', '.join(close)})" if close else ""
+            raise PluginError(f"arch {arch!r} is not a timm architecture{hint}; "
+                              "see python -c \"import timm; print(timm.list_models())\"")
+        if timm_args is not None and not isinstance(timm_args, dict):
+            raise PluginError(f"timm_args must be a mapping of timm.create_model keywords, got {timm_args!r}")
+        clash = sorted({"num_classes", "in_chans", "pretrained"} & set(timm_args or {}))
+        if clash:
+            raise PluginError(f"timm_args: {clash[0]} is set by mixcli (from the dataset / the pretrained option)")
+        if pretrained and checkpoint:
+            raise PluginError("set either pretrained or checkpoint, not both")
+        if checkpoint and not Path(checkpoint).expanduser().is_file():
+            raise PluginError(f"checkpoint: no such file: {Path(checkpoint).expanduser()}")
+
     # -------------------------------------------------------------------------------- positions
     @property
     def num_stages(self) -> int:
-        return len(self._levels) + 1
+        return len(self._names)
 
     @property
     def embed_position(self) -> int:
         return self.num_stages + 1
 
     @property
-    def stages(self):  # the feature-level modules (references into ``net``), for inspection only
-        return list(self._levels) + [self.net]
+    def stages(self) -> "_Stages":
+        """The feature-level modules; assigning an entry (``train.compile``) replaces it inside ``net``."""
+        return _Stages(self.net, self._names)
+
+    def _level(self, position: int) -> nn.Module:
+        return self.net.get_submodule(self._names[position - 1])
 
     def forward_to(self, x: torch.Tensor, position: int) -> torch.Tensor:
         if position <= 0:
@@ -188,7 +202,7 @@ class TimmModel(Model):
             out.append(o)
             raise _Stop
 
-        handle = self._levels[position - 1].register_forward_hook(capture)
+        handle = self._level(position).register_forward_hook(capture)
         try:
             self.net.forward_features(x)
         except _Stop:
@@ -214,7 +228,7 @@ class TimmModel(Model):
             torch.set_grad_enabled(grad)
             return h
 
-        handle = self._levels[position - 1].register_forward_hook(replace)
+        handle = self._level(position).register_forward_hook(replace)
         self.net.eval()
         try:
             with torch.no_grad():
@@ -262,6 +276,25 @@ class TimmModel(Model):
             if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module):
                 found = m
         return found
+
+
+class _Stages:
+    """A timm model's feature-level modules by name, indexable like ``Model.stages``."""
+
+    def __init__(self, net: nn.Module, names: list[str]):
+        self.net, self.names = net, names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> nn.Module:
+        return self.net.get_submodule(self.names[i])
+
+    def __setitem__(self, i: int, module: nn.Module) -> None:
+        self.net.set_submodule(self.names[i], module)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
 
 def _small_stem(net: nn.Module, arch: str, c: int) -> None:
