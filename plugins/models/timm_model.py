@@ -116,9 +116,11 @@ class TimmModel(Model):
             net = timm.create_model(arch, pretrained=bool(pretrained), num_classes=out_dim,
                                     in_chans=int(in_shape[0]), **kwargs)
         except TypeError as exc:
-            raise PluginError(f"arch {arch}: an option it does not take ({exc})") from None
+            raise PluginError(f"arch {arch}: an option it does not take ({str(exc).splitlines()[0][:200]})") from None
         except Exception as exc:  # noqa: BLE001 - e.g. no network for pretrained weights
-            raise PluginError(f"arch {arch}: timm could not build it: {type(exc).__name__}: {exc}") from None
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            hint = " (pretrained weights need a network; or use checkpoint: PATH)" if pretrained else ""
+            raise PluginError(f"arch {arch}: timm could not build it: {type(exc).__name__}: {first}{hint}") from None
         if small_stem:
             _small_stem(net, arch, int(in_shape[0]))
         if checkpoint:
