@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -150,8 +152,9 @@ class PuzzleMix(Method):
         x~ = M x_i' + (1 - M) x_j';   y~ = lam' y_i + (1 - lam') y_j,  lam' = mean(M)
 
     The terms, the transport and the mixing are batched on the device; the graph cut runs per image on the
-    CPU with the ``gco-wrapper`` package (the reference's pyGCO, ``pip install "mixcli[puzzlemix]"``): one
-    host synchronisation per step. Options: ``alpha`` (1.0), ``block_num`` ([2, 4, 8, 16]: grid sides drawn
+    CPU with the ``gco-wrapper`` package (the reference's pyGCO, ``pip install "mixcli[puzzlemix]"``), on
+    ``graph_threads`` threads (null: min(8, CPUs); the reference uses 8 processes): one host synchronisation
+    per step. Options: ``alpha`` (1.0), ``block_num`` ([2, 4, 8, 16]: grid sides drawn
     uniformly per batch, as the reference's ``2 ** randint(1, 5)``; sides that do not divide the image are
     dropped, so 8x8 digits use 2, 4, 8), ``beta`` (1.2), ``gamma`` (0.5), ``eta`` (0.2), ``neigh_size`` (4),
     ``n_labels`` (3), ``transport`` (true), ``t_eps`` (0.8), ``t_size`` (4; -1 = the graph-cut grid),
@@ -166,7 +169,7 @@ class PuzzleMix(Method):
 
     def __init__(self, alpha: float = 1.0, block_num: list = (2, 4, 8, 16), beta: float = 1.2, gamma: float = 0.5,
                  eta: float = 0.2, neigh_size: int = 4, n_labels: int = 3, transport: bool = True,
-                 t_eps: float = 0.8, t_size: int = 4, label_smoothing: float = 0.0):
+                 t_eps: float = 0.8, t_size: int = 4, label_smoothing: float = 0.0, graph_threads: int | None = None):
         check_range("alpha", alpha, 0, low_open=True)
         block_num = [block_num] if isinstance(block_num, int) else list(block_num)
         if not block_num or not all(isinstance(v, int) and v >= 2 for v in block_num):
@@ -180,6 +183,9 @@ class PuzzleMix(Method):
         if not (isinstance(t_size, int) and (t_size == -1 or t_size >= 1)):
             raise PluginError(f"t_size must be -1 (the graph-cut grid) or an integer >= 1, got {t_size}")
         check_range("label_smoothing", label_smoothing, 0, 1, high_open=True)
+        if graph_threads is not None and not (isinstance(graph_threads, int) and graph_threads >= 1):
+            raise PluginError(f"graph_threads must be an integer >= 1 or null, got {graph_threads}")
+        self.threads = graph_threads or min(8, os.cpu_count() or 1)
         self.alpha, self.block_num, self.beta, self.gamma, self.eta = alpha, block_num, beta, gamma, eta
         self.neigh_size, self.n_labels, self.transport, self.t_eps, self.t_size = (neigh_size, n_labels,
                                                                                    bool(transport), t_eps, t_size)
@@ -210,8 +216,15 @@ class PuzzleMix(Method):
         u1, u2, pw_x, pw_y, beta_n, sal_pool = graph_terms(
             x.float() * self.std + self.mean, sal, perm, n, self.beta, self.gamma, self.neigh_size)
         host = [t.detach().float().cpu().numpy() for t in (u1, u2, pw_x, pw_y)]  # float32, as the reference
-        masks = np.stack([graphcut_mask(host[0][i], host[1][i], host[2][i], host[3][i], lam, beta_n, self.eta,
-                                        self.n_labels) for i in range(b)])
+        def cut(i):
+            return graphcut_mask(host[0][i], host[1][i], host[2][i], host[3][i], lam, beta_n, self.eta, self.n_labels)
+
+        if self.threads > 1:  # gco runs in C through ctypes, which releases the GIL: the cuts run in parallel
+            if getattr(self, "_pool", None) is None:
+                self._pool = ThreadPoolExecutor(self.threads)
+            masks = np.stack(list(self._pool.map(cut, range(b))))
+        else:
+            masks = np.stack([cut(i) for i in range(b)])
         mask = torch.from_numpy(masks.astype(np.float32)).to(x.device).unsqueeze(1)
         x1, x2 = x, x[perm]
         if self.transport:
