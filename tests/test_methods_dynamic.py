@@ -17,7 +17,7 @@ from torch import nn
 from mixcli.api import Batch, Context, DataBundle, PluginError, Split
 from mixcli_plugins.methods.automix import AutoMix, MixBlock, momentum_at
 from mixcli_plugins.methods.gridmix import GridMix, grid_mask
-from mixcli_plugins.methods.puzzlemix import PuzzleMix, input_saliency, mask_transport, transport_image
+from mixcli_plugins.methods.puzzlemix import PuzzleMix, exact_labels, input_saliency, mask_transport, transport_image
 from mixcli_plugins.methods.smoothmix import SmoothMix, smooth_mask
 from mixcli_plugins.methods.snapmix import SnapMix, semantic_maps, snapmix_weights
 from mixcli_plugins.methods.transmix import TransMix, transmix_lam
@@ -461,13 +461,65 @@ def test_puzzlemix_step_on_digits_sized_images():
     assert all(p.grad is None for p in model.parameters())  # the saliency pass leaves no parameter gradients
 
 
+def grid_energies(labelings, unary, cost_v, cost_h, n_labels):
+    """E(x) x (L-1)^2 for labelings (M, n, n): the reference energy, computed directly."""
+    n = unary.shape[0]
+    ii, jj = np.meshgrid(range(n), range(n), indexing="ij")
+    x = labelings
+    e = unary[ii, jj, x].sum((1, 2)) * (n_labels - 1) ** 2
+    e = e + (cost_v * (x[:, :-1] - x[:, 1:]) ** 2).sum((1, 2)) + (cost_h * (x[:, :, :-1] - x[:, :, 1:]) ** 2).sum((1, 2))
+    return e
+
+
+@pytest.mark.parametrize("n_labels, n", [(2, 3), (3, 2), (3, 3), (4, 2)])
+def test_exact_labels_reach_the_brute_force_minimum(n_labels, n):
+    import itertools
+    rng = np.random.default_rng(n_labels * 10 + n)
+    every = np.array(list(itertools.product(range(n_labels), repeat=n * n))).reshape(-1, n, n)
+    for _ in range(5):
+        u = rng.integers(-50, 200, (n, n, n_labels))
+        cv, ch = rng.integers(0, 60, (n - 1, n)), rng.integers(0, 60, (n, n - 1))
+        x = exact_labels(u, cv, ch, n_labels).reshape(1, n, n)
+        assert grid_energies(x, u, cv, ch, n_labels)[0] == grid_energies(every, u, cv, ch, n_labels).min()
+
+
+@needs_gco
+def test_exact_labels_are_never_worse_than_the_reference_swap():
+    import gco
+    rng = np.random.default_rng(0)
+    n, lab = 8, 3
+    pairwise = ((np.arange(lab)[:, None] - np.arange(lab)[None]) ** 2 / (lab - 1) ** 2).astype(np.float32)
+    for _ in range(5):
+        u = rng.integers(0, 3000, (n, n, lab)).astype(np.int32)
+        cv, ch = rng.integers(0, 800, (n - 1, n)).astype(np.int32), rng.integers(0, 800, (n, n - 1)).astype(np.int32)
+        ours = exact_labels(u, cv, ch, lab).reshape(1, n, n)
+        swap = gco.cut_grid_graph(u, pairwise, cv, ch, algorithm="swap").reshape(1, n, n)
+        assert grid_energies(ours, u, cv, ch, lab)[0] <= grid_energies(swap, u, cv, ch, lab)[0]
+
+
+def test_puzzlemix_exact_solver_step_needs_no_package():
+    torch.manual_seed(0)
+    x8 = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8)
+    y = torch.arange(8) % 4
+    model = CNN((1, 8, 8), 4, width=4)
+    m = PuzzleMix(solver="exact", graph_threads=1)
+    ctx = make_ctx(x8, y, 4, model=model)
+    m.setup(ctx)
+    out = m(model, Batch(x8.float() / 255, y, torch.arange(8)), ctx)
+    assert ((out.lam >= 0) & (out.lam <= 1)).all() and torch.isfinite(out.logits).all()
+
+
 def test_puzzlemix_without_gco_says_how_to_install(monkeypatch):
     import mixcli_plugins.methods.puzzlemix as pm
     real = pm.importlib.util.find_spec
     monkeypatch.setattr(pm.importlib.util, "find_spec", lambda name, *a: None if name == "gco" else real(name, *a))
     x, y = torch.rand(8, 1, 8, 8), torch.arange(8) % 4
     with pytest.raises(PluginError, match=r"mixcli\[puzzlemix\]"):
-        PuzzleMix().setup(make_ctx(x, y, 4, model=CNN((1, 8, 8), 4, width=4)))
+        PuzzleMix(solver="gco").setup(make_ctx(x, y, 4, model=CNN((1, 8, 8), 4, width=4)))
+    m = PuzzleMix()  # auto: falls back to the exact solver, and says so
+    with pytest.warns(UserWarning, match="solved exactly"):
+        m.setup(make_ctx(x, y, 4, model=CNN((1, 8, 8), 4, width=4)))
+    assert m.use == "exact"
 
 
 # ------------------------------------------------------------------------------------------- AutoMix
@@ -569,7 +621,7 @@ def test_automix_resume_is_exact(cli, write, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("make", [lambda: GridMix(n_holes=[3, 2]), lambda: SmoothMix(label="x"),
                                   lambda: SnapMix(beta=0), lambda: TransMix(cutmix_alpha=0),
-                                  lambda: PuzzleMix(n_labels=5), lambda: AutoMix(upsampling="area")])
+                                  lambda: PuzzleMix(n_labels=5), lambda: PuzzleMix(solver="best"), lambda: AutoMix(upsampling="area")])
 def test_bad_options_are_plugin_errors(make):
     with pytest.raises(PluginError):
         make()

@@ -152,3 +152,22 @@ def test_validate_rejects_an_unknown_option_and_list_says_how_to_see_archs(cli, 
     code, text = cli("list", "models")
     assert code == 0 and "timm" in text
     assert "timm.list_models" in TimmModel.description()  # the line `mixcli list models` shows
+
+
+def test_feature_level_methods_run_on_timm_stages():
+    """manifold_mixup mixes at timm's feature levels and alignmix aligns its last map (2x2 on 16x16 inputs)."""
+    import numpy as np
+
+    from mixcli.api import Batch, Context, Split
+    from mixcli_plugins.methods.alignmix import AlignMix
+    from mixcli_plugins.methods.manifold_mixup import ManifoldMixup
+    torch.manual_seed(0)
+    m = TimmModel((1, 16, 16), 4, **RESNET)
+    x, y = torch.randn(8, 1, 16, 16), torch.arange(8) % 4
+    ctx = Context(task="classification", num_classes=4, device=torch.device("cpu"), rng=np.random.default_rng(0),
+                  train=Split(x, y), fetch=lambda i: (x[i], y[i]), epochs=1, model=m)
+    for method in (ManifoldMixup(positions=[0, 1, 2, 3, 4, 5]), AlignMix(input_prob=0.0)):
+        method.setup(ctx)
+        out = method(m, Batch(x, y, torch.arange(8)), ctx)
+        assert out.logits.shape == (8, 4) and torch.isfinite(out.logits).all()
+        F.cross_entropy(out.logits, y).backward()

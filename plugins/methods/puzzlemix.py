@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch.nn.functional as F
 
 from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation
 from mixcli_plugins.methods.cutmix import check_images
+
+SOLVERS = ("auto", "gco", "exact")
 
 
 def input_saliency(model: Model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -93,11 +96,11 @@ def label_costs(u_self: np.ndarray, u_partner: np.ndarray, lam: float, eta: floa
                     axis=-1)
 
 
-def graphcut_mask(u_self, u_partner, pw_x, pw_y, lam, beta_n, eta, n_labels) -> np.ndarray:
+def graphcut_mask(u_self, u_partner, pw_x, pw_y, lam, beta_n, eta, n_labels, solver: str = "gco") -> np.ndarray:
     """The reference's ``graphcut_multi``: alpha-beta swap (gco) on the integer-scaled energy (scale
     1000 n^2), pairwise ``(i - j)^2 / (L - 1)^2`` times the edge weights ``pw + beta_n``; returns the mask
-    (n, n) with values 1 - label / (L - 1) (1 = keep the image, 0 = take the partner)."""
-    import gco
+    (n, n) with values 1 - label / (L - 1) (1 = keep the image, 0 = take the partner). ``solver: exact``
+    minimises the same energy globally (:func:`exact_labels`) instead of by swap moves."""
     n = u_self.shape[0]
     large = 1000 * n ** 2
     unary = (large * label_costs(u_self, u_partner, lam, eta, n_labels)).astype(np.int32)
@@ -105,8 +108,65 @@ def graphcut_mask(u_self, u_partner, pw_x, pw_y, lam, beta_n, eta, n_labels) -> 
     pairwise = ((lab[:, None] - lab[None, :]) ** 2 / (n_labels - 1) ** 2).astype(np.float32)
     cost_v = (large * (pw_x + beta_n)).astype(np.int32)
     cost_h = (large * (pw_y + beta_n)).astype(np.int32)
-    labels = gco.cut_grid_graph(unary, pairwise, cost_v, cost_h, algorithm="swap")
+    if solver == "exact":
+        labels = exact_labels(unary, np.maximum(cost_v, 0), np.maximum(cost_h, 0), n_labels)
+    else:
+        import gco
+        labels = gco.cut_grid_graph(unary, pairwise, cost_v, cost_h, algorithm="swap")
     return (1.0 - labels / (n_labels - 1)).reshape(n, n)
+
+
+def exact_labels(unary: np.ndarray, cost_v: np.ndarray, cost_h: np.ndarray, n_labels: int) -> np.ndarray:
+    """The global minimum of the reference's grid energy, by one min-cut (Ishikawa, PAMI 2003).
+
+    ``E(x) = sum_p unary[p, x_p] + sum_(p,q) w_pq (x_p - x_q)^2 / (L - 1)^2`` over a 4-connected n x n grid
+    (``cost_v``: weights between rows, ``cost_h``: between columns; all >= 0, integers). Each pixel gets a
+    chain of L - 1 binary nodes u_k = [x >= k] (infinite reverse edges keep a chain monotone);
+    ``D(x) = D(0) + sum_k u_k (D(k) - D(k-1))`` and ``(x_p - x_q)^2 = sum_k (2k - L)(u_pk + u_qk) +
+    sum_jk [u_pj (1 - u_qk) + u_qk (1 - u_pj)]`` make every term a cut edge, so the minimum cut (scipy's
+    max-flow) is an exact minimiser (everything is scaled by (L - 1)^2 to stay integral). Returns the
+    labels (n * n,) in row-major order."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import breadth_first_order, maximum_flow
+    h, w, lab = unary.shape
+    npx, k = h * w, lab - 1
+    s, t = npx * k, npx * k + 1
+    d = unary.reshape(npx, lab).astype(np.int64) * k * k
+    coef = d[:, 1:] - d[:, :-1]                                   # (npx, k): the weight of u_pk
+    ids = np.arange(npx).reshape(h, w)
+    pairs = [(ids[:-1, :].ravel(), ids[1:, :].ravel(), cost_v.ravel().astype(np.int64)),
+             (ids[:, :-1].ravel(), ids[:, 1:].ravel(), cost_h.ravel().astype(np.int64))]
+    rows, cols, caps = [], [], []
+    slope = 2 * np.arange(1, lab) - lab                           # (2k - L) for k = 1..L-1
+    for p, q, wt in pairs:
+        np.add.at(coef, p, wt[:, None] * slope[None, :])
+        np.add.at(coef, q, wt[:, None] * slope[None, :])
+        for j in range(k):
+            for kk in range(k):
+                rows += [p * k + j, q * k + kk]
+                cols += [q * k + kk, p * k + j]
+                caps += [wt, wt]
+    node = np.arange(npx * k).reshape(npx, k)
+    pos, neg = coef > 0, coef < 0
+    rows += [node[pos], np.full(int(neg.sum()), s)]
+    cols += [np.full(int(pos.sum()), t), node[neg]]
+    caps += [coef[pos], -coef[neg]]
+    finite = sum(int(np.abs(c).sum()) for c in caps) + 1
+    if k > 1:  # u_(k+1) <= u_k: an infinite edge from (k+1) to k
+        rows.append(node[:, 1:].ravel())
+        cols.append(node[:, :-1].ravel())
+        caps.append(np.full(npx * (k - 1), finite))
+    if finite >= 2 ** 31:
+        raise PluginError("puzzlemix exact solver: the energy is too large for 32-bit capacities")
+    r, c, v = (np.concatenate([np.atleast_1d(a) for a in x]) for x in (rows, cols, caps))
+    graph = coo_matrix((v.astype(np.int32), (r, c)), shape=(t + 1, t + 1)).tocsr()
+    flow = maximum_flow(graph, s, t).flow
+    residual = (graph - flow).tocsr()
+    residual.data = (residual.data > 0).astype(np.int32)
+    residual.eliminate_zeros()
+    source_side = np.zeros(t + 1, dtype=bool)
+    source_side[breadth_first_order(residual, s, directed=True, return_predecessors=False)] = True
+    return source_side[:s].reshape(npx, k).sum(1)
 
 
 def mask_transport(mask: torch.Tensor, sal_pool: torch.Tensor, eps: float) -> torch.Tensor:
@@ -154,7 +214,10 @@ class PuzzleMix(Method):
     The terms, the transport and the mixing are batched on the device; the graph cut runs per image on the
     CPU with the ``gco-wrapper`` package (the reference's pyGCO, ``pip install "mixcli[puzzlemix]"``), on
     ``graph_threads`` threads (null: min(8, CPUs); the reference uses 8 processes): one host synchronisation
-    per step. Options: ``alpha`` (1.0), ``block_num`` ([2, 4, 8, 16]: grid sides drawn
+    per step. ``solver``: ``gco`` (the reference's alpha-beta swap, a local minimum), ``exact`` (the global
+    minimum of the same integer energy by one min-cut per image, :func:`exact_labels`; no extra package; it
+    can differ from the swap's labeling where the swap stops early), ``auto`` (gco when installed, else exact
+    with a warning). Options: ``alpha`` (1.0), ``block_num`` ([2, 4, 8, 16]: grid sides drawn
     uniformly per batch, as the reference's ``2 ** randint(1, 5)``; sides that do not divide the image are
     dropped, so 8x8 digits use 2, 4, 8), ``beta`` (1.2), ``gamma`` (0.5), ``eta`` (0.2), ``neigh_size`` (4),
     ``n_labels`` (3), ``transport`` (true), ``t_eps`` (0.8), ``t_size`` (4; -1 = the graph-cut grid),
@@ -169,7 +232,8 @@ class PuzzleMix(Method):
 
     def __init__(self, alpha: float = 1.0, block_num: list = (2, 4, 8, 16), beta: float = 1.2, gamma: float = 0.5,
                  eta: float = 0.2, neigh_size: int = 4, n_labels: int = 3, transport: bool = True,
-                 t_eps: float = 0.8, t_size: int = 4, label_smoothing: float = 0.0, graph_threads: int | None = None):
+                 t_eps: float = 0.8, t_size: int = 4, label_smoothing: float = 0.0, graph_threads: int | None = None,
+                 solver: str = "auto"):
         check_range("alpha", alpha, 0, low_open=True)
         block_num = [block_num] if isinstance(block_num, int) else list(block_num)
         if not block_num or not all(isinstance(v, int) and v >= 2 for v in block_num):
@@ -186,6 +250,9 @@ class PuzzleMix(Method):
         if graph_threads is not None and not (isinstance(graph_threads, int) and graph_threads >= 1):
             raise PluginError(f"graph_threads must be an integer >= 1 or null, got {graph_threads}")
         self.threads = graph_threads or min(8, os.cpu_count() or 1)
+        if solver not in SOLVERS:
+            raise PluginError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+        self.solver = solver
         self.alpha, self.block_num, self.beta, self.gamma, self.eta = alpha, block_num, beta, gamma, eta
         self.neigh_size, self.n_labels, self.transport, self.t_eps, self.t_size = (neigh_size, n_labels,
                                                                                    bool(transport), t_eps, t_size)
@@ -193,9 +260,15 @@ class PuzzleMix(Method):
 
     def setup(self, ctx: Context) -> None:
         check_images(ctx, "puzzlemix")
-        if importlib.util.find_spec("gco") is None:
-            raise PluginError('puzzlemix needs the gco-wrapper package for its graph cut: '
-                              'pip install "mixcli[puzzlemix]" (or pip install gco-wrapper)')
+        have_gco = importlib.util.find_spec("gco") is not None
+        if self.solver == "gco" and not have_gco:
+            raise PluginError('puzzlemix solver gco needs the gco-wrapper package: pip install "mixcli[puzzlemix]" '
+                              '(or use solver: exact)')
+        self.use = "gco" if self.solver == "gco" or (self.solver == "auto" and have_gco) else "exact"
+        if self.use == "exact" and self.solver == "auto":
+            warnings.warn('puzzlemix: gco-wrapper is not installed, so the graph cut is solved exactly by min-cut '
+                          'instead of the reference\'s alpha-beta swap; pip install "mixcli[puzzlemix]" for the '
+                          'reference labeling', stacklevel=2)
         h, w = ctx.train.x.shape[-2:]
         if h != w:
             raise PluginError(f"puzzlemix needs square images, got {h}x{w}")
@@ -217,7 +290,8 @@ class PuzzleMix(Method):
             x.float() * self.std + self.mean, sal, perm, n, self.beta, self.gamma, self.neigh_size)
         host = [t.detach().float().cpu().numpy() for t in (u1, u2, pw_x, pw_y)]  # float32, as the reference
         def cut(i):
-            return graphcut_mask(host[0][i], host[1][i], host[2][i], host[3][i], lam, beta_n, self.eta, self.n_labels)
+            return graphcut_mask(host[0][i], host[1][i], host[2][i], host[3][i], lam, beta_n, self.eta, self.n_labels,
+                                 self.use)
 
         if self.threads > 1:  # gco runs in C through ctypes, which releases the GIL: the cuts run in parallel
             if getattr(self, "_pool", None) is None:
