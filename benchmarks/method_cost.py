@@ -92,13 +92,13 @@ class Runner:
         self.loss_sum += train_step(self.model, self.method, self.loss_fn, self.batch, self.ctx, self.opt,
                                     self.autocast)
 
-    def timed(self, steps: int) -> None:
+    def timed(self, steps: int, clock=time.perf_counter) -> None:
         sync(self.device)
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(steps):
             self.step()
         sync(self.device)
-        self.times.append((time.perf_counter() - t0) / steps)
+        self.times.append((clock() - t0) / steps)
 
 
 def sync(device) -> None:
@@ -120,7 +120,10 @@ def main(argv=None) -> None:
     ap.add_argument("--model-opts", default="{}",
                     help="model options as a YAML mapping, e.g. '{arch: vit_tiny_patch16_224, img_size: 32, "
                          "patch_size: 4}' with --model timm")
-    ap.add_argument("--only", default=None, help="comma-separated labels to time (erm is always included)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated labels or method names to time (erm is always included)")
+    ap.add_argument("--clock", default="wall", choices=["wall", "process"],
+                    help="wall time, or the CPU time of this process (CPU only: steadier on a shared machine)")
     args = ap.parse_args(argv)
     args.model_opts = yaml.safe_load(args.model_opts) or {}
     if not isinstance(args.model_opts, dict):
@@ -165,14 +168,18 @@ def main(argv=None) -> None:
             print(f"note: {label}: {type(exc).__name__}: {exc}; skipped")
     print(f"device {device} ({torch.cuda.get_device_name() if cuda else f'{torch.get_num_threads()} threads'}), "
           f"model {args.model}, batch {n} of {'x'.join(map(str, shape))}, {args.rounds} rounds x {args.steps} timed steps after "
-          f"{args.warmup} warm-up steps, {'bf16 autocast + channels_last' if cuda and not args.fp32 else 'fp32'}",
+          f"{args.warmup} warm-up steps, {'bf16 autocast + channels_last' if cuda and not args.fp32 else 'fp32'}, "
+          f"{args.clock} clock",
           flush=True)
     for r in runners:
         for _ in range(args.warmup):
             r.step()
+    if args.clock == "process" and cuda:
+        raise SystemExit("--clock process measures CPU time; use the wall clock on CUDA")
+    clock = time.process_time if args.clock == "process" else time.perf_counter
     for _ in range(args.rounds):
         for r in runners:
-            r.timed(args.steps)
+            r.timed(args.steps, clock)
     base = statistics.median(runners[0].times)
     print(f"\n{'method':<28} {'ms/step':>9} {'vs erm':>8}")
     for r in runners:
