@@ -44,11 +44,12 @@ class MixBlock(nn.Module):
         v = self.value(hj).reshape(n, 1, -1).transpose(1, 2).float()              # (B, HW, 1)
         q = self.query(hi).reshape(n, self.inter, -1).transpose(1, 2).float()     # (B, HW, C')
         k = self.query(hj).reshape(n, self.inter, -1).float()                     # (B, C', HW)
-        p = q @ k
-        if self.use_scale:
-            p = p / self.inter ** 0.5
-        m = (p.softmax(-1) @ v).reshape(n, 1, fh, fw)
-        return torch.sigmoid(F.interpolate(m, size=size, mode=mode))
+        with torch.autocast(h.device.type, enabled=False):  # float32 attention, as the reference forces
+            p = q @ k
+            if self.use_scale:
+                p = p / self.inter ** 0.5
+            m = (p.softmax(-1) @ v).reshape(n, 1, fh, fw)
+            return torch.sigmoid(F.interpolate(m, size=size, mode=mode))
 
 
 def momentum_at(step: int, total: int, base: float, end: float, start_frac: float = 0.1) -> float:

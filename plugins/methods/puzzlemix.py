@@ -193,7 +193,8 @@ def transport_image(x: torch.Tensor, plan: torch.Tensor, n: int) -> torch.Tensor
     b, c, h, w = x.shape
     s = h // n
     blocks = x.reshape(b, c, n, s, n, s).permute(0, 1, 2, 4, 3, 5).reshape(b, c, n * n, s * s)
-    moved = torch.einsum("bij,bcip->bcjp", plan.to(x.dtype), blocks)
+    with torch.autocast(x.device.type, enabled=False):  # a permutation of pixels: exact in x's own dtype
+        moved = torch.einsum("bij,bcip->bcjp", plan.to(x.dtype), blocks)
     return moved.reshape(b, c, n, n, s, s).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h, w)
 
 

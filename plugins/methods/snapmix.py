@@ -13,13 +13,14 @@ def semantic_maps(fmap: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     """SnapMix's normalised CAM of each row's own class, (B, H, W) at the image size (``get_spm``):
     ``CAM = ReLU(F) * w_y + b_y`` (the 1x1 convolution of the ReLU'd last map with the classifier's row of
     class y), upsampled bilinearly (align_corners=False), shifted to minimum 0 and divided by its sum."""
-    f = F.relu(fmap.float())
-    cam = torch.einsum("bchw,bc->bhw", f, weight.float()[y])
-    if bias is not None:
-        cam = cam + bias.float()[y].view(-1, 1, 1)
-    cam = F.interpolate(cam.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
-    cam = cam - cam.amin((1, 2), keepdim=True)
-    return cam / cam.sum((1, 2), keepdim=True)
+    with torch.autocast(fmap.device.type, enabled=False):  # float32 maps under bf16 training too
+        f = F.relu(fmap.float())
+        cam = torch.einsum("bchw,bc->bhw", f, weight.float()[y])
+        if bias is not None:
+            cam = cam + bias.float()[y].view(-1, 1, 1)
+        cam = F.interpolate(cam.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+        cam = cam - cam.amin((1, 2), keepdim=True)
+        return cam / cam.sum((1, 2), keepdim=True)
 
 
 def snapmix_weights(cam_a: torch.Tensor, cam_b: torch.Tensor, box_a, box_b, same: torch.Tensor, area_lam: float):
