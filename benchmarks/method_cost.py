@@ -14,8 +14,16 @@ depends on the features; in practice (cnn on digits, all 15 epochs) it ran all 1
 compiles its Sinkhorn iterations on CUDA by default (``compile: cuda``); the "compiled" row forces it on
 any device (the compilation itself happens in the warm-up).
 
+The dynamic methods (snapmix: a CAM forward; puzzlemix: a saliency forward/backward, graph cuts on the CPU
+and two transports; automix: the momentum encoder's feature and mixed forwards, two forwards of the model and
+the MixBlock) cost more than one forward/backward; OpenMixup reports PuzzleMix at about 2.4x an erm epoch
+and AutoMix at about 2.2x mixup's time (DeiT-S, CIFAR-100). transmix needs a ViT (``--model timm
+--model-opts '{arch: vit_tiny_patch16_224, img_size: 32, patch_size: 4}'``); on a CNN its row is skipped.
+
     python benchmarks/method_cost.py --device cpu
     python benchmarks/method_cost.py --device cuda --batch-size 128
+    python benchmarks/method_cost.py --device cuda --model timm --only mixup,cutmix,transmix \\
+        --model-opts '{arch: vit_tiny_patch16_224, img_size: 32, patch_size: 4}'
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ import time
 
 import numpy as np
 import torch
+import yaml
 
 from mixcli.api import Batch, Context, DataBundle, Split
 from mixcli.engine import autocast_for, pick_device, train_step
@@ -46,6 +55,13 @@ VARIANTS = [
     ("alignmix (OT only, compiled)", "alignmix", {"input_prob": 0.0, "compile": "always"}, "soft_ce"),
     ("regmixup", "regmixup", {}, "soft_ce"),
     ("cutmix + decoupled loss", "cutmix", {"alpha": 0.2}, "decoupled"),
+    ("gridmix", "gridmix", {}, "soft_ce"),
+    ("smoothmix", "smoothmix", {}, "soft_ce"),
+    ("snapmix", "snapmix", {}, "soft_ce"),
+    ("puzzlemix", "puzzlemix", {}, "soft_ce"),
+    ("puzzlemix (no transport)", "puzzlemix", {"transport": False}, "soft_ce"),
+    ("automix", "automix", {}, "soft_ce"),
+    ("transmix (ViTs only)", "transmix", {}, "soft_ce"),
 ]
 
 
@@ -54,7 +70,7 @@ class Runner:
 
     def __init__(self, label, method, opts, loss, data, batch, init_state, args, device):
         self.label = label
-        self.model = REGISTRY.get("models", args.model)(data.input_shape, 10).to(device)
+        self.model = REGISTRY.get("models", args.model)(data.input_shape, 10, **args.model_opts).to(device)
         self.model.load_state_dict(init_state)
         if device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -76,13 +92,13 @@ class Runner:
         self.loss_sum += train_step(self.model, self.method, self.loss_fn, self.batch, self.ctx, self.opt,
                                     self.autocast)
 
-    def timed(self, steps: int) -> None:
+    def timed(self, steps: int, clock=time.perf_counter) -> None:
         sync(self.device)
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(steps):
             self.step()
         sync(self.device)
-        self.times.append((time.perf_counter() - t0) / steps)
+        self.times.append((clock() - t0) / steps)
 
 
 def sync(device) -> None:
@@ -101,7 +117,17 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds [5 on CPU, 7 on CUDA]")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps per method [3 on CPU, 30 on CUDA]")
     ap.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    ap.add_argument("--model-opts", default="{}",
+                    help="model options as a YAML mapping, e.g. '{arch: vit_tiny_patch16_224, img_size: 32, "
+                         "patch_size: 4}' with --model timm")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated labels or method names to time (erm is always included)")
+    ap.add_argument("--clock", default="wall", choices=["wall", "process"],
+                    help="wall time, or the CPU time of this process (CPU only: steadier on a shared machine)")
     args = ap.parse_args(argv)
+    args.model_opts = yaml.safe_load(args.model_opts) or {}
+    if not isinstance(args.model_opts, dict):
+        raise SystemExit(f"--model-opts must be a YAML mapping, got {args.model_opts!r}")
     try:
         device = pick_device(args.device)
     except MixcliError as exc:
@@ -126,10 +152,13 @@ def main(argv=None) -> None:
         x = x.contiguous(memory_format=torch.channels_last)
     batch = Batch(x, y.to(device), torch.arange(n, device=device))
     torch.manual_seed(0)
-    init_state = REGISTRY.get("models", args.model)(data.input_shape, 10).state_dict()
+    init_state = REGISTRY.get("models", args.model)(data.input_shape, 10, **args.model_opts).state_dict()
 
     runners = []
+    only = None if args.only is None else {"erm", *(v.strip() for v in args.only.split(","))}
     for label, method, opts, loss in VARIANTS:
+        if only is not None and label not in only and method not in only:
+            continue
         if method not in REGISTRY.names("methods") or loss not in REGISTRY.names("losses"):
             print(f"note: {label}: '{method}' or loss '{loss}' is not registered here; skipped")
             continue
@@ -139,14 +168,18 @@ def main(argv=None) -> None:
             print(f"note: {label}: {type(exc).__name__}: {exc}; skipped")
     print(f"device {device} ({torch.cuda.get_device_name() if cuda else f'{torch.get_num_threads()} threads'}), "
           f"model {args.model}, batch {n} of {'x'.join(map(str, shape))}, {args.rounds} rounds x {args.steps} timed steps after "
-          f"{args.warmup} warm-up steps, {'bf16 autocast + channels_last' if cuda and not args.fp32 else 'fp32'}",
+          f"{args.warmup} warm-up steps, {'bf16 autocast + channels_last' if cuda and not args.fp32 else 'fp32'}, "
+          f"{args.clock} clock",
           flush=True)
     for r in runners:
         for _ in range(args.warmup):
             r.step()
+    if args.clock == "process" and cuda:
+        raise SystemExit("--clock process measures CPU time; use the wall clock on CUDA")
+    clock = time.process_time if args.clock == "process" else time.perf_counter
     for _ in range(args.rounds):
         for r in runners:
-            r.timed(args.steps)
+            r.timed(args.steps, clock)
     base = statistics.median(runners[0].times)
     print(f"\n{'method':<28} {'ms/step':>9} {'vs erm':>8}")
     for r in runners:

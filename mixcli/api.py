@@ -192,6 +192,39 @@ class Model(nn.Module, Plugin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_from(x, 0)
 
+    @classmethod
+    def check_options(cls, **options) -> None:
+        """Check the options that need no data (``mixcli validate`` calls this; a model is only built at run
+        time, when the input shape is known). Raise a PluginError for a bad value; the default checks nothing."""
+
+    # Hooks for methods that need the model in a particular form. They name no architecture: a model
+    # plugin provides them (or inherits the generic version below), a method calls them.
+    def class_activation(self, x: torch.Tensor):
+        """One forward pass for class activation maps (CAM; Zhou et al., CVPR 2016), e.g. for SnapMix.
+
+        Returns ``(logits, fmap, weight, bias)``: the last stage's map ``fmap`` (B, C, H, W) at position
+        :attr:`num_stages`, the logits computed from it, and the linear classifier's ``weight`` (K, C) and
+        ``bias`` (K,) or None. ``CAM_k = sum_c weight[k, c] fmap[:, c]`` is exact when the model pools by
+        global averaging (every built-in model and timm's default ``avg`` pool). Raises a PluginError when
+        the map is not spatial or the classifier is not linear."""
+        fmap = self.forward_to(x, self.num_stages)
+        if fmap.dim() != 4:
+            raise PluginError(f"{type(self).__name__}'s last stage gives a {tuple(fmap.shape[1:])} output, not a "
+                              "spatial (C, H, W) map, so it has no class activation maps")
+        if not isinstance(self.classifier, nn.Linear):
+            raise PluginError(f"class activation maps need a linear classifier, {type(self).__name__} has a "
+                              f"{type(self.classifier).__name__}")
+        return self.forward_from(fmap, self.num_stages), fmap, self.classifier.weight, self.classifier.bias
+
+    def class_attention(self, x: torch.Tensor):
+        """One forward pass that also reads the class token's attention in the last transformer block
+        (TransMix). Returns ``(logits, attn)``: ``attn`` (B, Hp, Wp) is the last block's softmax attention
+        from the class token to each of the Hp x Wp patch tokens, averaged over heads and detached. Models
+        without one (CNNs) raise a PluginError; the ``timm`` model provides it for ViTs."""
+        raise PluginError(f"model {type(self).__name__} has no class-token attention (it needs a vision "
+                          "transformer, e.g. model: {name: timm, arch: vit_tiny_patch16_224, img_size: 32, "
+                          "patch_size: 4})")
+
 
 # ------------------------------------------------------------------------------------------------ methods
 @dataclass

@@ -380,6 +380,8 @@ class Validator:
                 if kind != "models":
                     self.instances[kind] = cls(**{k: v for k, v in resolved.items()
                                                   if k != "name" and k not in common})
+                elif hasattr(cls, "check_options"):  # models are built at run time (they need the data)
+                    cls.check_options(**{k: v for k, v in resolved.items() if k != "name"})
             except Exception as exc:  # noqa: BLE001 - report any plugin complaint as a user error
                 self.error(key, f"{SINGULAR[kind]} '{value['name']}': {exc}")
         return resolved
