@@ -62,6 +62,8 @@ def run(
                                               "(default: start a local Ray instance)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun only the runs recorded failed "
                                       "(a plain rerun leaves them alone)."),
+    rerun_stale: bool = typer.Option(False, "--rerun-stale", help="Retrain finished runs produced by "
+                                     "another version of a plugin package the experiment uses."),
 ) -> None:
     """Run every job of an experiment (skipping finished runs, resuming interrupted ones), then compare.
 
@@ -95,6 +97,7 @@ def run(
         return
     for o in dict.fromkeys(j.out for j in jobs):
         Store(o)  # refuses an unwritable output directory before anything starts
+    check_stale(jobs, rerun_stale)
     if retry_failed:
         failed_ids = {j.run_id for j in jobs if (Store(j.out).run_row(j.run_id) or {}).get("status") == "failed"}
         if not failed_ids:
@@ -131,6 +134,27 @@ def run(
             ([f"--out {out}"] if out is not None else []) + ["--retry-failed"]
         err.print("retry only these: " + " ".join(retry), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(2 if any(o.input_error for o in failed) else 1)
+
+
+def check_stale(jobs: list, rerun: bool) -> None:
+    """Warn about finished runs made by other plugin package versions; with ``rerun``, forget them so the
+    sweep retrains them (mixcli.provenance)."""
+    from .provenance import forget, stale_runs
+
+    stale = stale_runs(jobs)
+    if not stale:
+        return
+    if not rerun:
+        err.print(f"[yellow]warning:[/] {len(stale)} finished run(s) were produced by other versions of "
+                  "plugin packages this experiment uses; their results are reused (--rerun-stale "
+                  "retrains them):", soft_wrap=True)
+    for job in jobs:
+        if job.run_id in stale:
+            kept = not rerun or not forget(job)
+            verb = "held by another process, not retrained" if rerun and kept else \
+                "retrained" if rerun else "reused"
+            err.print(f"  {job.run_id}: {stale[job.run_id]} ({verb})", highlight=False, markup=False,
+                      soft_wrap=True)
 
 
 def device_label(ex) -> str:

@@ -24,6 +24,7 @@ from .data import DeviceData
 from .errors import MixcliError, RunFailed
 from .jobs import Job
 from .metrics import classification_metrics, regression_metrics
+from .provenance import provenance
 from .registry import REGISTRY
 from .selection import PRIMARY, best_index
 from .store import SPLITS, Store
@@ -191,6 +192,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
         compile_stages(model)
     base_row = {**identity_row(job, device), "started_at": started_at, "attempts": attempt,
                 "host": socket.gethostname(), "pid": os.getpid()}
+    base_row.update(provenance(cfg, job.source, device))  # git state, versions, GPU (mixcli.provenance)
     store.write_config(job.run_id, cfg)
     store.write_run({**base_row, "status": "running", "epochs": len(rows)})
     progress.start(job, n_epochs, steps, start)

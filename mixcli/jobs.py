@@ -18,6 +18,7 @@ class Job:
     grid_values: dict     # the grid keys and the values this job takes
     out: Path
     parent: "Job | None" = None  # the job it fine-tunes from (init_from: {experiment: ...}), run first
+    source: str | None = None    # the experiment file (its git state is recorded as provenance)
 
     @property
     def label(self) -> str:
@@ -58,7 +59,7 @@ def expand(exp: Experiment) -> list[Job]:
             if rid in seen:  # two grid points that resolve to the same configuration
                 continue
             seen.add(rid)
-            jobs.append(Job(rid, c, dict(zip(keys, combo)), exp.out, parent))
+            jobs.append(Job(rid, c, dict(zip(keys, combo)), exp.out, parent, exp.path))
     if errors:
         raise MixcliError("\n".join(errors))
     return jobs
