@@ -1,4 +1,4 @@
-"""The ``mixcli`` command line: run, status, compare, curves, inspect, list, validate."""
+"""The ``mixcli`` command line: run, status, show, compare, curves, inspect, list, validate."""
 from __future__ import annotations
 
 import functools
@@ -200,6 +200,43 @@ def status(
         console.print(f"[red]failed[/] {rid}: {error}", highlight=False, soft_wrap=True)
     for msg in st.damaged:
         err.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------------- show
+@app.command()
+@user_errors
+def show(
+    experiment: Path = typer.Argument(..., help="The experiment YAML file."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key, as given to `mixcli run` "
+                                             "(grid entries too: --set grid.method=[erm,mixup])."),
+    job: Optional[str] = typer.Option(None, "--job", help="Only this job: its number (1-based, in the "
+                                      "order of `run --dry-run`) or its run id (a unique prefix will do)."),
+) -> None:
+    """Print the resolved configuration of each job as YAML (what jobs/<run_id>/config.yaml will hold)."""
+    from .jobs import expand
+    from .spec import load_experiment
+    from .store import config_yaml
+
+    jobs = expand(load_experiment(experiment, set_ or []))
+    if job is not None:
+        jobs = [pick_job(jobs, job)]
+    docs = [f"# {j.run_id}: {j.label}\n{config_yaml(j.config)}" for j in jobs]
+    sys.stdout.write("---\n".join(docs))
+
+
+def pick_job(jobs: list, key: str):
+    """The job ``key`` names: a 1-based number or a run id (or a prefix of exactly one)."""
+    if key.isdigit():
+        if not 1 <= int(key) <= len(jobs):
+            raise MixcliError(f"--job {key}: expected a job number from 1 to {len(jobs)}")
+        return jobs[int(key) - 1]
+    found = [j for j in jobs if j.run_id.startswith(key)]
+    exact = [j for j in found if j.run_id == key]
+    if len(exact) == 1 or len(found) == 1:
+        return (exact or found)[0]
+    what = f"matches {len(found)} run ids" if found else "is no run id of this experiment"
+    raise MixcliError(f"--job {key}: {what}; give a job number (1-{len(jobs)}) or a run id (`mixcli run "
+                      "EXP --dry-run` lists them)")
 
 
 # ------------------------------------------------------------------------------------------------- compare

@@ -223,7 +223,18 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def set_dotted(doc: dict, key: str, value: Any) -> None:
-    """Set ``a.b.c`` in a nested dict; a plugin written as a bare name becomes ``{name: ...}`` first."""
+    """Set ``a.b.c`` in a nested dict; a plugin written as a bare name becomes ``{name: ...}`` first.
+
+    ``grid.KEY`` addresses the grid entry ``KEY`` whole, dots included (``--set grid.dataset.fraction=[0.1]``
+    sets the grid's ``dataset.fraction`` list, adding the axis when the grid has none); ``grid`` replaces the
+    grid. A grid written as a list of mappings is replaced whole (``--set grid=[...]``)."""
+    if key.startswith("grid.") and len(key) > 5:
+        grid = doc.get("grid")
+        if isinstance(grid, list):
+            raise MixcliError(f"--set {key}: the grid is a list of mappings, so no single entry '{key[5:]}' "
+                              "can be addressed; replace the whole grid with --set 'grid=[{...}, ...]'")
+        doc["grid"] = {**(grid if isinstance(grid, dict) else {}), key[5:]: value}
+        return
     parts = key.split(".")
     cur = doc
     for i, part in enumerate(parts[:-1]):
@@ -423,8 +434,8 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     out = Path(doc.get("out") or Path("results") / doc["name"])
     base = {k: val for k, val in doc.items() if k not in ("grid", "seeds", "out")}
     for k in [k for g in grids for k in g]:
-        lines.origin.setdefault(k, f"grid.{k}" + (f" (line {lines.lines[f'grid.{k}']})"
-                                                  if f"grid.{k}" in lines.lines else ""))
+        lines.origin.setdefault(k, lines.origin.get(f"grid.{k}") or f"grid.{k}" + (
+            f" (line {lines.lines[f'grid.{k}']})" if f"grid.{k}" in lines.lines else ""))
     return Experiment(str(path), doc["name"], out, base, grid, seeds, lines)
 
 

@@ -213,7 +213,7 @@ class Store:
         return n
 
     def write_config(self, run_id: str, cfg: dict) -> None:
-        text = yaml.safe_dump(cfg, sort_keys=False).encode()
+        text = config_yaml(cfg).encode()
         atomic_write(self.job_dir(run_id) / "config.yaml", lambda f: f.write(text))
 
     # ----------------------------------------------------------------------------------------- checkpoints
@@ -235,6 +235,11 @@ class Store:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - a corrupt checkpoint means starting over, not crashing
             return None
+
+
+def config_yaml(cfg: dict) -> str:
+    """A resolved configuration as YAML, as saved in ``jobs/<run_id>/config.yaml`` and printed by ``show``."""
+    return yaml.safe_dump(cfg, sort_keys=False)
 
 
 def readable(path: Path) -> bool:
