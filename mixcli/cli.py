@@ -243,25 +243,31 @@ def pick_job(jobs: list, key: str):
 @app.command()
 @user_errors
 def compare(
-    directory: ResultsDir = Path("results"),
+    directories: Optional[List[Path]] = typer.Argument(None, help="Output directories holding runs/ and "
+                                                       "epochs/ (default: results); their runs are "
+                                                       "compared in one table."),
     by: ByOption = None,
+    within: Optional[str] = typer.Option(None, "--within", help="Split the table into blocks by this "
+                                         "grouping key (e.g. dataset.fraction) and mark the best of each "
+                                         "column within each block."),
     metric: Optional[List[str]] = typer.Option(None, "--metric", help="Metric column to show (repeatable; "
                                                "default: the task's standard set)."),
-    fmt: str = typer.Option("table", "--format", help="table, markdown, csv or json."),
+    fmt: str = typer.Option("table", "--format", help="table, markdown, csv, json or latex (booktabs)."),
     select: Optional[str] = typer.Option(None, "--select", help="Epoch selection rule: final, best "
                                          "(best val epoch, else best test epoch) or median_last10 "
                                          "(default: the experiment's eval.selection)."),
     split: str = typer.Option("test", "--split", help="Evaluation split to report: test or val."),
 ) -> None:
-    """Compare the runs under DIRECTORY: mean ± std over seeds per group, best value marked."""
+    """Compare the runs under DIRECTORIES: mean ± std over seeds per group, best value marked."""
     from .report import compare as do_compare, render
 
-    if fmt not in ("table", "markdown", "csv", "json"):
-        raise MixcliError(f"--format {fmt}: expected table, markdown, csv or json")
+    if fmt not in ("table", "markdown", "csv", "json", "latex"):
+        raise MixcliError(f"--format {fmt}: expected table, markdown, csv, json or latex")
     if split not in ("test", "val"):
         raise MixcliError(f"--split {split}: expected test or val")
-    c = do_compare(directory, by=by, metrics=metric, rule=select, split=split)
-    out = render(c, fmt)
+    c = do_compare(directories or [Path("results")], by=by, metrics=metric, rule=select, split=split,
+                   within=within)
+    out = render(c, fmt, width=console.width)
     if isinstance(out, str):
         sys.stdout.write(out if out.endswith("\n") else out + "\n")
     else:
