@@ -1,4 +1,4 @@
-"""The ``mixcli`` command line: run, status, show, compare, curves, inspect, list, validate."""
+"""The ``mixcli`` command line: run, status, show, compare, curves, export, inspect, list, validate."""
 from __future__ import annotations
 
 import functools
@@ -64,6 +64,9 @@ def run(
                                       "(a plain rerun leaves them alone)."),
     rerun_stale: bool = typer.Option(False, "--rerun-stale", help="Retrain finished runs produced by "
                                      "another version of a plugin package the experiment uses."),
+    log: Optional[List[str]] = typer.Option(None, "--log", help="Send results to a logger while runs train: "
+                                            "mlflow or tensorboard, NAME=URI for a destination "
+                                            "(repeatable; replaces the file's 'log:')."),
 ) -> None:
     """Run every job of an experiment (skipping finished runs, resuming interrupted ones), then compare.
 
@@ -75,6 +78,7 @@ def run(
     from .execution.sweep import run_sweep
     from .finetune import with_parents
     from .jobs import expand
+    from .loggers import open_loggers, parse_cli
     from .report import compare, render
     from .spec import load_experiment
     from .store import Store
@@ -82,6 +86,9 @@ def run(
     exp = load_experiment(experiment, set_ or [])
     if out is not None:
         exp.out = out
+    if log:
+        exp.log = parse_cli(log)
+    open_loggers(exp.log, exp.out)  # a logger's missing extra fails here, before anything trains
     targets = expand(exp)
     jobs = with_parents(targets)  # jobs fine-tuned from another experiment's runs need those first
     if dry_run:
@@ -200,6 +207,24 @@ def status(
         console.print(f"[red]failed[/] {rid}: {error}", highlight=False, soft_wrap=True)
     for msg in st.damaged:
         err.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
+
+
+# -------------------------------------------------------------------------------------------------- export
+@app.command()
+@user_errors
+def export(
+    directory: Path = typer.Argument(..., help="An output directory holding runs/ and epochs/."),
+    to: str = typer.Option(..., "--to", help="The logger to send the runs to: mlflow or tensorboard."),
+    uri: Optional[str] = typer.Option(None, "--uri", help="Its destination: an MLflow tracking URI or a "
+                                      "TensorBoard directory (default: OUT/mlflow.db, OUT/tensorboard)."),
+) -> None:
+    """Send the runs already under DIRECTORY (with their epochs, config and PNGs) to MLflow or TensorBoard.
+    Runs the destination already holds are skipped."""
+    from .loggers import export as do_export
+
+    done, skipped = do_export(directory, to, uri)
+    console.print(f"exported {done} run(s) to {to}" + (f" ({uri})" if uri else "") +
+                  (f"; {skipped} already there, skipped" if skipped else ""), highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------------- show
@@ -336,7 +361,7 @@ def inspect(
 # ---------------------------------------------------------------------------------------------------- list
 @app.command("list")
 @user_errors
-def list_(kind: Optional[str] = typer.Argument(None, help="methods, datasets, models or losses (default: all).")
+def list_(kind: Optional[str] = typer.Argument(None, help="methods, datasets, models, losses or loggers (default: all).")
           ) -> None:
     """List the registered plugins with their package, description and default options."""
     from .registry import KINDS, REGISTRY, plugin_options

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__, finetune
+from . import __version__, finetune, loggers
 from .api import Context, DataBundle, MixOutput, PluginError
 from .data import DeviceData
 from .errors import MixcliError, RunFailed
@@ -195,6 +195,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
     base_row.update(provenance(cfg, job.source, device))  # git state, versions, GPU (mixcli.provenance)
     store.write_config(job.run_id, cfg)
     store.write_run({**base_row, "status": "running", "epochs": len(rows)})
+    log = loggers.for_job(job, {**base_row, "status": "running"})  # log: / --log (mixcli.loggers)
     progress.start(job, n_epochs, steps, start)
     every = cfg["eval"]["every"]
     for epoch in range(start, n_epochs + 1):
@@ -235,6 +236,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
             state["method"] = method.state_dict()
         store.save_checkpoint(job.run_id, _uncompiled(state))
         progress.epoch(epoch, row)
+        log.epoch(job.run_id, row)
     evaluated_rows = [r for r in rows if "test_" + PRIMARY[task] in r]
     store.write_epochs(job.run_id, evaluated_rows)  # (again: rebuilds a damaged file of a finished run)
     evaluated = pd.DataFrame(evaluated_rows)
@@ -249,6 +251,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
             if k.startswith(SPLITS) and not isinstance(v, (list, np.ndarray)):
                 result[f"{name}_{k}"] = v
     store.write_run(result)
+    log.end(store.run_row(job.run_id) or result, store.job_dir(job.run_id))
     return store.run_row(job.run_id) or result
 
 

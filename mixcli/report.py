@@ -300,7 +300,7 @@ def _rich_table(c: Comparison, compact: bool, color: bool):
     counts = set(c.table["n"].astype(int))
     show_n = not compact or len(counts) > 1
     if not show_n:
-        caption.append(f"n = {counts.pop()} runs per group")
+        caption.append(f"n = {counts.pop()} per group")
     caption += c.notes
     opts = dict(box=box.SIMPLE_HEAD, padding=(0, 0), show_edge=False, title_justify="left",
                 caption_justify="left") if compact else {}

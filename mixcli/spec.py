@@ -36,6 +36,8 @@ Top-level keys (defaults in brackets)::
     out: path                          [results/<name>] output directory
     init_from: RUN | {experiment: FILE, where: {...}, seed: N}   [null] start from an earlier run's
                                        weights (same model and dataset; see mixcli.finetune)
+    log: NAME | [NAME, ...] | {NAME: URI}   [none] loggers (mlflow, tensorboard; mixcli.loggers); not
+                                       part of a run's configuration or run id
 """
 from __future__ import annotations
 
@@ -148,6 +150,7 @@ SCHEMA: dict[str, Any] = {
     "grid": Check("grid", {}),
     "out": Check("str", None, nullable=True),
     "init_from": Check("init", None, nullable=True),  # checked by mixcli.finetune.check_init_from
+    "log": Check("log", None, nullable=True),  # checked by mixcli.loggers.parse_log; not in the run config
 }
 SHORTHAND = {"train.optimizer", "train.schedule"}  # may be written as just their name
 
@@ -261,6 +264,7 @@ class Experiment:
     grid: dict[str, list] | list[dict[str, list]]
     seeds: list[int]
     lines: Lines = field(repr=False)
+    log: dict = field(default_factory=dict)  # loggers {name: uri or None} (mixcli.loggers)
 
 
 class Validator:
@@ -427,16 +431,19 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     for k, values in [kv for g in grids for kv in g.items()]:
         if not isinstance(values, list) or not values:
             v.error(f"grid.{k}", f"expected a non-empty list of values, got {values!r}")
-        elif str(k).split(".")[0] not in SCHEMA or str(k).split(".")[0] in ("name", "grid", "seeds", "out"):
+        elif str(k).split(".")[0] not in SCHEMA or str(k).split(".")[0] in ("name", "grid", "seeds", "out", "log"):
             head = str(k).split(".")[0]
             v.error(f"grid.{k}", f"cannot vary '{k}' in a grid{did_you_mean(head, SCHEMA) if head not in SCHEMA else ''}")
     v.raise_if_errors()
     out = Path(doc.get("out") or Path("results") / doc["name"])
-    base = {k: val for k, val in doc.items() if k not in ("grid", "seeds", "out")}
+    base = {k: val for k, val in doc.items() if k not in ("grid", "seeds", "out", "log")}
     for k in [k for g in grids for k in g]:
         lines.origin.setdefault(k, lines.origin.get(f"grid.{k}") or f"grid.{k}" + (
             f" (line {lines.lines[f'grid.{k}']})" if f"grid.{k}" in lines.lines else ""))
-    return Experiment(str(path), doc["name"], out, base, grid, seeds, lines)
+    from .loggers import parse_log
+
+    log = parse_log(doc.get("log"), lines.at("log"))
+    return Experiment(str(path), doc["name"], out, base, grid, seeds, lines, log)
 
 
 def resolve(doc: dict, lines: Lines) -> dict:
