@@ -20,6 +20,7 @@ import torch
 
 from . import __version__, finetune, loggers
 from .api import Context, DataBundle, MixOutput, PluginError
+from .checkpoints import Keeper, StepLog
 from .data import DeviceData
 from .errors import MixcliError, RunFailed
 from .jobs import Job
@@ -198,6 +199,8 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
     log = loggers.for_job(job, {**base_row, "status": "running"})  # log: / --log (mixcli.loggers)
     progress.start(job, n_epochs, steps, start)
     every = cfg["eval"]["every"]
+    keeper = Keeper(store, job.run_id, cfg.get("checkpoint", {}).get("keep", "last"), task)  # mixcli.checkpoints
+    steplog = StepLog(store, job.run_id, train_cfg.get("log_steps"), ctx.step)
     for epoch in range(start, n_epochs + 1):
         t0 = time.perf_counter()
         ctx.epoch = epoch
@@ -211,6 +214,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
             sched.step()
             loss_sum += loss
             ctx.step += 1
+            steplog.step(ctx.step, loss, opt)
             progress.step()
         train_loss = float(loss_sum) / budget.steps(epoch)
         if not math.isfinite(train_loss):
@@ -235,6 +239,8 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
         if hasattr(method, "state_dict"):
             state["method"] = method.state_dict()
         store.save_checkpoint(job.run_id, _uncompiled(state))
+        keeper.epoch(rows, model)
+        steplog.flush(epoch)
         progress.epoch(epoch, row)
         log.epoch(job.run_id, row)
     evaluated_rows = [r for r in rows if "test_" + PRIMARY[task] in r]
@@ -251,6 +257,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
             if k.startswith(SPLITS) and not isinstance(v, (list, np.ndarray)):
                 result[f"{name}_{k}"] = v
     store.write_run(result)
+    keeper.finish()
     log.end(store.run_row(job.run_id) or result, store.job_dir(job.run_id))
     return store.run_row(job.run_id) or result
 

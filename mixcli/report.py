@@ -25,7 +25,8 @@ DEFAULT_METRICS = {
 }
 IGNORED_KEYS = {"seed", "name"}
 UNSET = ("-", "None", "nan", "NaN", "")  # how an option a run does not have reads after grouping
-IGNORED_COLUMNS = {"init_from.parent", "init_from.checkpoint"}  # per-seed parent runs, not a setting
+IGNORED_COLUMNS = {"init_from.parent", "init_from.checkpoint",  # per-seed parent runs, not a setting
+                   "checkpoint.keep", "train.log_steps"}  # what a run keeps, not how it trains
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

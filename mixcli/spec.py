@@ -25,11 +25,15 @@ Top-level keys (defaults in brackets)::
       iterations: int > 0 or null      [null] train this many steps instead of `epochs` (not both); an
       iterations_per_epoch: int > 0    "epoch" is then this many steps [null = one pass] (mixcli.finetune)
       freeze_bn: bool [false]          BatchNorm kept in eval mode, its affine parameters not trained
+      log_steps: int > 0 or null       [null] record loss and lr every N steps (jobs/<run_id>/steps.parquet)
     eval:
       every: int > 0                   [1] evaluate every N epochs (and always after the last)
       batch_size: int > 0              [1024]
       selection: final|best|median_last10   the epoch rule reports use by default [final for
                                        classification, best (best validation epoch) for regression]
+    checkpoint:
+      keep: last|best|both             [last] the last epoch's state, the best epoch's weights, or both
+                                       (mixcli.checkpoints; log_steps and keep are not in the run id)
     seeds: [int, ...] or a count N     [[0]] (a count means seeds 0..N-1)
     grid: {dotted.key: [v1, v2, ...]}  ablation: the cartesian product of all values (any key, e.g. method);
                                        a list of such mappings runs the union of their products
@@ -140,12 +144,14 @@ SCHEMA: dict[str, Any] = {
         "iterations": Check("int", None, low=1, nullable=True),
         "iterations_per_epoch": Check("int", None, low=1, nullable=True),
         "freeze_bn": Check("bool", False),
+        "log_steps": Check("int", None, low=1, nullable=True),
     },
     "eval": {
         "every": Check("int", 1, low=1),
         "batch_size": Check("int", 1024, low=1),
         "selection": Check("str", None, choices=RULES, nullable=True),
     },
+    "checkpoint": {"keep": Check("str", "last", choices=("last", "best", "both"))},
     "seeds": Check("seeds", [0]),
     "grid": Check("grid", {}),
     "out": Check("str", None, nullable=True),
@@ -460,6 +466,7 @@ def resolve(doc: dict, lines: Lines) -> dict:
     cfg["loss"] = v.plugin("loss", "losses", doc.get("loss", DEFAULT_LOSS[task]), task)
     cfg["train"] = v.section("train", SCHEMA["train"], doc.get("train"))
     cfg["eval"] = v.section("eval", SCHEMA["eval"], doc.get("eval"))
+    cfg["checkpoint"] = v.section("checkpoint", SCHEMA["checkpoint"], doc.get("checkpoint"))
     cfg["init_from"] = finetune.check_init_from(doc.get("init_from"), v.error)
     finetune.check_train(doc.get("train"), cfg["train"], v.error)
     if cfg["eval"].get("selection") is None:
