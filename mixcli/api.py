@@ -33,8 +33,7 @@ __all__ = [
 ]
 
 
-class PluginError(Exception):
-    """Raised by a plugin for bad options or data; shown to the user as a clean error (exit code 2)."""
+from .errors import PluginError  # noqa: E402,F401 - part of the plugin API (defined without torch)
 
 
 class Plugin:

@@ -12,8 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .api import PluginError
-from .errors import MixcliError
+from .errors import MixcliError, PluginError  # (not from .api: the CLI starts without importing torch)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Run mixup experiments described in YAML, record them as parquet, compare them.")
