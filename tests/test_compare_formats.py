@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -191,3 +192,17 @@ def test_compare_piped_marks_best_with_a_character(cli, tmp_path):
     code, text = cli("compare", fill(tmp_path / "res"), "--metric", "accuracy")
     assert code == 0, text
     assert "marked *" in text and "bold" not in text and text.count("*") == 2  # the cell and the caption
+
+
+def test_help_and_compare_start_without_torch(tmp_path):
+    out = fill(tmp_path / "res")
+    code = ("import sys\n"
+            "from typer.testing import CliRunner\n"
+            "from mixcli.cli import app\n"
+            "for args in (['--help'], ['compare', sys.argv[1]], ['status', sys.argv[1]]):\n"
+            "    r = CliRunner().invoke(app, args)\n"
+            "    assert r.exit_code == 0, r.output\n"
+            "print('torch' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
