@@ -69,6 +69,7 @@ def test_run_logs_to_mlflow_and_tensorboard_and_export_matches(cli, write, tmp_p
     other = tmp_path / "other.db"
     code, text = cli("export", out, "--to", "mlflow", "--uri", f"sqlite:///{other}")
     assert code == 0 and "exported 2 run(s) to mlflow" in text, text
+    assert len(list((tmp_path / "mlartifacts").rglob("config.yaml"))) == 2  # beside the database
     c2 = MlflowClient(tracking_uri=f"sqlite:///{other}")
     exported = {r.data.tags["mixcli.run_id"]: r for r in c2.search_runs([c2.get_experiment_by_name("tiny").experiment_id])}
     for r in found:

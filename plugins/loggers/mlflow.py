@@ -21,7 +21,8 @@ class MLflow(Logger):
     ``final_*``/``best_*`` once at the end. Tags: experiment, method, seed, ``mixcli.run_id``, the grid
     values (``grid.<key>``) and the provenance columns (``mixcli.git_commit``, ...). Artifacts: config.yaml
     and the run's PNGs. Default store: ``sqlite:///OUT/mlflow.db`` with artifacts under ``OUT/mlartifacts``;
-    any tracking URI by ``log: {mlflow: URI}`` or ``--log mlflow=URI``. A resumed run continues its MLflow
+    any tracking URI by ``log: {mlflow: URI}`` or ``--log mlflow=URI`` (for a ``sqlite:///`` URI the
+    artifacts go to ``mlartifacts`` beside the database, for a server where it decides). A resumed run continues its MLflow
     run (found by the ``mixcli.run_id`` tag)."""
 
     def __init__(self, out: Path, uri: str | None = None) -> None:
@@ -37,6 +38,15 @@ class MLflow(Logger):
     @property
     def tracking_uri(self) -> str:
         return self.uri or f"sqlite:///{(self.out / 'mlflow.db').resolve()}"
+
+    def artifact_root(self) -> str | None:
+        """Where new experiments keep their artifacts: beside a local sqlite database (``OUT/mlartifacts``
+        by default), else where the tracking server decides (None)."""
+        if self.uri is None:
+            return (self.out / "mlartifacts").resolve().as_uri()
+        if self.uri.startswith("sqlite:///"):
+            return (Path(self.uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+        return None
 
     def client(self):
         if self._client is None:
@@ -58,7 +68,7 @@ class MLflow(Logger):
             c = self.client()
             exp = c.get_experiment_by_name(name)
             if exp is None:
-                where = None if self.uri else (self.out / "mlartifacts").resolve().as_uri()
+                where = self.artifact_root()
                 try:
                     self._experiments[name] = c.create_experiment(name, artifact_location=where)
                 except MlflowException:  # created meanwhile by another worker
