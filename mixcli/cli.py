@@ -232,7 +232,7 @@ def export(
 def show(
     experiment: Path = typer.Argument(..., help="The experiment YAML file."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key, as given to `mixcli run` "
-                                             "(grid entries too: --set grid.method=[erm,mixup])."),
+                                             "(a grid entry too, whole: --set grid.KEY=LIST)."),
     job: Optional[str] = typer.Option(None, "--job", help="Only this job: its number (1-based, in the "
                                       "order of `run --dry-run`) or its run id (a unique prefix will do)."),
 ) -> None:
