@@ -288,6 +288,10 @@ class Logger(Plugin):
     def epoch(self, run_id: str, row: dict) -> None:
         """One epoch of ``run_id``: its ``epochs`` row (``epoch``, ``train_loss``, ``lr``, metrics)."""
 
+    def steps(self, run_id: str, rows: list[dict]) -> None:
+        """Per-step rows of ``run_id`` (``step``, ``epoch``, ``loss``, ``lr``; only with ``train.log_steps``),
+        once per epoch."""
+
     def end(self, run: dict, files: list[Path]) -> None:
         """``run`` ended (``run["status"]``), with its final runs row; ``files``: artifacts (config, PNGs)."""
 

@@ -81,14 +81,16 @@ class StepLog:
         if self.every and step % self.every == 0:
             self.pending.append((step, loss, opt.param_groups[0]["lr"]))
 
-    def flush(self, epoch: int) -> None:
-        """Read this epoch's losses (one transfer) and rewrite the log atomically."""
+    def flush(self, epoch: int) -> list[dict]:
+        """Read this epoch's losses (one transfer), rewrite the log atomically, return the epoch's rows."""
         if not self.every:
-            return
+            return []
+        new = []
         if self.pending:
             losses = torch.stack([p[1] for p in self.pending]).tolist()
-            self.rows += [{"step": s, "epoch": epoch, "loss": v, "lr": lr}
-                          for (s, _, lr), v in zip(self.pending, losses)]
+            new = [{"step": s, "epoch": epoch, "loss": v, "lr": lr} for (s, _, lr), v in zip(self.pending, losses)]
+            self.rows += new
             self.pending = []
         table = pa.Table.from_pylist(self.rows, schema=STEP_SCHEMA)
         atomic_write(steps_path(self.store, self.run_id), lambda f: pq.write_table(table, f))
+        return new

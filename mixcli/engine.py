@@ -240,7 +240,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
             state["method"] = method.state_dict()
         store.save_checkpoint(job.run_id, _uncompiled(state))
         keeper.epoch(rows, model)
-        steplog.flush(epoch)
+        log.steps(job.run_id, steplog.flush(epoch))
         progress.epoch(epoch, row)
         log.epoch(job.run_id, row)
     evaluated_rows = [r for r in rows if "test_" + PRIMARY[task] in r]

@@ -122,6 +122,10 @@ class Fanout:
     def epoch(self, run_id: str, row: dict) -> None:
         self._each("epoch", run_id, row)
 
+    def steps(self, run_id: str, rows: list[dict]) -> None:
+        if rows:
+            self._each("steps", run_id, rows)
+
     def end(self, run: dict, job_dir: Path) -> None:
         self._each("end", run, run_files(job_dir))
         self._each("close")
@@ -158,10 +162,26 @@ def export(out: Path, to: str, uri: str | None) -> tuple[int, int]:
                 skipped += 1
                 continue
             logger.start(row, tags_of(row, grid.iloc[i].to_dict() if grid is not None else {}))
+            steps = _steps(Path(out) / "jobs" / row["run_id"] / "steps.parquet")
             for ep in epochs[epochs["run_id"] == row["run_id"]].sort_values("epoch").to_dict("records"):
+                in_epoch = [s for s in steps if s["epoch"] == ep["epoch"]]
+                if in_epoch:
+                    logger.steps(row["run_id"], in_epoch)
                 logger.epoch(row["run_id"], ep)
             logger.end(row, run_files(Path(out) / "jobs" / row["run_id"]))
             done += 1
     finally:
         logger.close()
     return done, skipped
+
+
+def _steps(path: Path) -> list[dict]:
+    """The per-step log of a run (``train.log_steps``), [] when it has none or it cannot be read."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return []
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception:  # noqa: BLE001 - a damaged log is left out of the export, not fatal
+        return []

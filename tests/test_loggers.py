@@ -15,7 +15,7 @@ pytest.importorskip("sqlalchemy")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-EXP = TINY.replace("epochs: 3", "epochs: 2") + "grid:\n  method: [erm, {name: mixup, alpha: 0.4}]\n"
+EXP = TINY.replace("epochs: 3", "epochs: 2\n  log_steps: 4") + "grid:\n  method: [erm, {name: mixup, alpha: 0.4}]\n"
 
 
 def tb_scalars(path) -> dict[str, list[tuple[int, float]]]:
@@ -54,6 +54,10 @@ def test_run_logs_to_mlflow_and_tensorboard_and_export_matches(cli, write, tmp_p
             list(zip(ep.epoch, ep.test_accuracy))
         assert [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] == [1, 2]
         assert r.data.metrics["final_test_accuracy"] == row.final_test_accuracy
+        steps = pd.read_parquet(out / "jobs" / rid / "steps.parquet")
+        assert len(steps) > 2 and (steps.step % 4 == 0).all()
+        hist = sorted(client.get_metric_history(r.info.run_id, "step_loss"), key=lambda m: m.step)
+        assert [(m.step, m.value) for m in hist] == list(zip(steps.step, steps.loss))
         arts = [a.path for a in client.list_artifacts(r.info.run_id)]
         assert "config.yaml" in arts
         local = client.download_artifacts(r.info.run_id, "config.yaml", str(tmp_path / rid))
@@ -64,6 +68,8 @@ def test_run_logs_to_mlflow_and_tensorboard_and_export_matches(cli, write, tmp_p
         assert [v for _, v in scalars["test/accuracy"]] == pytest.approx(list(ep.test_accuracy), rel=1e-6)
         assert [s for s, _ in scalars["train/loss"]] == [1, 2]
         assert scalars["summary/final_test_accuracy"][0][1] == pytest.approx(row.final_test_accuracy)
+        assert [s for s, _ in scalars["step/lr"]] == list(steps.step)
+        assert [v for _, v in scalars["step/lr"]] == pytest.approx(list(steps.lr), rel=1e-6)
 
     # export of the same results into another store reproduces what was logged live
     other = tmp_path / "other.db"
@@ -75,6 +81,8 @@ def test_run_logs_to_mlflow_and_tensorboard_and_export_matches(cli, write, tmp_p
     for r in found:
         e = exported[r.data.tags["mixcli.run_id"]]
         assert e.data.params == r.data.params and e.data.metrics == r.data.metrics
+        assert [(m.step, m.value) for m in c2.get_metric_history(e.info.run_id, "step_loss")] == \
+            [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "step_loss")]
         assert e.data.tags["grid.method"] == e.data.tags["method"] == r.data.tags["method"]
         assert [(m.step, m.value) for m in c2.get_metric_history(e.info.run_id, "test_accuracy")] == \
             [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "test_accuracy")]
@@ -98,7 +106,7 @@ def test_log_key_in_file_and_errors(cli, write, tmp_path, monkeypatch):
     assert ids(a) == ids(b) and len(ids(a)) == 2
     bad = write(EXP + "log: [mlfow]\n", "bad.yaml")
     code, text = cli("validate", bad)
-    assert code == 2 and "bad.yaml:12: log" in text and "did you mean 'mlflow'" in text
+    assert code == 2 and f"bad.yaml:{EXP.count(chr(10)) + 1}: log" in text and "did you mean 'mlflow'" in text
     code, text = cli("run", plain, "--log", "tensorbord", "--dry-run")
     assert code == 2 and "--log" in text and "did you mean 'tensorboard'" in text
 

@@ -18,7 +18,8 @@ class MLflow(Logger):
 
     Params: the resolved configuration, flattened to dotted keys (``train.optimizer.lr``). Metrics: the
     ``epochs`` columns at step = epoch (``train_loss``, ``lr``, ``test_accuracy``, ...), and the runs row's
-    ``final_*``/``best_*`` once at the end. Tags: experiment, method, seed, ``mixcli.run_id``, the grid
+    ``final_*``/``best_*`` once at the end; with ``train.log_steps``, ``step_loss`` and ``step_lr`` at step =
+    optimizer step. Tags: experiment, method, seed, ``mixcli.run_id``, the grid
     values (``grid.<key>``) and the provenance columns (``mixcli.git_commit``, ...). Artifacts: config.yaml
     and the run's PNGs. Default store: ``sqlite:///OUT/mlflow.db`` with artifacts under ``OUT/mlartifacts``;
     any tracking URI by ``log: {mlflow: URI}`` or ``--log mlflow=URI`` (for a ``sqlite:///`` URI the
@@ -110,6 +111,14 @@ class MLflow(Logger):
         ts, step = int(time.time() * 1000), int(row["epoch"])
         self.client().log_batch(self._runs[run_id],
                                 metrics=[Metric(k, v, ts, step) for k, v in scalars(row).items()])
+
+    def steps(self, run_id: str, rows: list[dict]) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        metrics = [Metric(f"step_{k}", float(r[k]), ts, int(r["step"])) for r in rows for k in ("loss", "lr")]
+        for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.client().log_batch(self._runs[run_id], metrics=metrics[i:i + 1000])
 
     def end(self, run: dict, files: list[Path]) -> None:
         from mlflow.entities import Metric

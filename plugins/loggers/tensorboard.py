@@ -21,7 +21,7 @@ class TensorBoard(Logger):
     """TensorBoard: event files per run under OUT/tensorboard/<run_id> (scalars per epoch, config as text).
 
     Scalars: every ``epochs`` column at step = epoch, as ``train/loss``, ``train/lr``, ``val/accuracy``,
-    ``test/nll``, ...; the runs row's ``final_*``/``best_*`` as ``summary/...`` at the last epoch. Text:
+    ``test/nll``, ...; ``step/loss`` and ``step/lr`` per optimizer step with ``train.log_steps``; the runs row's ``final_*``/``best_*`` as ``summary/...`` at the last epoch. Text:
     the resolved configuration (``config``) and the tags (``tags``). PNGs of the run as images. Another root
     directory by ``log: {tensorboard: DIR}`` or ``--log tensorboard=DIR``."""
 
@@ -53,6 +53,12 @@ class TensorBoard(Logger):
         for k, v in scalars(row).items():
             w.add_scalar(tag_of(k), v, step)
         self._last[run_id] = step
+
+    def steps(self, run_id: str, rows: list[dict]) -> None:
+        w = self._writers[run_id]
+        for r in rows:
+            w.add_scalar("step/loss", r["loss"], int(r["step"]))
+            w.add_scalar("step/lr", r["lr"], int(r["step"]))
 
     def end(self, run: dict, files: list[Path]) -> None:
         rid = str(run["run_id"])
