@@ -33,8 +33,7 @@ __all__ = [
 ]
 
 
-class PluginError(Exception):
-    """Raised by a plugin for bad options or data; shown to the user as a clean error (exit code 2)."""
+from .errors import PluginError  # noqa: E402,F401 - part of the plugin API (defined without torch)
 
 
 class Plugin:
@@ -330,6 +329,41 @@ class Loss(Plugin):
 
     def __call__(self, out: MixOutput, ctx: Context) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+
+class Logger(Plugin):
+    """Base class of loggers (entry-point group ``mixcli.loggers``): send a run's results somewhere else.
+
+    Chosen by ``log:`` in the experiment file or ``mixcli run --log NAME[=URI]`` (live, while runs train)
+    and by ``mixcli export OUT --to NAME`` (for results that already exist); both call the same methods.
+    ``out`` is the experiment's output directory (the default place for local stores) and ``uri`` the
+    user's destination (a tracking URI, a directory), None for the default. A missing optional dependency
+    raises :class:`PluginError` naming the extra to install. ``run`` is a runs row (see
+    ``mixcli.store.RUN_COLUMNS``; ``config`` is JSON) and ``tags`` the run's descriptive tags (experiment,
+    method, seed, run id and the grid values)."""
+
+    def __init__(self, out: Path, uri: str | None = None) -> None:
+        self.out, self.uri = Path(out), uri
+
+    def start(self, run: dict, tags: dict[str, str]) -> None:
+        """A training session of ``run`` begins (again, when it resumes). Export: once per run."""
+
+    def epoch(self, run_id: str, row: dict) -> None:
+        """One epoch of ``run_id``: its ``epochs`` row (``epoch``, ``train_loss``, ``lr``, metrics)."""
+
+    def steps(self, run_id: str, rows: list[dict]) -> None:
+        """Per-step rows of ``run_id`` (``step``, ``epoch``, ``loss``, ``lr``; only with ``train.log_steps``),
+        once per epoch."""
+
+    def end(self, run: dict, files: list[Path]) -> None:
+        """``run`` ended (``run["status"]``), with its final runs row; ``files``: artifacts (config, PNGs)."""
+
+    def exists(self, run: dict) -> bool:
+        """Whether the destination already holds the run ``run`` (``export`` skips it)."""
+        return False
+
+    def close(self) -> None:
+        """Flush and release the destination."""
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -1,4 +1,4 @@
-"""The ``mixcli`` command line: run, status, compare, curves, inspect, list, validate."""
+"""The ``mixcli`` command line: run, status, show, compare, curves, export, inspect, list, validate."""
 from __future__ import annotations
 
 import functools
@@ -13,8 +13,7 @@ try:  # Ctrl-C while the (slow) imports load: one line, no traceback
     from rich.markup import escape
     from rich.table import Table
 
-    from .api import PluginError
-    from .errors import MixcliError
+    from .errors import MixcliError, PluginError  # (not from .api: the CLI starts without importing torch)
 except KeyboardInterrupt:
     sys.stderr.write("mixcli: interrupted\n")
     raise SystemExit(130) from None
@@ -66,6 +65,11 @@ def run(
                                               "(default: start a local Ray instance)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun only the runs recorded failed "
                                       "(a plain rerun leaves them alone)."),
+    rerun_stale: bool = typer.Option(False, "--rerun-stale", help="Retrain finished runs produced by "
+                                     "another version of a plugin package the experiment uses."),
+    log: Optional[List[str]] = typer.Option(None, "--log", help="Send results to a logger while runs train: "
+                                            "mlflow or tensorboard, NAME=URI for a destination "
+                                            "(repeatable; replaces the file's 'log:')."),
 ) -> None:
     """Run every job of an experiment (skipping finished runs, resuming interrupted ones), then compare.
 
@@ -77,6 +81,7 @@ def run(
     from .execution.sweep import run_sweep
     from .finetune import with_parents
     from .jobs import expand
+    from .loggers import open_loggers, parse_cli
     from .report import compare, render
     from .spec import load_experiment
     from .store import Store
@@ -84,6 +89,9 @@ def run(
     exp = load_experiment(experiment, set_ or [])
     if out is not None:
         exp.out = out
+    if log:
+        exp.log = parse_cli(log)
+    open_loggers(exp.log, exp.out)  # a logger's missing extra fails here, before anything trains
     targets = expand(exp)
     jobs = with_parents(targets)  # jobs fine-tuned from another experiment's runs need those first
     if dry_run:
@@ -102,6 +110,7 @@ def run(
     pick_device(device)  # a bad --device is refused before anything is written
     for o in dict.fromkeys(j.out for j in jobs):
         Store(o)  # refuses an unwritable output directory before anything starts
+    check_stale(jobs, rerun_stale)
     if retry_failed:
         failed_ids = {j.run_id for j in jobs if (Store(j.out).run_row(j.run_id) or {}).get("status") == "failed"}
         if not failed_ids:
@@ -144,6 +153,27 @@ def run(
             ([f"--out {out}"] if out is not None else []) + ["--retry-failed"]
         err.print("retry only these: " + " ".join(retry), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def check_stale(jobs: list, rerun: bool) -> None:
+    """Warn about finished runs made by other plugin package versions; with ``rerun``, forget them so the
+    sweep retrains them (mixcli.provenance)."""
+    from .provenance import forget, stale_runs
+
+    stale = stale_runs(jobs)
+    if not stale:
+        return
+    if not rerun:
+        err.print(f"[yellow]warning:[/] {len(stale)} finished run(s) were produced by other versions of "
+                  "plugin packages this experiment uses; their results are reused (--rerun-stale "
+                  "retrains them):", soft_wrap=True)
+    for job in jobs:
+        if job.run_id in stale:
+            kept = not rerun or not forget(job)
+            verb = "held by another process, not retrained" if rerun and kept else \
+                "retrained" if rerun else "reused"
+            err.print(f"  {job.run_id}: {stale[job.run_id]} ({verb})", highlight=False, markup=False,
+                      soft_wrap=True)
 
 
 def device_label(ex) -> str:
@@ -191,29 +221,90 @@ def status(
         err.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
 
 
+# -------------------------------------------------------------------------------------------------- export
+@app.command()
+@user_errors
+def export(
+    directory: Path = typer.Argument(..., help="An output directory holding runs/ and epochs/."),
+    to: str = typer.Option(..., "--to", help="The logger to send the runs to: mlflow or tensorboard."),
+    uri: Optional[str] = typer.Option(None, "--uri", help="Its destination: an MLflow tracking URI or a "
+                                      "TensorBoard directory (default: OUT/mlflow.db, OUT/tensorboard)."),
+) -> None:
+    """Send the runs already under DIRECTORY (with their epochs, config and PNGs) to MLflow or TensorBoard.
+    Runs the destination already holds are skipped."""
+    from .loggers import export as do_export
+
+    done, skipped = do_export(directory, to, uri)
+    console.print(f"exported {done} run(s) to {to}" + (f" ({uri})" if uri else "") +
+                  (f"; {skipped} already there, skipped" if skipped else ""), highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------------- show
+@app.command()
+@user_errors
+def show(
+    experiment: Path = typer.Argument(..., help="The experiment YAML file."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key, as given to `mixcli run` "
+                                             "(a grid entry too, whole: --set grid.KEY=LIST)."),
+    job: Optional[str] = typer.Option(None, "--job", help="Only this job: its number (1-based, in the "
+                                      "order of `run --dry-run`) or its run id (a unique prefix will do)."),
+) -> None:
+    """Print the resolved configuration of each job as YAML (what jobs/<run_id>/config.yaml will hold)."""
+    from .jobs import expand
+    from .spec import load_experiment
+    from .store import config_yaml
+
+    jobs = expand(load_experiment(experiment, set_ or []))
+    if job is not None:
+        jobs = [pick_job(jobs, job)]
+    docs = [f"# {j.run_id}: {j.label}\n{config_yaml(j.config)}" for j in jobs]
+    sys.stdout.write("---\n".join(docs))
+
+
+def pick_job(jobs: list, key: str):
+    """The job ``key`` names: a 1-based number or a run id (or a prefix of exactly one)."""
+    if key.isdigit():
+        if not 1 <= int(key) <= len(jobs):
+            raise MixcliError(f"--job {key}: expected a job number from 1 to {len(jobs)}")
+        return jobs[int(key) - 1]
+    found = [j for j in jobs if j.run_id.startswith(key)]
+    exact = [j for j in found if j.run_id == key]
+    if len(exact) == 1 or len(found) == 1:
+        return (exact or found)[0]
+    what = f"matches {len(found)} run ids" if found else "is no run id of this experiment"
+    raise MixcliError(f"--job {key}: {what}; give a job number (1-{len(jobs)}) or a run id (`mixcli run "
+                      "EXP --dry-run` lists them)")
+
+
 # ------------------------------------------------------------------------------------------------- compare
 @app.command()
 @user_errors
 def compare(
-    directory: ResultsDir = Path("results"),
+    directories: Optional[List[Path]] = typer.Argument(None, help="Output directories holding runs/ and "
+                                                       "epochs/ (default: results); their runs are "
+                                                       "compared in one table."),
     by: ByOption = None,
+    within: Optional[str] = typer.Option(None, "--within", help="Split the table into blocks by this "
+                                         "grouping key (e.g. dataset.fraction) and mark the best of each "
+                                         "column within each block."),
     metric: Optional[List[str]] = typer.Option(None, "--metric", help="Metric column to show (repeatable; "
                                                "default: the task's standard set)."),
-    fmt: str = typer.Option("table", "--format", help="table, markdown, csv or json."),
+    fmt: str = typer.Option("table", "--format", help="table, markdown, csv, json or latex (booktabs)."),
     select: Optional[str] = typer.Option(None, "--select", help="Epoch selection rule: final, best "
                                          "(best val epoch, else best test epoch) or median_last10 "
                                          "(default: the experiment's eval.selection)."),
     split: str = typer.Option("test", "--split", help="Evaluation split to report: test or val."),
 ) -> None:
-    """Compare the runs under DIRECTORY: mean ± std over seeds per group, best value marked."""
+    """Compare the runs under DIRECTORIES: mean ± std over seeds per group, best value marked."""
     from .report import compare as do_compare, render
 
-    if fmt not in ("table", "markdown", "csv", "json"):
-        raise MixcliError(f"--format {fmt}: expected table, markdown, csv or json")
+    if fmt not in ("table", "markdown", "csv", "json", "latex"):
+        raise MixcliError(f"--format {fmt}: expected table, markdown, csv, json or latex")
     if split not in ("test", "val"):
         raise MixcliError(f"--split {split}: expected test or val")
-    c = do_compare(directory, by=by, metrics=metric, rule=select, split=split)
-    out = render(c, fmt)
+    c = do_compare(directories or [Path("results")], by=by, metrics=metric, rule=select, split=split,
+                   within=within)
+    out = render(c, fmt, width=console.width)
     if isinstance(out, str):
         sys.stdout.write(out if out.endswith("\n") else out + "\n")
     else:
@@ -282,7 +373,7 @@ def inspect(
 # ---------------------------------------------------------------------------------------------------- list
 @app.command("list")
 @user_errors
-def list_(kind: Optional[str] = typer.Argument(None, help="methods, datasets, models or losses (default: all).")
+def list_(kind: Optional[str] = typer.Argument(None, help="methods, datasets, models, losses or loggers (default: all).")
           ) -> None:
     """List the registered plugins with their package, description and default options."""
     from .registry import KINDS, REGISTRY, plugin_options

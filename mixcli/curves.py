@@ -230,7 +230,7 @@ def nice_ticks(lo: float, hi: float, max_ticks: int = 6) -> list[float]:
 COLORS = ("cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta")
 
 
-def render_chart(cv: Curves, width: int = 80, height: int = 4):
+def render_chart(cv: Curves, width: int = 80, height: int = 4, use_color: bool | None = None):
     """The curves as braille charts (one per group, own y scale, shared epoch axis) as a rich renderable."""
     from rich.console import Group
     from rich.text import Text
@@ -275,7 +275,8 @@ def render_chart(cv: Curves, width: int = 80, height: int = 4):
     parts.append(Text(" " * ylab + " └" + "".join("─" if a == " " else a for a in axis), style="dim"))
     parts.append(Text("".join(labels).rstrip(), style="dim"))
     parts.append(Text(f"each chart on its own y scale: max/min of the mean curve after the first "
-                      f"{CLIP_FRACTION:.0%} of epochs (earlier points clipped); best epoch in bold yellow",
+                      f"{CLIP_FRACTION:.0%} of epochs (earlier points clipped); best epoch "
+                      f"{'in bold yellow' if _has_color(use_color) else 'as named above each chart'}",
                       style="dim italic"))
     return Group(*parts)
 
@@ -381,3 +382,13 @@ def plot_png(cv: Curves, path: Path | str, dpi: int = 150) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def _has_color(color: bool | None) -> bool:
+    """``color``, or (None) whether stdout shows colour: piped output has no bold yellow to point at."""
+    if color is not None:
+        return color
+    from rich.console import Console
+
+    probe = Console()
+    return probe.color_system is not None and not probe.no_color

@@ -6,6 +6,7 @@ device and read once per epoch); batches come from :class:`mixcli.data.DeviceDat
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,12 +19,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__, finetune
+from . import __version__, finetune, loggers
 from .api import Context, DataBundle, MixOutput, PluginError
+from .checkpoints import Keeper, StepLog
 from .data import DeviceData, check_bundle
 from .errors import MixcliError, RunFailed
 from .jobs import Job
 from .metrics import classification_metrics, regression_metrics
+from .provenance import provenance
 from .registry import REGISTRY
 from .selection import PRIMARY, best_index
 from .store import SPLITS, Store
@@ -192,48 +195,57 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
         compile_stages(model)
     base_row = {**identity_row(job, device), "started_at": started_at, "attempts": attempt,
                 "host": socket.gethostname(), "pid": os.getpid()}
+    base_row.update(provenance(cfg, job.source, device))  # git state, versions, GPU (mixcli.provenance)
     store.write_config(job.run_id, cfg)
     store.write_run({**base_row, "status": "running", "epochs": len(rows)})
+    log = loggers.for_job(job, {**base_row, "status": "running"})  # log: / --log (mixcli.loggers)
     progress.start(job, n_epochs, steps, start)
     every = cfg["eval"]["every"]
-    for epoch in range(start, n_epochs + 1):
-        t0 = time.perf_counter()
-        ctx.epoch = epoch
-        mixing = off_after is None or epoch <= off_after
-        if mixing:
-            method.start_epoch(epoch, ctx)
-        finetune.train_mode(model, freeze_bn)
-        loss_sum = torch.zeros((), device=device)
-        for batch in finetune.train_steps(dd, train_cfg["batch_size"], budget.steps(epoch)):
-            loss = train_step(model, method if mixing else None, loss_fn, batch, ctx, opt, autocast)
-            sched.step()
-            loss_sum += loss
-            ctx.step += 1
-            progress.step()
-        train_loss = float(loss_sum) / budget.steps(epoch)
-        if not math.isfinite(train_loss):
-            raise RunFailed(f"the training loss became {train_loss} in epoch {epoch}; lower "
-                            "train.optimizer.lr or check the data")
-        row = {"epoch": epoch, "train_loss": train_loss, "lr": opt.param_groups[0]["lr"]}
-        if epoch % every == 0 or epoch == n_epochs:
-            for split in SPLITS:
-                if split in dd.splits:
-                    m = evaluate(model, dd, split, task, cfg["eval"]["batch_size"], autocast)
-                    row.update({f"{split}_{k}": v for k, v in m.items()})
-        wall += time.perf_counter() - t0
-        row["time_s"] = time.perf_counter() - t0
-        rows.append(row)
-        store.write_epochs(job.run_id, [r for r in rows if "test_" + PRIMARY[task] in r])
-        state = {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "torch_rng": torch.get_rng_state(), "data_rng": dd.generator.get_state().cpu(),
-            "method_rng": json.dumps(ctx.rng.bit_generator.state), "rows": json.dumps(rows),
-            "epoch": epoch, "wall": wall, "started_at": started_at, "step": ctx.step, "attempts": attempt,
-        }
-        if hasattr(method, "state_dict"):
-            state["method"] = method.state_dict()
-        store.save_checkpoint(job.run_id, _uncompiled(state))
-        progress.epoch(epoch, row)
+    keeper = Keeper(store, job.run_id, cfg.get("checkpoint", {}).get("keep", "last"), task)  # mixcli.checkpoints
+    steplog = StepLog(store, job.run_id, train_cfg.get("log_steps"), ctx.step)
+    with _loggers_told_on_error(log, base_row, rows, store.job_dir(job.run_id)):
+        for epoch in range(start, n_epochs + 1):
+            t0 = time.perf_counter()
+            ctx.epoch = epoch
+            mixing = off_after is None or epoch <= off_after
+            if mixing:
+                method.start_epoch(epoch, ctx)
+            finetune.train_mode(model, freeze_bn)
+            loss_sum = torch.zeros((), device=device)
+            for batch in finetune.train_steps(dd, train_cfg["batch_size"], budget.steps(epoch)):
+                loss = train_step(model, method if mixing else None, loss_fn, batch, ctx, opt, autocast)
+                sched.step()
+                loss_sum += loss
+                ctx.step += 1
+                steplog.step(ctx.step, loss, opt)
+                progress.step()
+            train_loss = float(loss_sum) / budget.steps(epoch)
+            if not math.isfinite(train_loss):
+                raise RunFailed(f"the training loss became {train_loss} in epoch {epoch}; lower "
+                                "train.optimizer.lr or check the data")
+            row = {"epoch": epoch, "train_loss": train_loss, "lr": opt.param_groups[0]["lr"]}
+            if epoch % every == 0 or epoch == n_epochs:
+                for split in SPLITS:
+                    if split in dd.splits:
+                        m = evaluate(model, dd, split, task, cfg["eval"]["batch_size"], autocast)
+                        row.update({f"{split}_{k}": v for k, v in m.items()})
+            wall += time.perf_counter() - t0
+            row["time_s"] = time.perf_counter() - t0
+            rows.append(row)
+            store.write_epochs(job.run_id, [r for r in rows if "test_" + PRIMARY[task] in r])
+            state = {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "torch_rng": torch.get_rng_state(), "data_rng": dd.generator.get_state().cpu(),
+                "method_rng": json.dumps(ctx.rng.bit_generator.state), "rows": json.dumps(rows),
+                "epoch": epoch, "wall": wall, "started_at": started_at, "step": ctx.step, "attempts": attempt,
+            }
+            if hasattr(method, "state_dict"):
+                state["method"] = method.state_dict()
+            store.save_checkpoint(job.run_id, _uncompiled(state))
+            keeper.epoch(rows, model)
+            log.steps(job.run_id, steplog.flush(epoch))
+            progress.epoch(epoch, row)
+            log.epoch(job.run_id, row)
     evaluated_rows = [r for r in rows if "test_" + PRIMARY[task] in r]
     store.write_epochs(job.run_id, evaluated_rows)  # (again: rebuilds a damaged file of a finished run)
     evaluated = pd.DataFrame(evaluated_rows)
@@ -248,7 +260,24 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
             if k.startswith(SPLITS) and not isinstance(v, (list, np.ndarray)):
                 result[f"{name}_{k}"] = v
     store.write_run(result)
+    keeper.finish()
+    log.end(store.run_row(job.run_id) or result, store.job_dir(job.run_id))
     return store.run_row(job.run_id) or result
+
+
+@contextlib.contextmanager
+def _loggers_told_on_error(log, base_row: dict, rows: list, job_dir):
+    """Training that stops with an exception still ends the loggers' run: ``failed``, or ``interrupted``
+    for Ctrl-C / SIGTERM (the exception goes on to the caller, which records the run)."""
+    try:
+        yield
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        try:
+            log.end({**base_row, "status": status, "epochs": len(rows)}, job_dir)
+        except Exception:  # noqa: BLE001 - a logger must never hide why the run stopped
+            pass
+        raise
 
 
 def compile_stages(model) -> None:

@@ -19,6 +19,11 @@ def did_you_mean(word: str, choices) -> str:
     return ""
 
 
+class PluginError(Exception):
+    """Raised by a plugin for bad options or data; shown to the user as a clean error (exit code 2).
+    Plugins import it from :mod:`mixcli.api`; it lives here so the CLI can catch it without importing torch."""
+
+
 class RunFailed(Exception):
     """A run that cannot go on (e.g. its loss diverged): recorded ``failed`` with this message; the sweep
     goes on."""

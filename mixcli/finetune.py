@@ -105,7 +105,11 @@ def epoch_count(train: dict) -> int | None:
 
 def hashed_config(cfg: dict) -> dict:
     """The part of a resolved config that identifies a run: of ``init_from`` only the parent's run id (not
-    how it was referred to, nor where its checkpoint lies)."""
+    how it was referred to, nor where its checkpoint lies); not what the run keeps (``checkpoint``,
+    ``train.log_steps``: see :mod:`mixcli.checkpoints`), which changes nothing it computes."""
+    cfg = {k: v for k, v in cfg.items() if k != "checkpoint"}
+    if isinstance(cfg.get("train"), dict) and "log_steps" in cfg["train"]:
+        cfg["train"] = {k: v for k, v in cfg["train"].items() if k != "log_steps"}
     init = cfg.get("init_from")
     if not init or "parent" not in init:
         return cfg

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import MixcliError
@@ -18,6 +18,8 @@ class Job:
     grid_values: dict     # the grid keys and the values this job takes
     out: Path
     parent: "Job | None" = None  # the job it fine-tunes from (init_from: {experiment: ...}), run first
+    source: str | None = None    # the experiment file (its git state is recorded as provenance)
+    log: dict = field(default_factory=dict)  # loggers {name: uri or None} (log: / --log; mixcli.loggers)
 
     @property
     def label(self) -> str:
@@ -62,7 +64,7 @@ def expand(exp: Experiment) -> list[Job]:
             if rid in seen:  # two grid points that resolve to the same configuration
                 continue
             seen.add(rid)
-            jobs.append(Job(rid, c, dict(zip(keys, combo)), exp.out, parent))
+            jobs.append(Job(rid, c, dict(zip(keys, combo)), exp.out, parent, exp.path, dict(exp.log)))
     if errors:
         raise MixcliError("\n".join(errors))
     return jobs

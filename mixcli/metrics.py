@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
 
 __all__ = ["MetricInfo", "METRICS", "classification_metrics", "regression_metrics", "confusion_matrix"]
 
@@ -91,13 +90,13 @@ METRICS: dict[str, MetricInfo] = dict([
 
 
 def _float(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    if hasattr(x, "detach"):  # a torch tensor (torch is not imported here: reports start without it)
         return x.detach().cpu().double().numpy()
     return np.asarray(x, dtype=np.float64)
 
 
 def _int(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    if hasattr(x, "detach"):  # a torch tensor
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
     if x.size and not np.issubdtype(x.dtype, np.integer):

@@ -25,7 +25,8 @@ DEFAULT_METRICS = {
 }
 IGNORED_KEYS = {"seed", "name"}
 UNSET = ("-", "None", "nan", "NaN", "")  # how an option a run does not have reads after grouping
-IGNORED_COLUMNS = {"init_from.parent", "init_from.checkpoint"}  # per-seed parent runs, not a setting
+IGNORED_COLUMNS = {"init_from.parent", "init_from.checkpoint",  # per-seed parent runs, not a setting
+                   "checkpoint.keep", "train.log_steps"}  # what a run keeps, not how it trains
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -118,48 +119,75 @@ class Comparison:
     metrics: list[str]
     title: str
     rule_label: str
-    best: dict[str, object]  # metric -> index of the best row
+    best: dict[str, list]    # metric -> the best rows' indices (one per block of ``within``, else one)
     notes: list[str]
+    within: str | None = None  # the key whose values split the table into blocks (best marked per block)
+
+    def is_best(self, m: str, i: int) -> bool:
+        return i in self.best.get(m, ())
 
 
-def compare(out: Path | str, by: list[str] | None = None, metrics: list[str] | None = None,
-            rule: str | None = None, split: str = "test", run_ids: list[str] | None = None) -> Comparison:
+def _read_all(outs: list[Path], notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Runs (with flattened configs) and epochs of several output directories; a run id found in more
+    than one directory is counted once (the first directory's)."""
+    runs = pd.concat([load_runs(o) for o in outs], ignore_index=True)
+    epochs = pd.concat([read_table(o, "epochs") for o in outs], ignore_index=True)
+    dup = runs["run_id"].duplicated()
+    if dup.any():
+        notes.append(f"{int(dup.sum())} run(s) found in more than one directory counted once")
+        runs = runs[~dup].reset_index(drop=True)
+        epochs = epochs.drop_duplicates(["run_id", "epoch"])
+    return runs, epochs
+
+
+def compare(out: Path | str | list, by: list[str] | None = None, metrics: list[str] | None = None,
+            rule: str | None = None, split: str = "test", run_ids: list[str] | None = None,
+            within: str | None = None) -> Comparison:
+    """Compare the runs under ``out`` (one output directory or a list of them). ``within``: a grouping key
+    whose values split the table into blocks; the best of each column is then marked within each block."""
     if rule is not None and rule not in RULES:
         raise MixcliError(f"--select {rule}: expected one of {', '.join(RULES)}")
-    runs = load_runs(out)
+    outs = [Path(o) for o in out] if isinstance(out, (list, tuple)) else [Path(out)]
+    where = ", ".join(map(str, outs))
+    notes: list[str] = []
+    runs, epochs = _read_all(outs, notes)
     if run_ids is not None:
         runs = runs[runs["run_id"].isin(run_ids)].reset_index(drop=True)
-    notes = []
     unfinished = runs[runs["status"] != "finished"]
     if len(unfinished):
         counts = unfinished["status"].value_counts().to_dict()
         notes.append("not included: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + " run(s)")
     runs = runs[runs["status"] == "finished"].reset_index(drop=True)
     if runs.empty:
-        raise MixcliError(f"{out}: no finished runs yet ({', '.join(notes)})")
+        raise MixcliError(f"{where}: no finished runs yet ({', '.join(notes)})")
     tasks = runs["task"].unique().tolist()
     if len(tasks) > 1:
-        raise MixcliError(f"{out}: mixes {' and '.join(tasks)} runs; compare them from separate directories")
+        raise MixcliError(f"{where}: mixes {' and '.join(tasks)} runs; compare them from separate directories")
     task = tasks[0]
     if rule is None:
         rules = runs["selection"].dropna().unique().tolist()
         if len(rules) > 1:
-            raise MixcliError(f"{out}: these runs ask for different selection rules ({', '.join(rules)}); "
+            raise MixcliError(f"{where}: these runs ask for different selection rules ({', '.join(rules)}); "
                               "pass --select final|best|median_last10")
         rule = rules[0] if rules else "final"
     by = list(by) if by else varying_keys(runs)
+    if within is not None and within not in by:
+        by.append(within)
     for key in by:
         if key not in runs.columns:
             known = [c for c in runs.columns if c in ("method", "dataset", "model", "loss", "seed", "experiment")
                      or "." in c]
-            raise MixcliError(f"--by {key}: no such column or configuration key{did_you_mean(key, known)}")
+            opt = "--within" if key == within else "--by"
+            raise MixcliError(f"{opt} {key}: no such column or configuration key{did_you_mean(key, known)}")
+    if within is not None and len(by) < 2:
+        raise MixcliError(f"--within {within}: it is the only grouping key, so every block would hold one "
+                          "row; add --by KEY for the rows compared inside each block")
     if metrics:
         for m in metrics:
             if m not in METRICS:
                 raise MixcliError(f"--metric {m}: unknown metric{did_you_mean(m, METRICS)}")
     else:
         metrics = DEFAULT_METRICS[task]
-    epochs = read_table(out, "epochs")
     label = rule
     values = []
     for _, r in runs.iterrows():
@@ -175,13 +203,19 @@ def compare(out: Path | str, by: list[str] | None = None, metrics: list[str] | N
     for m in metrics:
         table[f"{m}_mean"] = grouped[m].mean().to_numpy()
         table[f"{m}_std"] = grouped[m].std(ddof=1).fillna(0.0).to_numpy()
-    best = {}
+    if within is not None:  # blocks contiguous, in order of first appearance
+        order = {v: k for k, v in enumerate(dict.fromkeys(table[within]))}
+        table = table.sort_values(within, key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+    blocks = [table.index] if within is None else [g.index for _, g in table.groupby(within, sort=False)]
+    best: dict[str, list] = {}
     for m in metrics:
-        col = table[f"{m}_mean"]
-        if col.notna().any():
-            best[m] = col.idxmax() if METRICS[m].higher_is_better else col.idxmin()
-    title = f"{runs['experiment'].iloc[0]}: {split} metrics at the {label}, mean ± std over seeds"
-    return Comparison(table, by, metrics, title, label, best, notes)
+        for idx in blocks:
+            col = table.loc[idx, f"{m}_mean"]
+            if col.notna().any():
+                best.setdefault(m, []).append(col.idxmax() if METRICS[m].higher_is_better else col.idxmin())
+    names = ", ".join(dict.fromkeys(runs["experiment"].astype(str)))
+    title = f"{names}: {split} metrics at the {label}, mean ± std over seeds"
+    return Comparison(table, by, metrics, title, label, best, notes, within)
 
 
 def fmt_value(metric: str, v: float) -> str:
@@ -191,19 +225,36 @@ def fmt_value(metric: str, v: float) -> str:
     return f"{v * 100:.2f}" if info.percent else f"{v:.4f}"
 
 
-def header(metric: str) -> str:
+#: short metric names for narrow terminals (the caption lists the ones a table uses)
+ABBREV = {"accuracy": "acc", "nll": "nll", "ece": "ece", "mean_recall": "mrec", "worst_class_recall": "wrec",
+          "min_ht_recall": "htrec", "gmean": "gmean", "hmean": "hmean", "min_coverage": "mincov",
+          "rmse": "rmse", "mape": "mape", "pearson_r": "r", "worst_domain_rmse": "wdrmse"}
+
+
+def header(metric: str, short: bool = False) -> str:
     info = METRICS[metric]
     arrow = "↑" if info.higher_is_better else "↓"
-    return f"{metric}{' %' if info.percent else ''} {arrow}"
+    name = ABBREV.get(metric, metric) if short else metric
+    return f"{name}{' %' if info.percent else ''} {arrow}"
 
 
-def cells(c: Comparison, i: int, m: str) -> str:
+def cells(c: Comparison, i: int, m: str, sep: str = " ± ") -> str:
     row = c.table.iloc[i]
-    return f"{fmt_value(m, row[f'{m}_mean'])} ± {fmt_value(m, row[f'{m}_std'])}"
+    return f"{fmt_value(m, row[f'{m}_mean'])}{sep}{fmt_value(m, row[f'{m}_std'])}"
 
 
-def render(c: Comparison, fmt: str = "table"):
-    """A rich Table (``table``) or a string (``markdown``, ``csv``, ``json``)."""
+def best_note(c: Comparison, how: str) -> str:
+    scope = f" within each {c.within}" if c.within else ""
+    return f"best mean per column{scope} {how}"
+
+
+def render(c: Comparison, fmt: str = "table", width: int | None = None, color: bool | None = None):
+    """A rich Table (``table``) or a string (``markdown``, ``csv``, ``json``, ``latex``).
+
+    The table fits ``width`` columns (default: the terminal's): when the full table is wider, metric names
+    are abbreviated (listed in the caption), ``mean±std`` loses its spaces, vertical rules go, and group
+    labels wrap between words, never inside one or inside a number. The best cells are bold green with
+    ``color`` (default: whether stdout shows colour), else marked with a ``*``; the caption says which."""
     if fmt == "json":
         rows = []
         for i in range(len(c.table)):
@@ -211,39 +262,92 @@ def render(c: Comparison, fmt: str = "table"):
             row["n"] = int(c.table.iloc[i]["n"])
             for m in c.metrics:
                 row[m] = {"mean": _num(c.table.iloc[i][f"{m}_mean"]), "std": _num(c.table.iloc[i][f"{m}_std"]),
-                          "best": c.best.get(m) == i}
+                          "best": c.is_best(m, i)}
             rows.append(row)
-        return json.dumps({"title": c.title, "selection": c.rule_label, "by": c.by, "metrics": c.metrics,
-                           "groups": rows, "notes": c.notes}, indent=2)
+        return json.dumps({"title": c.title, "selection": c.rule_label, "by": c.by, "within": c.within,
+                           "metrics": c.metrics, "groups": rows, "notes": c.notes}, indent=2)
     if fmt == "csv":
         return c.table.to_csv(index=False)
+    if fmt == "latex":
+        from .latex import latex_table
+
+        return latex_table(c)
     if fmt == "markdown":
         head = [*c.by, "n", *(header(m) for m in c.metrics)]
         lines = [f"**{c.title}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for i in range(len(c.table)):
             vals = [str(c.table.iloc[i][k]) for k in c.by] + [str(int(c.table.iloc[i]["n"]))]
-            vals += [f"**{cells(c, i, m)}**" if c.best.get(m) == i else cells(c, i, m) for m in c.metrics]
+            vals += [f"**{cells(c, i, m)}**" if c.is_best(m, i) else cells(c, i, m) for m in c.metrics]
             lines.append("| " + " | ".join(vals) + " |")
-        lines += [f"_{n}_" for n in c.notes]
+        lines += [f"_{best_note(c, 'in bold')}_"] + [f"_{n}_" for n in c.notes]
         return "\n".join(lines)
+    from rich.console import Console
+
+    width = width or Console().width
+    if color is None:
+        probe = Console()
+        color = probe.color_system is not None and not probe.no_color
+    full = _rich_table(c, compact=False, color=color)
+    if _width(full) <= width:
+        return full
+    return _rich_table(c, compact=True, color=color)
+
+
+def _width(table) -> int:
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    wide = Console(width=10_000)
+    return Measurement.get(wide, wide.options, table).maximum
+
+
+def _rich_table(c: Comparison, compact: bool, color: bool):
+    """The terminal table. ``compact`` (narrow terminals): short metric names (listed in the caption),
+    ``mean±std`` without spaces, no vertical rules, grouping keys by their last dotted part."""
+    from rich import box
     from rich.table import Table
 
-    t = Table(title=c.title, caption="best mean per column in bold green" + (
-        "; " + "; ".join(c.notes) if c.notes else ""))
+    how = "in bold green" if color else "marked *"
+    caption = [best_note(c, how)]
+    if compact:
+        used = [f"{ABBREV[m]} = {m}" for m in c.metrics if ABBREV.get(m, m) != m]
+        caption += [", ".join(used)] if used else []
+    counts = set(c.table["n"].astype(int))
+    show_n = not compact or len(counts) > 1
+    if not show_n:
+        caption.append(f"n = {counts.pop()} per group")
+    caption += c.notes
+    opts = dict(box=box.SIMPLE_HEAD, padding=(0, 0), show_edge=False, title_justify="left",
+                caption_justify="left") if compact else {}
+    t = Table(title=c.title, caption="; ".join(caption), **opts)
     # one column per grouping key when there are few; else one "group" column of key=value labels (narrow
     # terminals keep the numbers readable)
     merged = len(c.by) > 2
-    for k in (["group"] if merged else c.by):
-        t.add_column(k, style="cyan", overflow="fold")
-    t.add_column("n", justify="right")
+    keys = ["group"] if merged else c.by
+    short = [k.rsplit(".", 1)[-1] for k in keys]
+    labels = [[str(c.table.iloc[i][k]) for k in c.by] for i in range(len(c.table))]
+    if merged:
+        labels = [[group_label(dict(zip(c.by, row)))] for row in labels]
+    for j, (k, s) in enumerate(zip(keys, short)):
+        name = s if compact and short.count(s) == 1 else k
+        word = max((len(w) for row in labels for w in row[j].split()), default=1)  # labels break between words
+        t.add_column(name, style="cyan", overflow="fold", min_width=word)
+    if show_n:
+        t.add_column("n", justify="right", no_wrap=True)
+    sep = "±" if compact else " ± "
     for m in c.metrics:
-        t.add_column(header(m), justify="right")
+        t.add_column(header(m, short=compact), justify="right", no_wrap=True)
     for i in range(len(c.table)):
-        keys = [str(c.table.iloc[i][k]) for k in c.by]
-        if merged:
-            keys = [group_label(dict(zip(c.by, keys)))]
-        vals = keys + [str(int(c.table.iloc[i]["n"]))]
-        vals += [f"[bold green]{cells(c, i, m)}[/]" if c.best.get(m) == i else cells(c, i, m) for m in c.metrics]
+        if c.within and i and c.table.iloc[i][c.within] != c.table.iloc[i - 1][c.within]:
+            t.add_section()
+        vals = labels[i] + ([str(int(c.table.iloc[i]["n"]))] if show_n else [])
+        for m in c.metrics:
+            v = cells(c, i, m, sep)
+            if c.is_best(m, i):
+                v = f"[bold green]{v}[/]" if color else f"{v}*"
+            elif not color:
+                v += " "  # keeps the columns aligned with the marked cells
+            vals.append(v)
         t.add_row(*vals)
     return t
 

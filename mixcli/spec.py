@@ -25,17 +25,23 @@ Top-level keys (defaults in brackets)::
       iterations: int > 0 or null      [null] train this many steps instead of `epochs` (not both); an
       iterations_per_epoch: int > 0    "epoch" is then this many steps [null = one pass] (mixcli.finetune)
       freeze_bn: bool [false]          BatchNorm kept in eval mode, its affine parameters not trained
+      log_steps: int > 0 or null       [null] record loss and lr every N steps (jobs/<run_id>/steps.parquet)
     eval:
       every: int > 0                   [1] evaluate every N epochs (and always after the last)
       batch_size: int > 0              [1024]
       selection: final|best|median_last10   the epoch rule reports use by default [final for
                                        classification, best (best validation epoch) for regression]
+    checkpoint:
+      keep: last|best|both             [last] the last epoch's state, the best epoch's weights, or both
+                                       (mixcli.checkpoints; log_steps and keep are not in the run id)
     seeds: [int, ...] or a count N     [[0]] (a count means seeds 0..N-1)
     grid: {dotted.key: [v1, v2, ...]}  ablation: the cartesian product of all values (any key, e.g. method);
                                        a list of such mappings runs the union of their products
     out: path                          [results/<name>] output directory
     init_from: RUN | {experiment: FILE, where: {...}, seed: N}   [null] start from an earlier run's
                                        weights (same model and dataset; see mixcli.finetune)
+    log: NAME | [NAME, ...] | {NAME: URI}   [none] loggers (mlflow, tensorboard; mixcli.loggers); not
+                                       part of a run's configuration or run id
 
 ``name`` names the folder results/<name>: it may not contain '/', '\\' or control characters, nor be '.'
 or '..'. ``train.epochs`` (and every epoch count) is at most 1,000,000; seeds lie in [0, 2**32 - 1]; one
@@ -170,16 +176,19 @@ SCHEMA: dict[str, Any] = {
         "iterations": Check("int", None, low=1, high=10**9, nullable=True),
         "iterations_per_epoch": Check("int", None, low=1, high=10**9, nullable=True),
         "freeze_bn": Check("bool", False),
+        "log_steps": Check("int", None, low=1, nullable=True),
     },
     "eval": {
         "every": Check("int", 1, low=1, high=MAX_EPOCHS),
         "batch_size": Check("int", 1024, low=1, high=2**24),
         "selection": Check("str", None, choices=RULES, nullable=True),
     },
+    "checkpoint": {"keep": Check("str", "last", choices=("last", "best", "both"))},
     "seeds": Check("seeds", [0]),
     "grid": Check("grid", {}),
     "out": Check("str", None, nullable=True),
     "init_from": Check("init", None, nullable=True),  # checked by mixcli.finetune.check_init_from
+    "log": Check("log", None, nullable=True),  # checked by mixcli.loggers.parse_log; not in the run config
 }
 SHORTHAND = {"train.optimizer", "train.schedule"}  # may be written as just their name
 PLUGIN_KINDS = {"dataset": "datasets", "model": "models", "method": "methods", "loss": "losses"}
@@ -263,7 +272,18 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def set_dotted(doc: dict, key: str, value: Any) -> None:
-    """Set ``a.b.c`` in a nested dict; a plugin written as a bare name becomes ``{name: ...}`` first."""
+    """Set ``a.b.c`` in a nested dict; a plugin written as a bare name becomes ``{name: ...}`` first.
+
+    ``grid.KEY`` addresses the grid entry ``KEY`` whole, dots included (``--set grid.dataset.fraction=[0.1]``
+    sets the grid's ``dataset.fraction`` list, adding the axis when the grid has none); ``grid`` replaces the
+    grid. A grid written as a list of mappings is replaced whole (``--set grid=[...]``)."""
+    if key.startswith("grid.") and len(key) > 5:
+        grid = doc.get("grid")
+        if isinstance(grid, list):
+            raise MixcliError(f"--set {key}: the grid is a list of mappings, so no single entry '{key[5:]}' "
+                              "can be addressed; replace the whole grid with --set 'grid=[{...}, ...]'")
+        doc["grid"] = {**(grid if isinstance(grid, dict) else {}), key[5:]: value}
+        return
     parts = key.split(".")
     cur = doc
     for i, part in enumerate(parts[:-1]):
@@ -290,6 +310,7 @@ class Experiment:
     grid: dict[str, list] | list[dict[str, list]]
     seeds: list[int]
     lines: Lines = field(repr=False)
+    log: dict = field(default_factory=dict)  # loggers {name: uri or None} (mixcli.loggers)
 
 
 class Validator:
@@ -521,7 +542,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
             v.error("grid", f"grid keys must be dotted key names such as train.epochs, got {k!r}")
         elif not isinstance(values, list) or not values:
             v.error(f"grid.{k}", f"expected a non-empty list of values, got {_short_repr(values)}")
-        elif head not in SCHEMA or head in ("name", "grid", "seeds", "out"):
+        elif head not in SCHEMA or head in ("name", "grid", "seeds", "out", "log"):
             v.error(f"grid.{k}", f"cannot vary '{k}' in a grid{did_you_mean(head, SCHEMA) if head not in SCHEMA else ''}")
     v.raise_if_errors()
     grid_keys = [k for g in grids for k in g]
@@ -533,11 +554,14 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     _check_shadowed(doc, grid_keys, set_keys, v)
     v.raise_if_errors()
     out = resolve_path(doc["out"], path, "out" in set_keys) if doc.get("out") else Path("results") / doc["name"]
-    base = {k: val for k, val in doc.items() if k not in ("grid", "seeds", "out")}
+    base = {k: val for k, val in doc.items() if k not in ("grid", "seeds", "out", "log")}
     for k in grid_keys:
-        lines.origin.setdefault(k, f"grid.{k}" + (f" (line {lines.lines[f'grid.{k}']})"
-                                                  if f"grid.{k}" in lines.lines else ""))
-    return Experiment(str(path), doc["name"], out, base, grid, seeds, lines)
+        lines.origin.setdefault(k, lines.origin.get(f"grid.{k}") or f"grid.{k}" + (
+            f" (line {lines.lines[f'grid.{k}']})" if f"grid.{k}" in lines.lines else ""))
+    from .loggers import parse_log
+
+    log = parse_log(doc.get("log"), lines.at("log"))
+    return Experiment(str(path), doc["name"], out, base, grid, seeds, lines, log)
 
 
 def check_name(name: Any, error) -> None:
@@ -622,6 +646,7 @@ def resolve(doc: dict, lines: Lines) -> dict:
     cfg["loss"] = v.plugin("loss", "losses", doc.get("loss", DEFAULT_LOSS[task]), task)
     cfg["train"] = v.section("train", SCHEMA["train"], doc.get("train"))
     cfg["eval"] = v.section("eval", SCHEMA["eval"], doc.get("eval"))
+    cfg["checkpoint"] = v.section("checkpoint", SCHEMA["checkpoint"], doc.get("checkpoint"))
     cfg["init_from"] = finetune.check_init_from(doc.get("init_from"), v.error)
     finetune.check_train(doc.get("train"), cfg["train"], v.error)
     if cfg["eval"].get("selection") is None:

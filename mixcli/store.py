@@ -60,6 +60,14 @@ RUN_COLUMNS: dict[str, str] = {
     "device": "the device the run trained on", "mixcli_version": "the mixcli version that ran it",
     "started_at": "UTC time of the first start", "finished_at": "UTC time of completion",
 }
+# provenance (mixcli.provenance)
+RUN_COLUMNS.update({
+    "git_commit": "HEAD of the experiment file's git repository (empty outside one)",
+    "git_dirty": "whether that repository's tracked files differed from HEAD (or the file was untracked)",
+    "torch_version": "the torch version", "cuda_version": "torch's CUDA version (empty for a CPU build)",
+    "gpu": "the GPU's name when the run trained on CUDA",
+    "plugin_versions": "JSON {package: version} of the packages whose plugins the run used",
+})
 for _rule in ("final", "best"):
     for _s in SPLITS:
         for _m in SCALARS:
@@ -77,6 +85,8 @@ _STRINGS = {"run_id", "experiment", "method", "dataset", "model", "loss", "task"
             "best_on", "selection", "device", "mixcli_version", "started_at", "finished_at"}
 _INTS = {"seed", "epochs", "best_epoch", "epoch", "attempts", "pid"}
 _STRINGS |= {"error_plugin", "host"}
+_STRINGS |= {"git_commit", "torch_version", "cuda_version", "gpu", "plugin_versions"}
+_BOOLS = {"git_dirty"}
 
 
 def _arrow_type(col: str) -> pa.DataType:
@@ -84,6 +94,8 @@ def _arrow_type(col: str) -> pa.DataType:
         return pa.string()
     if col in _INTS:
         return pa.int64()
+    if col in _BOOLS:
+        return pa.bool_()
     if col.endswith(LIST_METRICS):
         return pa.list_(pa.float64())
     return pa.float64()
@@ -102,6 +114,8 @@ def _frame(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
             data[col] = pd.Series([None if v is None else str(v) for v in vals], dtype="object")
         elif col in _INTS:
             data[col] = pd.Series([-1 if v is None else int(v) for v in vals], dtype="int64")
+        elif col in _BOOLS:
+            data[col] = pd.Series([None if v is None or v != v else bool(v) for v in vals], dtype="object")
         elif col.endswith(LIST_METRICS):
             data[col] = pd.Series([[float(x) for x in v] if v is not None else [] for v in vals], dtype="object")
         else:
@@ -199,7 +213,7 @@ class Store:
         return n
 
     def write_config(self, run_id: str, cfg: dict) -> None:
-        text = yaml.safe_dump(cfg, sort_keys=False).encode()
+        text = config_yaml(cfg).encode()
         atomic_write(self.job_dir(run_id) / "config.yaml", lambda f: f.write(text))
 
     # ----------------------------------------------------------------------------------------- checkpoints
@@ -221,6 +235,11 @@ class Store:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - a corrupt checkpoint means starting over, not crashing
             return None
+
+
+def config_yaml(cfg: dict) -> str:
+    """A resolved configuration as YAML, as saved in ``jobs/<run_id>/config.yaml`` and printed by ``show``."""
+    return yaml.safe_dump(cfg, sort_keys=False)
 
 
 def readable(path: Path) -> bool:

@@ -207,6 +207,15 @@ def test_terminal_chart_and_table_fit_80_columns(tmp_path):
     assert cells["best ep"][cells["group"].index("mixup fraction=0.1")] in {f"{e}/40" for e in range(10, 17)}
 
 
+def test_chart_caption_promises_bold_yellow_only_with_colour(tmp_path):
+    cv = load_curves(make_results(tmp_path / "r", off=True))
+    for use_color, promise in ((True, "best epoch in bold yellow"), (False, "best epoch as named above each chart")):
+        con = Console(width=120, record=True, color_system=None)
+        con.print(render_chart(cv, width=120, height=2, use_color=use_color))
+        text = " ".join(con.export_text().split())
+        assert promise in text and ("bold yellow" in text) == use_color
+
+
 def test_braille_line_and_ticks():
     # a rising diagonal on a 2 x 1 cell grid: bottom-left dot in the first cell, top-right in the last
     grid = braille_rows([0, 1], [0, 1], width=2, height=1, x_range=(0, 1), y_range=(0, 1))

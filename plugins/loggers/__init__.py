@@ -1,0 +1,1 @@
+"""Built-in loggers: MLflow and TensorBoard (optional extras)."""
