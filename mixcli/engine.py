@@ -20,6 +20,7 @@ from . import __version__, finetune
 from .api import Context, DataBundle, MixOutput, PluginError
 from .data import DeviceData
 from .errors import MixcliError
+from .evaluate import Evaluations
 from .jobs import Job
 from .metrics import classification_metrics, regression_metrics
 from .registry import REGISTRY
@@ -188,6 +189,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
     store.write_run({**base_row, "status": "running", "epochs": len(rows)})
     progress.start(job, n_epochs, steps, start)
     every = cfg["eval"]["every"]
+    extra = Evaluations(cfg, dd, autocast, store.job_dir(job.run_id), n_epochs)  # evaluator plugins (#14)
     for epoch in range(start, n_epochs + 1):
         t0 = time.perf_counter()
         ctx.epoch = epoch
@@ -212,6 +214,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
                 if split in dd.splits:
                     m = evaluate(model, dd, split, task, cfg["eval"]["batch_size"], autocast)
                     row.update({f"{split}_{k}": v for k, v in m.items()})
+            row.update(extra.after_eval(model, epoch))
         wall += time.perf_counter() - t0
         row["time_s"] = time.perf_counter() - t0
         rows.append(row)

@@ -94,7 +94,11 @@ def check_train(doc_train: Any, train: dict, error) -> None:
 
 def hashed_config(cfg: dict) -> dict:
     """The part of a resolved config that identifies a run: of ``init_from`` only the parent's run id (not
-    how it was referred to, nor where its checkpoint lies)."""
+    how it was referred to, nor where its checkpoint lies); ``eval.extra``/``extra_every`` only when evaluators
+    are listed (so runs without them keep the ids they had before evaluators existed)."""
+    ev = cfg.get("eval")
+    if isinstance(ev, dict) and not ev.get("extra") and ("extra" in ev or "extra_every" in ev):
+        cfg = {**cfg, "eval": {k: v for k, v in ev.items() if k not in ("extra", "extra_every")}}
     init = cfg.get("init_from")
     if not init or "parent" not in init:
         return cfg

@@ -1,9 +1,9 @@
 """Plugin discovery through Python entry points.
 
-Groups: ``mixcli.methods``, ``mixcli.datasets``, ``mixcli.models``, ``mixcli.losses``. Discovery is lazy: listing
-names reads package metadata only, and a plugin is imported the first time it is used. A plugin that fails to
-import is reported (by ``mixcli list`` and by a run that names it) and never breaks the others. Two packages
-registering the same name in one group is an error that names both packages.
+Groups: ``mixcli.methods``, ``mixcli.datasets``, ``mixcli.models``, ``mixcli.losses``, ``mixcli.evaluators``.
+Discovery is lazy: listing names reads package metadata only, and a plugin is imported the first time it is
+used. A plugin that fails to import is reported (by ``mixcli list`` and by a run that names it) and never breaks
+the others. Two packages registering the same name in one group is an error that names both packages.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from typing import Any
 from .errors import MixcliError, did_you_mean
 
 KINDS = {"methods": "mixcli.methods", "datasets": "mixcli.datasets", "models": "mixcli.models",
-         "losses": "mixcli.losses"}
-SINGULAR = {"methods": "method", "datasets": "dataset", "models": "model", "losses": "loss"}
+         "losses": "mixcli.losses", "evaluators": "mixcli.evaluators"}
+SINGULAR = {"methods": "method", "datasets": "dataset", "models": "model", "losses": "loss",
+            "evaluators": "evaluator"}
 #: constructor arguments the engine supplies itself (not user options)
 ENGINE_ARGS = {"models": ("in_shape", "out_dim")}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import MixcliError, did_you_mean
-from .metrics import METRICS
+from .evaluate import all_metrics
 from .selection import RULES, select
 from .store import read_table
 
@@ -141,8 +141,8 @@ def compare(out: Path | str, by: list[str] | None = None, metrics: list[str] | N
             raise MixcliError(f"--by {key}: no such column or configuration key{did_you_mean(key, known)}")
     if metrics:
         for m in metrics:
-            if m not in METRICS:
-                raise MixcliError(f"--metric {m}: unknown metric{did_you_mean(m, METRICS)}")
+            if m not in all_metrics():
+                raise MixcliError(f"--metric {m}: unknown metric{did_you_mean(m, all_metrics())}")
     else:
         metrics = DEFAULT_METRICS[task]
     epochs = read_table(out, "epochs")
@@ -165,7 +165,7 @@ def compare(out: Path | str, by: list[str] | None = None, metrics: list[str] | N
     for m in metrics:
         col = table[f"{m}_mean"]
         if col.notna().any():
-            best[m] = col.idxmax() if METRICS[m].higher_is_better else col.idxmin()
+            best[m] = col.idxmax() if all_metrics()[m].higher_is_better else col.idxmin()
     title = f"{runs['experiment'].iloc[0]}: {split} metrics at the {label}, mean ± std over seeds"
     return Comparison(table, by, metrics, title, label, best, notes)
 
@@ -173,12 +173,12 @@ def compare(out: Path | str, by: list[str] | None = None, metrics: list[str] | N
 def fmt_value(metric: str, v: float) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
-    info = METRICS[metric]
+    info = all_metrics()[metric]
     return f"{v * 100:.2f}" if info.percent else f"{v:.4f}"
 
 
 def header(metric: str) -> str:
-    info = METRICS[metric]
+    info = all_metrics()[metric]
     arrow = "↑" if info.higher_is_better else "↓"
     return f"{metric}{' %' if info.percent else ''} {arrow}"
 

@@ -30,6 +30,10 @@ Top-level keys (defaults in brackets)::
       batch_size: int > 0              [1024]
       selection: final|best|median_last10   the epoch rule reports use by default [final for
                                        classification, best (best validation epoch) for regression]
+      extra: [NAME or {name: NAME, <option>: value}, ...]   [[]] evaluator plugins (`mixcli list
+                                       evaluators`: fgsm, pgd, corruptions, ood, calibration), each at most
+                                       once; run after the final epoch's evaluation (mixcli.evaluate)
+      extra_every: int > 0 or null     [null] also run them every N epochs (a multiple of eval.every)
     seeds: [int, ...] or a count N     [[0]] (a count means seeds 0..N-1)
     grid: {dotted.key: [v1, v2, ...]}  ablation: the cartesian product of all values (any key, e.g. method);
                                        a list of such mappings runs the union of their products
@@ -143,6 +147,8 @@ SCHEMA: dict[str, Any] = {
         "every": Check("int", 1, low=1),
         "batch_size": Check("int", 1024, low=1),
         "selection": Check("str", None, choices=RULES, nullable=True),
+        "extra": Check("list", []),
+        "extra_every": Check("int", None, low=1, nullable=True),
     },
     "seeds": Check("seeds", [0]),
     "grid": Check("grid", {}),
@@ -167,6 +173,10 @@ class Lines:
                 key = f"{prefix}.{k.value}" if prefix else str(k.value)
                 self.lines[key] = k.start_mark.line + 1
                 self.record(v, key)
+        elif isinstance(node, yaml.SequenceNode) and prefix:  # list items as prefix.0, prefix.1, ...
+            for i, item in enumerate(node.value):
+                self.lines[f"{prefix}.{i}"] = item.start_mark.line + 1
+                self.record(item, f"{prefix}.{i}")
 
     def at(self, key: str) -> str:
         if key in self.origin:
@@ -324,7 +334,7 @@ class Validator:
                 self.error(f"{key}.off_after_epoch", f"expected an integer >= 0 or null, got {t!r}")
             resolved["off_after_epoch"] = t
         supported = getattr(cls, "tasks", None) or (getattr(cls, "task", None),)
-        if kind in ("methods", "losses", "datasets") and task not in supported:
+        if kind in ("methods", "losses", "datasets", "evaluators") and task not in supported:
             self.error(key, f"{kind[:-1]} '{value['name']}' supports task {', '.join(map(str, supported))}, "
                        f"not {task}")
         if not self.errors:
@@ -442,6 +452,7 @@ def resolve(doc: dict, lines: Lines) -> dict:
     cfg["loss"] = v.plugin("loss", "losses", doc.get("loss", DEFAULT_LOSS[task]), task)
     cfg["train"] = v.section("train", SCHEMA["train"], doc.get("train"))
     cfg["eval"] = v.section("eval", SCHEMA["eval"], doc.get("eval"))
+    check_extra(v, cfg["eval"], task)
     cfg["init_from"] = finetune.check_init_from(doc.get("init_from"), v.error)
     finetune.check_train(doc.get("train"), cfg["train"], v.error)
     if cfg["eval"].get("selection") is None:
@@ -457,6 +468,34 @@ def resolve(doc: dict, lines: Lines) -> dict:
                 f"expected fewer warm-up epochs than train.epochs ({epochs}), got {sched['warmup_epochs']}")
     v.raise_if_errors()
     return cfg
+
+
+def check_extra(v: Validator, ev: dict, task: str) -> None:
+    """Validate ``eval.extra`` (evaluator plugins and their options, each named once) and ``eval.extra_every``."""
+    from .evaluate import metric_clashes
+
+    items = ev.get("extra")
+    if not isinstance(items, list):
+        return  # already reported by the type check
+    resolved, seen = [], set()
+    for i, item in enumerate(items):
+        key = f"eval.extra.{i}"
+        spec = v.plugin(key, "evaluators", item, task)
+        if spec is None:
+            continue
+        if spec["name"] in seen:
+            v.error(key, f"evaluator '{spec['name']}' is listed twice; its metrics have fixed names, so list "
+                         "it once (vary its options with a grid instead)")
+        seen.add(spec["name"])
+        why = metric_clashes(spec["name"], REGISTRY.get("evaluators", spec["name"]))
+        if why:
+            v.error(key, why)
+        resolved.append(spec)
+    ev["extra"] = resolved
+    every, base = ev.get("extra_every"), ev.get("every")
+    if isinstance(every, int) and isinstance(base, int) and every >= 1 and base >= 1 and every % base:
+        v.error("eval.extra_every", f"expected a multiple of eval.every ({base}): evaluators run after a regular "
+                                    f"evaluation, got {every}")
 
 
 def run_id(cfg: dict) -> str:
