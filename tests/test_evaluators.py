@@ -345,7 +345,8 @@ def test_evaluators_leave_model_and_rngs_untouched(tmp_path):
 WITH_EXTRA = TINY.replace("method: erm", "method: {name: mixup, alpha: 1.0}").replace("epochs: 3", "epochs: 4") + """\
 eval:
   extra_every: 1
-  extra: [fgsm, {name: pgd, steps: 2}, {name: ood, dataset: gaussian_noise}, {name: corruptions, severities: [3]}]
+  extra: [fgsm, {name: pgd, steps: 2}, {name: ood, dataset: gaussian_noise}, {name: corruptions, severities: [3]},
+          calibration]
 """
 
 
@@ -384,6 +385,17 @@ def test_a_run_with_evaluators_trains_identically_and_resumes_identically(cli, w
     assert code == 0 and "pgd_accuracy % ↑" in text and "ood_msp_fpr95 % ↓" in text
     code, text = cli("curves", tmp_path / "full", "--metric", "fgsm_accuracy")
     assert code == 0 and "fgsm_accuracy" in text
+
+    # the reliability diagram of the calibration evaluator's bins
+    png = tmp_path / "rel.png"
+    code, text = cli("reliability", tmp_path / "full", "--png", png)
+    assert code == 0 and "ECE % after T" in text and png.stat().st_size > 10_000
+    from PIL import Image
+    assert Image.open(png).size[0] > 300
+    ece = 100 * runs["final_test_ece"].iloc[0]
+    assert f"{ece:.2f}" in text  # the pooled bins of one run reproduce its ECE
+    code, text = cli("reliability", tmp_path / "plain")
+    assert code == 2 and "add 'calibration' to eval.extra" in " ".join(text.split())
 
 
 # ------------------------------------------------------------------------------------------------- spec
