@@ -31,8 +31,8 @@ class OOD(Evaluator):
     ``ood_<score>_fpr95`` (the fraction of OOD images accepted at the threshold that keeps 95% of ID images),
     defined in :mod:`mixcli.metrics`. RegMixup (Pinto et al., NeurIPS 2022) reports these for mixup.
 
-    ``dataset``: a registered dataset (a name or ``{name: ..., <option>: ...}``; its test split, same image
-    shape as the ID data, e.g. ``svhn`` against ``cifar10``, ``fashion_mnist`` against ``mnist``), or the
+    ``dataset``: a registered dataset (its options in ``dataset_options``; its test split, same image shape
+    as the ID data, e.g. ``svhn`` against ``cifar10``, ``fashion_mnist`` against ``mnist``), or the
     synthetic ``uniform_noise`` (pixels U[0, 1]) or ``gaussian_noise`` (N(0.5, 1) clipped to [0, 1], the
     synthetic outliers of Hendrycks et al., Outlier Exposure, ICLR 2019), as many images as the ID test split,
     drawn from the evaluator's private generator. ``max_images`` caps the OOD set (its first images).
@@ -44,10 +44,14 @@ class OOD(Evaluator):
         metric(f"ood_{s}_aupr", True, percent=True, doc=f"average precision (AUPR-In) of the {s} score"),
         metric(f"ood_{s}_fpr95", False, percent=True, doc=f"OOD accepted at 95% ID recall, {s} score")))
 
-    def __init__(self, dataset="uniform_noise", temperature: float = 1.0, max_images: int = None):
-        spec = {"name": dataset} if isinstance(dataset, str) else dataset
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise PluginError(f"dataset must be a dataset name or a mapping with 'name:', got {dataset!r}")
+    def __init__(self, dataset: str = "uniform_noise", dataset_options: dict = {}, temperature: float = 1.0,
+                 max_images: int = None):
+        if not isinstance(dataset, str) or not isinstance(dataset_options, dict):
+            raise PluginError(f"dataset must be a dataset name and dataset_options a mapping, got {dataset!r} "
+                              f"and {dataset_options!r}")
+        spec = {**dataset_options, "name": dataset}
+        if dataset in SYNTHETIC and dataset_options:
+            raise PluginError(f"{dataset} takes no dataset_options")
         if spec["name"] not in SYNTHETIC:
             cls = dataset_class(spec["name"])
             try:
