@@ -428,3 +428,40 @@ def test_evaluator_metrics_are_declared_with_directions():
     assert not metrics["ts_ece"].higher_is_better and metrics["corruption_accuracy"].percent
     from mixcli.store import EPOCH_COLUMNS, RUN_COLUMNS
     assert "test_pgd_accuracy" in EPOCH_COLUMNS and "best_test_ood_msp_auroc" in RUN_COLUMNS
+
+
+def test_a_metric_name_clash_is_reported():
+    from mixcli.api import Evaluator, metric
+    from mixcli.evaluate import metric_clashes
+
+    class Clashing(Evaluator):
+        metrics = (metric("accuracy", True),)
+
+    class Stealing(Evaluator):
+        metrics = (metric("fgsm_accuracy", True),)
+
+    class Silent(Evaluator):
+        pass
+
+    assert "'accuracy', which is a built-in metric" in metric_clashes("mine", Clashing)
+    assert "already declared by 'fgsm'" in metric_clashes("mine", Stealing)
+    assert "declares no metrics" in metric_clashes("mine", Silent)
+    assert metric_clashes("fgsm", REGISTRY.get("evaluators", "fgsm")) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_attacks_run_in_bf16_autocast_on_cuda_and_leave_the_cuda_rng_alone():
+    dev = torch.device("cuda")
+    data = _digits()
+    model = REGISTRY.get("models", "cnn")(data.input_shape, 10, width=8).to(dev)
+    model = model.to(memory_format=torch.channels_last).eval()
+    dd = DeviceData(data, dev, 0)
+    cfg = {"task": "classification", "seed": 0, "eval": {"batch_size": 128, "extra_every": None, "extra": [
+        {"name": "fgsm", "eps": 8.0}, {"name": "pgd", "eps": 8.0, "steps": 3}, {"name": "corruptions"},
+        {"name": "ood"}, {"name": "calibration"}]}}
+    cuda_rng = torch.cuda.get_rng_state()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = Evaluations(cfg, dd, autocast_for(dev, True), None, 1).after_eval(model, 1)
+    assert 0 <= out["test_pgd_accuracy"] <= out["test_fgsm_accuracy"] + 0.05 and 0 <= out["test_ts_ece"] <= 1
+    assert torch.equal(cuda_rng, torch.cuda.get_rng_state())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
