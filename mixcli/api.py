@@ -286,8 +286,8 @@ class EvalContext:
     ``generator`` is a private random generator on the device, seeded from the run's seed, the epoch and the
     evaluator's name: an evaluator draws from it (never from the global or the training generators), so its
     results are reproducible and training is not perturbed. ``autocast()`` is the run's autocast context
-    (bf16 on CUDA by default). ``load_dataset(spec)`` loads another registered dataset
-    (``{"name": ..., **options}``). ``artifacts_dir`` is the run's directory (``OUT/jobs/<run_id>``).
+    (bf16 on CUDA by default). ``artifacts_dir`` is the run's directory (``OUT/jobs/<run_id>``). Another
+    registered dataset is loaded with :func:`dataset_class` (e.g. for OOD detection).
     """
 
     task: str
@@ -304,7 +304,6 @@ class EvalContext:
     generator: torch.Generator
     autocast: Callable[[], Any]
     to_input: Callable[[torch.Tensor], torch.Tensor]
-    load_dataset: Callable[[dict], DataBundle]
     artifacts_dir: Path | None = None
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
@@ -347,6 +346,10 @@ class Evaluator(Plugin):
 
     metrics: ClassVar[tuple[MetricInfo, ...]] = ()
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
+
+    def check(self, data: DataBundle) -> None:
+        """Raise a PluginError if this evaluator cannot run on ``data``; called when a run starts, before
+        training (so a missing validation split does not surface only after the last epoch)."""
 
     def __call__(self, model: Model, ctx: EvalContext) -> dict[str, float]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -23,7 +23,7 @@ import zlib
 import numpy as np
 import torch
 
-from .api import DataBundle, EvalContext, Evaluator, PluginError
+from .api import EvalContext, Evaluator, PluginError
 from .errors import MixcliError
 from .metrics import METRICS, MetricInfo
 from .registry import REGISTRY
@@ -107,30 +107,23 @@ def private_generator(device: torch.device, seed: int, epoch: int, name: str) ->
 
 
 # ------------------------------------------------------------------------------------------------- hook
-def _load_dataset(spec: dict) -> DataBundle:
-    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-    cls = REGISTRY.get("datasets", spec.pop("name"))
-    try:
-        return cls(**spec).load()
-    except PluginError as exc:
-        raise MixcliError(f"dataset '{cls.__name__}': {exc}") from None
-
-
 class Evaluations:
     """The evaluators of one run (``cfg["eval"]["extra"]``), built once; the engine calls
     :meth:`after_eval` after each regular evaluation."""
 
     def __init__(self, cfg: dict, dd, autocast, artifacts_dir, epochs: int) -> None:
-        ev = cfg["eval"]
-        self.specs = list(ev.get("extra") or [])
-        self.every = ev.get("extra_every")
+        conf = cfg["eval"]
+        self.specs = list(conf.get("extra") or [])
+        self.every = conf.get("extra_every")
         self.cfg, self.dd, self.autocast, self.epochs = cfg, dd, autocast, epochs
         self.artifacts_dir = artifacts_dir
         self.plugins: list[tuple[str, Evaluator]] = []
         for spec in self.specs:
             cls = REGISTRY.get("evaluators", spec["name"])
             try:
-                self.plugins.append((spec["name"], cls(**{k: v for k, v in spec.items() if k != "name"})))
+                ev = cls(**{k: v for k, v in spec.items() if k != "name"})
+                ev.check(dd.data)
+                self.plugins.append((spec["name"], ev))
             except PluginError as exc:
                 raise MixcliError(f"evaluator '{spec['name']}': {exc}") from None
 
@@ -145,7 +138,7 @@ class Evaluations:
             epochs=self.epochs, seed=self.cfg["seed"], name=name,
             generator=private_generator(dd.device, self.cfg["seed"], epoch, name), autocast=self.autocast,
             to_input=(lambda p: dd.normalize(p * 255.0)) if dd.images else (lambda p: p),
-            load_dataset=_load_dataset, artifacts_dir=self.artifacts_dir)
+            artifacts_dir=self.artifacts_dir)
 
     def after_eval(self, model: torch.nn.Module, epoch: int) -> dict[str, float]:
         """``{"test_<metric>": value}`` of every evaluator when ``epoch`` is due, else ``{}``."""

@@ -290,6 +290,8 @@ def test_ood_against_the_same_test_set_is_chance_and_noise_is_easy():
     out, _ = _run_eval(model, data, [{"name": "ood", "dataset": "uniform_noise"}])
     assert set(out) == {f"test_{m.name}" for m in REGISTRY.get("evaluators", "ood").metrics}
     assert all(0 <= v <= 1 for v in out.values())
+    with pytest.raises(Exception, match=r"inputs \(10,\) \(torch.float32\).*\(1, 8, 8\).*must match"):
+        _run_eval(model, data, [{"name": "ood", "dataset": "diabetes"}])  # checked before any training
 
 
 def test_calibration_metrics_and_artifact(tmp_path):

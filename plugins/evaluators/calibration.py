@@ -42,10 +42,12 @@ class Calibration(Evaluator):
             raise PluginError(f"bins must be an integer >= 1, got {bins!r}")
         self.bins = bins
 
-    def __call__(self, model, ctx: EvalContext) -> dict[str, float]:
-        if "val" not in ctx.splits:
+    def check(self, data) -> None:
+        if data.val is None or len(data.val) == 0:
             raise PluginError("calibration fits the temperature on the validation split, and this dataset has "
                               "none; give the dataset a val_size > 0")
+
+    def __call__(self, model, ctx: EvalContext) -> dict[str, float]:
         zv, yv = ctx.predict(model, "val")
         zt, yt = ctx.predict(model, "test")
         zv, yv, zt, yt = (a.cpu().double().numpy() for a in (zv, yv, zt, yt))

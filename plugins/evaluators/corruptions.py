@@ -20,6 +20,7 @@ all on the device and batched:
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -125,7 +126,8 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, 1)
 
 
-def _box_matrix(n_in: int, n_out: int, device) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def _box_matrix(n_in: int, n_out: int) -> torch.Tensor:
     """PIL's BOX resampling from n_in to n_out samples as an (n_out, n_in) matrix (ImagingResample's
     coefficients: support 0.5 * scale, box weights 1 on (-0.5, 0.5], each row normalized)."""
     scale = n_in / n_out
@@ -140,12 +142,12 @@ def _box_matrix(n_in: int, n_out: int, device) -> torch.Tensor:
             u = (j - center + 0.5) / fs
             m[i, j] = 1.0 if -0.5 < u <= 0.5 else 0.0
         m[i] /= m[i].sum()
-    return m.float().to(device)
+    return m.float()
 
 
 def _resize_box(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    rh = _box_matrix(x.shape[2], h, x.device)
-    rw = _box_matrix(x.shape[3], w, x.device)
+    rh = _box_matrix(x.shape[2], h).to(x.device)
+    rw = _box_matrix(x.shape[3], w).to(x.device)
     return torch.round(torch.einsum("ij,bcjk,lk->bcil", rh, x, rw) * 255.0) / 255.0  # PIL rounds to uint8
 
 
@@ -305,9 +307,11 @@ class Corruptions(Evaluator):
             raise PluginError(f"path must be a folder (a string), got {path!r}")
         self.corruptions, self.severities, self.path = list(corruptions), list(severities), path
 
-    def __call__(self, model, ctx: EvalContext) -> dict[str, float]:
-        if not ctx.images:
+    def check(self, data) -> None:
+        if data.test.x.dtype != torch.uint8 or data.test.x.dim() != 4:
             raise PluginError("corruptions need an image dataset (uint8 images), not float features")
+
+    def __call__(self, model, ctx: EvalContext) -> dict[str, float]:
         acc = self._released(model, ctx) if self.path else self._generated(model, ctx)
         out = {f"corruption_{c}": float(np.mean(a)) for c, a in acc.items() if c in GENERATED}
         out["corruption_accuracy"] = float(np.mean([np.mean(a) for a in acc.values()]))

@@ -64,7 +64,23 @@ class OOD(Evaluator):
                                        or max_images < 1):
             raise PluginError(f"max_images must be an integer >= 1 or null, got {max_images!r}")
         self.max_images = max_images
-        self._ood = None  # the loaded OOD images (kept across evaluations of one run)
+        self._x = None  # the OOD test inputs, loaded once per run
+
+    def check(self, data) -> None:
+        if self.spec["name"] in SYNTHETIC:
+            return
+        x, test = self._load(), data.test.x
+        if x.dtype != test.dtype or tuple(x.shape[1:]) != tuple(test.shape[1:]):
+            raise PluginError(f"OOD dataset {self.spec['name']!r} has inputs {tuple(x.shape[1:])} ({x.dtype}), "
+                              f"the in-distribution data {tuple(test.shape[1:])} ({test.dtype}); they must match")
+
+    def _load(self) -> torch.Tensor:
+        """The OOD dataset's test inputs (its first ``max_images``), loaded once."""
+        if self._x is None:
+            cls = dataset_class(self.spec["name"])
+            x = cls(**{k: v for k, v in self.spec.items() if k != "name"}).load().test.x
+            self._x = x[: self.max_images] if self.max_images else x
+        return self._x
 
     def _ood_images(self, ctx: EvalContext) -> torch.Tensor:
         test = ctx.splits["test"].x
@@ -75,14 +91,8 @@ class OOD(Evaluator):
             if name == "uniform_noise":
                 return torch.rand(shape, device=ctx.device, generator=ctx.generator)
             return (0.5 + torch.randn(shape, device=ctx.device, generator=ctx.generator)).clamp(0, 1)
-        if self._ood is None:
-            data = ctx.load_dataset(self.spec)
-            x = data.test.x[: self.max_images] if self.max_images else data.test.x
-            if x.dtype != test.dtype or tuple(x.shape[1:]) != tuple(test.shape[1:]):
-                raise PluginError(f"OOD dataset {name!r} has inputs {tuple(x.shape[1:])} ({x.dtype}), the "
-                                  f"in-distribution data {tuple(test.shape[1:])} ({test.dtype}); they must match")
-            self._ood = x.to(ctx.device)
-        return ctx.pixels(self._ood)
+        self.check(ctx.data)
+        return ctx.pixels(self._x.to(ctx.device))
 
     def __call__(self, model, ctx: EvalContext) -> dict[str, float]:
         logits_in, _ = ctx.predict(model, "test")
