@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import time
 from datetime import datetime, timezone
 from typing import Protocol
@@ -19,7 +21,7 @@ import torch
 from . import __version__, finetune
 from .api import Context, DataBundle, MixOutput, PluginError
 from .data import DeviceData
-from .errors import MixcliError
+from .errors import MixcliError, RunFailed
 from .evaluate import Evaluations
 from .jobs import Job
 from .metrics import classification_metrics, regression_metrics
@@ -127,13 +129,15 @@ def _seed_all(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def run_job(job: Job, store: Store, device: torch.device, progress: Progress | None = None) -> dict:
-    """Train ``job`` to completion (resuming from its checkpoint), record it, and return its runs row."""
+def run_job(job: Job, store: Store, device: torch.device, progress: Progress | None = None,
+            attempt: int = 1) -> dict:
+    """Train ``job`` to completion (resuming from its checkpoint), record it, and return its runs row.
+
+    The caller holds the run's claim (:mod:`mixcli.execution`). ``attempt`` counts the training starts of
+    this run (recorded as ``attempts``). A checkpoint of the last epoch rebuilds the result files without
+    training. A loss that is not finite raises :class:`RunFailed`."""
     progress = progress or _Quiet()
     cfg = job.config
-    prev = store.run_row(job.run_id)
-    if prev is not None and prev.get("status") == "finished":
-        return prev
     task, train_cfg, seed = cfg["task"], cfg["train"], cfg["seed"]
     _seed_all(seed)
     try:
@@ -161,6 +165,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
     opt, sched = build_optimizer(model, train_cfg, steps, budget.total)
     bf16 = train_cfg["precision"] == "bf16" or (train_cfg["precision"] == "auto" and device.type == "cuda")
     autocast = autocast_for(device, bf16)
+    extra = Evaluations(cfg, dd, autocast, store.job_dir(job.run_id), n_epochs)  # evaluator plugins (#14)
 
     ctx = Context(task=task, num_classes=data.num_classes, device=device, rng=np.random.default_rng(seed),
                   train=dd.train, fetch=dd.fetch, epochs=n_epochs, data=data, model=model,
@@ -179,17 +184,19 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
         rows = json.loads(ckpt["rows"])
         start, wall, started_at = ckpt["epoch"] + 1, ckpt["wall"], ckpt["started_at"]
         ctx.step = ckpt["step"]
+        if start > n_epochs:  # all epochs done: only the result files are rebuilt, nothing trains
+            attempt = int(ckpt.get("attempts", attempt - 1))
     method.setup(ctx)
     if ckpt is not None and hasattr(method, "load_state_dict") and "method" in ckpt:
         method.load_state_dict(ckpt["method"])
     if train_cfg["compile"]:
         compile_stages(model)
-    base_row = {**identity_row(job, device), "started_at": started_at}
+    base_row = {**identity_row(job, device), "started_at": started_at, "attempts": attempt,
+                "host": socket.gethostname(), "pid": os.getpid()}
     store.write_config(job.run_id, cfg)
     store.write_run({**base_row, "status": "running", "epochs": len(rows)})
     progress.start(job, n_epochs, steps, start)
     every = cfg["eval"]["every"]
-    extra = Evaluations(cfg, dd, autocast, store.job_dir(job.run_id), n_epochs)  # evaluator plugins (#14)
     for epoch in range(start, n_epochs + 1):
         t0 = time.perf_counter()
         ctx.epoch = epoch
@@ -206,8 +213,8 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
             progress.step()
         train_loss = float(loss_sum) / budget.steps(epoch)
         if not math.isfinite(train_loss):
-            raise MixcliError(f"run {job.run_id}: the training loss became {train_loss} in epoch {epoch}; "
-                              "lower train.optimizer.lr or check the data")
+            raise RunFailed(f"the training loss became {train_loss} in epoch {epoch}; lower "
+                            "train.optimizer.lr or check the data")
         row = {"epoch": epoch, "train_loss": train_loss, "lr": opt.param_groups[0]["lr"]}
         if epoch % every == 0 or epoch == n_epochs:
             for split in SPLITS:
@@ -223,13 +230,15 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "torch_rng": torch.get_rng_state(), "data_rng": dd.generator.get_state().cpu(),
             "method_rng": json.dumps(ctx.rng.bit_generator.state), "rows": json.dumps(rows),
-            "epoch": epoch, "wall": wall, "started_at": started_at, "step": ctx.step,
+            "epoch": epoch, "wall": wall, "started_at": started_at, "step": ctx.step, "attempts": attempt,
         }
         if hasattr(method, "state_dict"):
             state["method"] = method.state_dict()
         store.save_checkpoint(job.run_id, _uncompiled(state))
         progress.epoch(epoch, row)
-    evaluated = pd.DataFrame([r for r in rows if "test_" + PRIMARY[task] in r])
+    evaluated_rows = [r for r in rows if "test_" + PRIMARY[task] in r]
+    store.write_epochs(job.run_id, evaluated_rows)  # (again: rebuilds a damaged file of a finished run)
+    evaluated = pd.DataFrame(evaluated_rows)
     final = evaluated.iloc[-1].to_dict()
     bi, best_on = best_index(evaluated, task)
     best = evaluated.iloc[bi].to_dict() if bi is not None else {}
@@ -273,8 +282,3 @@ def identity_row(job: Job, device: torch.device) -> dict:
             "dataset": cfg["dataset"]["name"], "model": cfg["model"]["name"], "loss": cfg["loss"]["name"],
             "task": cfg["task"], "seed": cfg["seed"], "config": json.dumps(cfg, sort_keys=True),
             "device": str(device), "mixcli_version": __version__, "selection": cfg["eval"]["selection"]}
-
-
-def record_failure(job: Job, store: Store, device: torch.device, error: str) -> None:
-    prev = store.run_row(job.run_id) or {}
-    store.write_run({**prev, **identity_row(job, device), "status": "failed", "error": error})
