@@ -69,7 +69,7 @@ def run(
     trains and trains exactly once. A failing job is recorded failed and the sweep goes on (exit code 1)."""
     from .execution import make_executor
     from .execution.display import make_display
-    from .execution.local import sigterm_as_interrupt
+    from .execution.local import sigterm_interrupts
     from .execution.sweep import run_sweep
     from .finetune import with_parents
     from .jobs import expand
@@ -104,10 +104,10 @@ def run(
     ex = make_executor(executor, device, jobs_n, threads, gpus, jobs_per_gpu, ray_address)
     where = f"{ex.slots} at once" if ex.slots > 1 else "one at a time"
     console.print(f"[bold]{exp.name}[/]: {len(jobs)} job(s) on {device_label(ex)}, {where} -> {exp.out}")
-    sigterm_as_interrupt()
     display = make_display(console, ex.slots)
     try:
-        sweep = run_sweep(jobs, ex, display, skip_failed=not retry_failed)
+        with sigterm_interrupts():
+            sweep = run_sweep(jobs, ex, display, skip_failed=not retry_failed)
     except KeyboardInterrupt:
         ex.close(interrupted=True)
         err.print("[yellow]interrupted; the runs in progress are recorded interrupted. Run the same command "

@@ -194,7 +194,7 @@ class Store:
         """Delete the temporary files a killed writer of ``run_id`` left behind (call while holding its claim,
         so no live writer owns them). Returns how many were removed."""
         pats = [(self.out / t, f".{run_id}.parquet.*{TMP_SUFFIX}") for t in SCHEMAS]
-        pats += [(self.job_dir(run_id), f".*{TMP_SUFFIX}")]
+        pats += [(self.job_dir(run_id), f".*{TMP_SUFFIX}"), (self.out / "claims", f".{run_id}.json.*{TMP_SUFFIX}")]
         n = 0
         for d, pat in pats:
             for p in d.glob(pat) if d.is_dir() else ():

@@ -281,3 +281,45 @@ def test_ray_executor_matches_local_and_retries_a_killed_task(write, tmp_path, m
     assert (runs["status"] == "finished").all()
     assert runs.loc["killer", "attempts"] == 2 and runs.loc["erm", "attempts"] == 1
     pd.testing.assert_frame_equal(epochs_of(local), epochs_of(rayd))
+
+
+def test_workers_die_with_their_sweep_and_the_next_run_resumes(write, tmp_path, monkeypatch):
+    """SIGKILL of a `mixcli run --jobs 2`: its workers stop too (recording their runs interrupted), and
+    the next run resumes both runs from their checkpoints."""
+    install_faulty(tmp_path / "plug", monkeypatch)
+    exp = write(TINY.replace("method: erm", "method: {name: slow, at: 1}").replace("epochs: 3", "epochs: 12")
+                .replace("seeds: [0]", "seeds: [0, 1]"))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(mixcli("run", exp, "--out", out, "--device", "cpu", "--jobs", "2"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "epochs").glob("*.parquet"))) < 2:
+        time.sleep(0.1)
+    holders = [json.loads(p.read_text())["pid"] for p in (out / "claims").glob("*.json")]
+    assert len(holders) == 2 and proc.pid not in holders
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(pid) for pid in holders):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in holders)
+    runs = pd.read_parquet(out / "runs")
+    assert set(runs["status"]) == {"interrupted"}
+    r = subprocess.run(mixcli("run", exp, "--out", out, "--device", "cpu", "--jobs", "2"), capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    runs = pd.read_parquet(out / "runs")
+    assert set(runs["status"]) == {"finished"} and set(runs["attempts"]) == {2}
+    assert pd.read_parquet(out / "epochs").groupby("run_id")["epoch"].apply(list).map(
+        lambda e: e == list(range(1, 13))).all()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (dead, not yet reaped by its new parent) counts as dead
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False

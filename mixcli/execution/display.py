@@ -24,6 +24,20 @@ def score(row: dict | None) -> str:
     return ""
 
 
+def short_label(job) -> str:
+    """The job's grid values and seed, compact: ``mixup(alpha=0.4) lr=0.1 s1``."""
+    out = []
+    for bit in job.label.split(" "):
+        key, _, value = bit.partition("=")
+        if key == "method":
+            out.append(value)
+        elif key == "seed":
+            out.append(f"s{value}")
+        else:
+            out.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return " ".join(out)
+
+
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     h, rest = divmod(seconds, 3600)
@@ -60,8 +74,7 @@ class _Base:
 
     def summary(self) -> str:
         queued = self.n - sum(self.counts.values()) - len(self.live)
-        return (f"{self.counts['done']} done · {self.counts['failed']} failed · {len(self.live)} running · "
-                f"{queued} queued · {self.eta()}")
+        return f"{self.counts['failed']} failed · {len(self.live)} running · {queued} queued · {self.eta()}"
 
     def progress(self, job, kind: str, payload) -> None:
         j = self.live.get(job.run_id)
@@ -113,9 +126,9 @@ class LiveDisplay(_Base):
 
     def __init__(self, console: Console, slots: int) -> None:
         super().__init__(console, slots)
-        self.p = Progress(TextColumn("{task.description}", table_column=Column(width=26, no_wrap=True,
+        self.p = Progress(TextColumn("{task.description}", table_column=Column(width=24, no_wrap=True,
                                                                                 overflow="ellipsis")),
-                          BarColumn(bar_width=10),
+                          BarColumn(bar_width=10, table_column=Column(width=10, no_wrap=True)),
                           TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
                           console=console, transient=False, refresh_per_second=4)
         self.tasks: dict[str, int] = {}
@@ -123,12 +136,13 @@ class LiveDisplay(_Base):
     def begin(self, n: int) -> None:
         super().begin(n)
         self.p.start()
-        self.overall = self.p.add_task("sweep", total=n, info=self.summary())
+        self.overall = self.p.add_task(f"sweep 0/{n} done", total=n, info=self.summary())
 
     def submitted(self, job) -> None:
         super().submitted(job)
         j = self.live[job.run_id]
-        self.tasks[job.run_id] = self.p.add_task(f" {j['k']}. {escape(job.label)}", total=None, info="starting")
+        self.tasks[job.run_id] = self.p.add_task(f" {j['k']}. {escape(short_label(job))}", total=None,
+                                                 info="starting")
         self._refresh()
 
     def progress(self, job, kind: str, payload) -> None:
@@ -148,7 +162,9 @@ class LiveDisplay(_Base):
         self.p.console.print(text, highlight=False, soft_wrap=True)
 
     def _refresh(self) -> None:
-        self.p.update(self.overall, completed=sum(self.counts.values()), info=self.summary())
+        n_done = sum(self.counts.values())
+        self.p.update(self.overall, completed=n_done, info=self.summary(),
+                      description=f"sweep {self.counts['done']}/{self.n} done")
 
     def end(self) -> None:
         self._refresh()

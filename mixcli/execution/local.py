@@ -8,6 +8,7 @@ worker that dies while it runs a job (OOM kill, segfault) has the job recorded `
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -19,14 +20,31 @@ from .worker import FAILED, Outcome, execute, record_lost, set_threads
 STEP_EVERY_S = 0.25  # how often a worker reports training steps
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def sigterm_as_interrupt() -> None:
     """SIGTERM (SLURM's time limit, ``kill``) interrupts like Ctrl-C: the run is recorded ``interrupted``."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
     try:
-        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     except ValueError:  # not the main thread (e.g. under a test runner's thread)
         pass
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """:func:`sigterm_as_interrupt` for the duration of a block (the previous handler comes back)."""
+    try:
+        old = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 class Events:
@@ -85,9 +103,32 @@ class InlineExecutor:
         pass
 
 
-def _worker_main(conn, env: dict, device: str, threads: int | None) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: SIGTERM this worker when the process that started it dies (SIGKILL included), so that its
+    job is recorded interrupted and its claim released for another process to take over."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: the pipe closing ends the worker after its current job instead
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _send_or_interrupt(conn):
+    def send(msg) -> None:
+        try:
+            conn.send(msg)
+        except (OSError, ValueError):
+            raise KeyboardInterrupt("the mixcli process that started this worker is gone") from None
+    return send
+
+
+def _worker_main(conn, env: dict, device: str, threads: int | None, parent_pid: int) -> None:
     os.environ.update(env)
     sigterm_as_interrupt()
+    _die_with_parent(parent_pid)
     try:
         set_threads(threads)
         from ..engine import pick_device
@@ -97,8 +138,9 @@ def _worker_main(conn, env: dict, device: str, threads: int | None) -> None:
             job = conn.recv()
             if job is None:
                 return
-            outcome = execute(job, dev, Events(job.run_id, conn.send))
-            conn.send(("done", job.run_id, outcome))
+            send = _send_or_interrupt(conn)
+            outcome = execute(job, dev, Events(job.run_id, send))
+            send(("done", job.run_id, outcome))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
         return  # interrupted (the job was recorded by execute) or the main process went away
 
@@ -126,7 +168,7 @@ class ProcessPool:
         if self.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(self.gpus[i // self.per_gpu])
         parent, child = self._ctx.Pipe()
-        p = self._ctx.Process(target=_worker_main, args=(child, env, self.device, self.threads),
+        p = self._ctx.Process(target=_worker_main, args=(child, env, self.device, self.threads, os.getpid()),
                               name=f"mixcli-worker-{i}", daemon=True)
         p.start()
         child.close()

@@ -6,7 +6,9 @@ epoch reached.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -155,9 +157,10 @@ def execute(job: Job, device, progress=None) -> Outcome:
         row = run_job(job, store, device, tracker, attempt=_attempts(prev, store, job.run_id))
         return Outcome(job.run_id, FINISHED, row=row, seconds=time.perf_counter() - t0, notes=notes)
     except KeyboardInterrupt:
-        _safe_record(job, device, INTERRUPTED, f"interrupted in epoch {tracker.done_epochs + 1}; "
-                     "`mixcli run` of the same file resumes it from its last finished epoch", None,
-                     tracker.done_epochs if tracker.started else None)
+        with _signals_held():  # a second Ctrl-C / SIGTERM must not cut the record short
+            _safe_record(job, device, INTERRUPTED, f"interrupted in epoch {tracker.done_epochs + 1}; "
+                         "`mixcli run` of the same file resumes it from its last finished epoch", None,
+                         tracker.done_epochs if tracker.started else None)
         raise
     except BaseException as exc:  # noqa: BLE001 - everything a job does is contained in the job
         msg = describe(exc)
@@ -171,6 +174,21 @@ def execute(job: Job, device, progress=None) -> Outcome:
                        input_error=input_error, seconds=time.perf_counter() - t0, notes=notes)
     finally:
         claim.release()
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM wait (delivered on exit) while the block runs, in the main thread."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, ValueError, OSError):
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _save_traceback(job: Job, exc: BaseException) -> None:
