@@ -281,6 +281,29 @@ def test_jpeg_is_close_to_pil():
         assert (got - x).abs().mean() > 0  # the compression does change the images
 
 
+def test_released_cifar_c_files_are_read_from_path(tmp_path):
+    """A CIFAR-C-like folder (HWC uint8, severities stacked) holding the clean test images at every severity
+    must give exactly the clean accuracy; images made black give the accuracy of a black image."""
+    data = _digits()
+    model = _fitted_linear(data)
+    hwc = data.test.x.permute(0, 2, 3, 1).numpy()
+    np.save(tmp_path / "contrast.npy", np.concatenate([hwc] * 5))
+    np.save(tmp_path / "fog.npy", np.zeros_like(np.concatenate([hwc] * 5)))
+    np.save(tmp_path / "labels.npy", np.concatenate([data.test.y.numpy()] * 5))
+    with torch.no_grad():
+        dd = DeviceData(data, CPU, 0)
+        clean = (model(dd.normalize(data.test.x)).argmax(1) == data.test.y).double().mean().item()
+        black = (model(dd.normalize(torch.zeros_like(data.test.x))).argmax(1) == data.test.y).double().mean().item()
+    out, _ = _run_eval(model, data, [{"name": "corruptions", "path": str(tmp_path), "corruptions": ["contrast"]}])
+    assert out["test_corruption_contrast"] == pytest.approx(clean)
+    assert out["test_corruption_accuracy"] == pytest.approx(clean)
+    out, _ = _run_eval(model, data, [{"name": "corruptions", "path": str(tmp_path),
+                                      "corruptions": ["contrast", "fog"]}])
+    assert out["test_corruption_accuracy"] == pytest.approx((clean + black) / 2)
+    assert out["test_corruption_error"] == pytest.approx(1 - (clean + black) / 2)
+    assert math.isnan(out.get("test_corruption_gaussian_noise", math.nan))
+
+
 # ------------------------------------------------------------------------------------------- OOD, calibration
 def test_ood_against_the_same_test_set_is_chance_and_noise_is_easy():
     data = _digits()

@@ -352,7 +352,7 @@ class Corruptions(Evaluator):
                 correct = torch.zeros((), device=ctx.device)
                 for i in range((s - 1) * n, s * n, ctx.batch_size):
                     j = min(i + ctx.batch_size, s * n)
-                    x = torch.from_numpy(np.ascontiguousarray(imgs[i:j])).permute(0, 3, 1, 2).to(ctx.device)
+                    x = torch.from_numpy(np.array(imgs[i:j])).permute(0, 3, 1, 2).to(ctx.device)
                     y = labels[i:j].to(ctx.device)
                     correct += (ctx.logits(model, ctx.pixels(x)).argmax(1) == y).sum()
                 acc.setdefault(c, []).append(correct / n)
