@@ -273,7 +273,7 @@ def test_jpeg_is_close_to_pil():
         for i in range(len(x)):
             buf = io.BytesIO()
             Image.fromarray((x[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buf, "JPEG", quality=q)
-            ref = torch.from_numpy(np.asarray(Image.open(buf).convert("RGB"))).permute(2, 0, 1).float() / 255
+            ref = torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1).float() / 255
             diffs.append((got[i] - ref).abs())
         d = torch.stack(diffs)
         # not bit-exact: libjpeg's integer DCT can round a coefficient to the next quantization step
