@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mixcli import engine
-from mixcli.api import DataBundle, Model, Split
+from mixcli.api import DataBundle, Model
 from mixcli.data import DeviceData
 from mixcli.engine import autocast_for
 from mixcli.evaluate import Evaluations, all_metrics
