@@ -16,6 +16,7 @@ import pandas as pd
 
 from .errors import MixcliError, did_you_mean
 from .evaluate import all_metrics
+from .metrics import METRICS
 from .selection import RULES, select
 from .store import read_table
 
@@ -152,9 +153,14 @@ def compare(out: Path | str, by: list[str] | None = None, metrics: list[str] | N
         sel, label = select(epochs[epochs["run_id"] == r["run_id"]], rule, task)
         values.append({m: sel.get(f"{split}_{m}", float("nan")) for m in metrics})
     vals = pd.DataFrame(values)
+    missing = [m for m in metrics if not vals[m].notna().any() and m not in METRICS]  # evaluator metrics
+    if missing:
+        notes.append(f"{', '.join(missing)}: not recorded on {split} at the selected epochs (evaluators run on "
+                     "test, after the final epoch unless eval.extra_every is set)")
     metrics = [m for m in metrics if vals[m].notna().any()]
     if not metrics:
-        raise MixcliError(f"no {split} metrics recorded for these runs (try --split test)")
+        raise MixcliError(f"no {split} metrics recorded for these runs" + (f" ({notes[-1]})" if missing else
+                                                                             " (try --split test)"))
     data = pd.concat([group_keys(runs, by), vals[metrics]], axis=1)
     grouped = data.groupby(by, sort=False, dropna=False)
     table = grouped.size().rename("n").reset_index()

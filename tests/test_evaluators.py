@@ -420,6 +420,8 @@ def test_a_run_with_evaluators_trains_identically_and_resumes_identically(cli, w
     assert Image.open(png).size[0] > 300
     ece = 100 * runs["final_test_ece"].iloc[0]
     assert f"{ece:.2f}" in text  # the pooled bins of one run reproduce its ECE
+    code, text = cli("compare", tmp_path / "plain", "--metric", "fgsm_accuracy")
+    assert code == 2 and "fgsm_accuracy: not recorded on test at the selected epochs" in " ".join(text.split())
     code, text = cli("reliability", tmp_path / "plain")
     assert code == 2 and "add 'calibration' to eval.extra" in " ".join(text.split())
 
