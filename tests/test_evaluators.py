@@ -44,6 +44,7 @@ def test_auroc_and_aupr_match_scikit_learn(ties):
         s = np.r_[s_in, s_out]
         assert auroc(s_in, s_out) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
         assert aupr(s_in, s_out) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+        assert aupr(-s_out, -s_in) == pytest.approx(average_precision_score(1 - y, -s), abs=1e-12)  # AUPR-Out
 
 
 def test_fpr_at_95_tpr_by_hand():

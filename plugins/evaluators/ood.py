@@ -29,7 +29,8 @@ class OOD(Evaluator):
     energy ``T logsumexp(z / T)`` (Liu, Wang, Owens, Li, "Energy-based Out-of-distribution Detection",
     NeurIPS 2020). ID is the positive class: ``ood_<score>_auroc``, ``ood_<score>_aupr`` (AUPR-In) and
     ``ood_<score>_fpr95`` (the fraction of OOD images accepted at the threshold that keeps 95% of ID images),
-    defined in :mod:`mixcli.metrics`. RegMixup (Pinto et al., NeurIPS 2022) reports these for mixup.
+    defined in :mod:`mixcli.metrics`; ``ood_<score>_aupr_out`` is the AUPR with OOD as the positive class
+    (the negated score), the other convention of the literature. RegMixup (Pinto et al., NeurIPS 2022) reports these for mixup.
 
     ``dataset``: a registered dataset (its options in ``dataset_options``; its test split, same image shape
     as the ID data, e.g. ``svhn`` against ``cifar10``, ``fashion_mnist`` against ``mnist``), or the
@@ -42,6 +43,7 @@ class OOD(Evaluator):
     metrics = tuple(m for s in SCORES for m in (
         metric(f"ood_{s}_auroc", True, percent=True, doc=f"AUROC of the {s} score, ID positive"),
         metric(f"ood_{s}_aupr", True, percent=True, doc=f"average precision (AUPR-In) of the {s} score"),
+        metric(f"ood_{s}_aupr_out", True, percent=True, doc=f"AUPR-Out: OOD positive, score -{s}"),
         metric(f"ood_{s}_fpr95", False, percent=True, doc=f"OOD accepted at 95% ID recall, {s} score")))
 
     def __init__(self, dataset: str = "uniform_noise", dataset_options: dict = {}, temperature: float = 1.0,
@@ -104,5 +106,5 @@ class OOD(Evaluator):
             f = msp if s == "msp" else (lambda z: energy(z, self.temperature))
             s_in, s_out = f(logits_in).cpu().numpy(), f(logits_out).cpu().numpy()
             out.update({f"ood_{s}_auroc": auroc(s_in, s_out), f"ood_{s}_aupr": aupr(s_in, s_out),
-                        f"ood_{s}_fpr95": fpr_at_tpr(s_in, s_out, 0.95)})
+                        f"ood_{s}_aupr_out": aupr(-s_out, -s_in), f"ood_{s}_fpr95": fpr_at_tpr(s_in, s_out, 0.95)})
         return out
