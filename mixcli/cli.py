@@ -7,13 +7,17 @@ import time
 from pathlib import Path
 from typing import Annotated, List, Optional
 
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+try:  # Ctrl-C while the (slow) imports load: one line, no traceback
+    import typer
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
 
-from .api import PluginError
-from .errors import MixcliError
+    from .api import PluginError
+    from .errors import MixcliError
+except KeyboardInterrupt:
+    sys.stderr.write("mixcli: interrupted\n")
+    raise SystemExit(130) from None
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Run mixup experiments described in YAML, record them as parquet, compare them.")
@@ -270,16 +274,16 @@ def inspect(
     png: Optional[Path] = typer.Option(None, "--png", help="Also write a figure (PNG) here."),
 ) -> None:
     """Show what a run's method recorded while training (e.g. SelMix's gain matrix and pair distribution)."""
-    import yaml
-
     from .registry import REGISTRY
+
+    from .finetune import read_run_config
 
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise MixcliError(f"{run_dir}: not a run directory (expected {cfg_path}; run directories are "
                           "OUT/jobs/<run_id>)")
-    cfg = yaml.safe_load(cfg_path.read_text())
-    method = REGISTRY.get("methods", cfg["method"]["name"])
+    cfg = read_run_config(cfg_path, "inspect")
+    method = REGISTRY.get("methods", str(cfg["method"].get("name")))
     try:
         console.print(method.inspect(run_dir, png=png, step=step, top=top))
     except OSError as exc:
@@ -352,7 +356,11 @@ def validate(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # outside a command's own handling (e.g. while a command's imports load)
+        sys.stderr.write("mixcli: interrupted\n")
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch
 
 from . import __version__, finetune
 from .api import Context, DataBundle, MixOutput, PluginError
-from .data import DeviceData
+from .data import DeviceData, check_bundle
 from .errors import MixcliError, RunFailed
 from .evaluate import Evaluations
 from .jobs import Job
@@ -147,6 +147,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
     if data.task != task:
         raise MixcliError(f"dataset '{cfg['dataset']['name']}' is a {data.task} dataset but the experiment "
                           f"has task: {task}")
+    check_bundle(data, cfg["dataset"]["name"])  # issue 12: labels in range, sizes agree (one line)
     dd = DeviceData(data, device, seed)
     _seed_all(seed)
     model = _plugin("models", cfg["model"], data.input_shape, data.out_dim).to(device)

@@ -243,6 +243,9 @@ def _warn_stderr(msg: str) -> None:
     sys.stderr.write(f"warning: {msg}\n")
 
 
+_KEY_COLUMNS = {"runs": ("run_id", "status", "config"), "epochs": ("run_id", "epoch")}
+
+
 def read_table(out: Path | str, table: str, warn: Callable[[str], None] = _warn_stderr) -> pd.DataFrame:
     """All rows of ``runs`` or ``epochs`` under ``out`` (empty frame if none). A damaged file is skipped
     and reported through ``warn`` (default: a line on stderr; the next ``mixcli run`` of its experiment
@@ -258,6 +261,11 @@ def read_table(out: Path | str, table: str, warn: Callable[[str], None] = _warn_
         except Exception as exc:  # noqa: BLE001 - a damaged file must not take the report down
             warn(f"skipped damaged result file {p} ({type(exc).__name__}); `mixcli run` of its "
                      "experiment rebuilds it")
+            continue
+        missing = [c for c in _KEY_COLUMNS[table] if c not in frames[-1].columns]
+        if missing:  # issue 12: a foreign parquet file (not written by mixcli) is skipped alike
+            frames.pop()
+            warn(f"skipped {p}: not a mixcli {table} file (no column {', '.join(missing)})")
     if not frames:
         return pd.DataFrame(columns=list(RUN_COLUMNS if table == "runs" else EPOCH_COLUMNS))
     return pd.concat(frames, ignore_index=True)

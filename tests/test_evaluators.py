@@ -429,10 +429,10 @@ def test_a_run_with_evaluators_trains_identically_and_resumes_identically(cli, w
 
 # ------------------------------------------------------------------------------------------------- spec
 @pytest.mark.parametrize("extra, needle", [
-    ("[fgms]", "eval.extra.0: unknown evaluator 'fgms' (did you mean 'fgsm'?)"),
-    ("[{name: pgd, eps: -1}]", "eval.extra.0: evaluator 'pgd': eps must be >= 0, got -1"),
-    ("[{name: pgd, stpes: 3}]", "eval.extra.0.stpes: unknown option 'stpes' for evaluator 'pgd'"),
-    ("[fgsm, {name: fgsm, eps: 4}]", "eval.extra.1: evaluator 'fgsm' is listed twice"),
+    ("[fgms]", "eval.extra[0]: unknown evaluator 'fgms' (did you mean 'fgsm'?)"),
+    ("[{name: pgd, eps: -1}]", "eval.extra[0]: evaluator 'pgd': eps must be >= 0, got -1"),
+    ("[{name: pgd, stpes: 3}]", "eval.extra[0].stpes: unknown option 'stpes' for evaluator 'pgd'"),
+    ("[fgsm, {name: fgsm, eps: 4}]", "eval.extra[1]: evaluator 'fgsm' is listed twice"),
     ("[{name: corruptions, corruptions: [fog]}]", "unknown corruption 'fog'"),
     ("[{name: ood, dataset: svhm}]", "unknown dataset 'svhm'"),
     ("fgsm", "eval.extra: expected a list"),
