@@ -285,6 +285,7 @@ class Corruptions(Evaluator):
     """
 
     paper = "Hendrycks & Dietterich, Benchmarking Neural Network Robustness to Common Corruptions, ICLR 2019"
+    path_options = ("path",)  # relative to the experiment file's folder, like every path of the file
     metrics = (metric("corruption_accuracy", True, percent=True,
                       doc="mean test accuracy over corruptions and severities 1-5"),
                metric("corruption_error", False, percent=True,

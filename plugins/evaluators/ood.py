@@ -36,7 +36,9 @@ class OOD(Evaluator):
     as the ID data, e.g. ``svhn`` against ``cifar10``, ``fashion_mnist`` against ``mnist``), or the
     synthetic ``uniform_noise`` (pixels U[0, 1]) or ``gaussian_noise`` (N(0.5, 1) clipped to [0, 1], the
     synthetic outliers of Hendrycks et al., Outlier Exposure, ICLR 2019), as many images as the ID test split,
-    drawn from the evaluator's private generator. ``max_images`` caps the OOD set (its first images).
+    drawn from the evaluator's private generator. ``max_images`` caps the OOD set (its first images). A
+    ``root`` in ``dataset_options`` is taken as written (relative: to the working folder), since it is not an
+    option of this evaluator.
     """
 
     paper = "Hendrycks & Gimpel, ICLR 2017 (MSP); Liu et al., NeurIPS 2020 (energy)"
