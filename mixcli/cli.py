@@ -97,6 +97,9 @@ def run(
                       ("" if j.out == exp.out else f" (init_from parent -> {j.out})"))
         console.print(t)
         return
+    from .engine import pick_device
+
+    pick_device(device)  # a bad --device is refused before anything is written
     for o in dict.fromkeys(j.out for j in jobs):
         Store(o)  # refuses an unwritable output directory before anything starts
     if retry_failed:
@@ -122,11 +125,17 @@ def run(
         cmp = compare(exp.out, run_ids=[j.run_id for j in targets])
         console.print(render(cmp, "table"))
     except MixcliError as exc:
-        err.print(f"[yellow]no table: {exc}[/]")
+        console.print(f"[yellow]no table: {escape(str(exc))}[/]")
     console.print(f"results: {exp.out}/runs, {exp.out}/epochs (parquet); `mixcli compare {exp.out}` for more views")
     if sweep.by_others:
         console.print(f"{len(sweep.by_others)} run(s) were trained by another mixcli process sharing {exp.out}")
     failed = sweep.of("failed")
+    bad_input = [o for o in failed if o.input_error]
+    if bad_input:  # the same bad input (a data file, a plugin option) fails its jobs alike: one line
+        first = bad_input[0]
+        more = f" ({len(bad_input)} jobs failed on it)" if len(bad_input) > 1 else ""
+        err.print(f"[bold red]error:[/] {escape(first.error or '')}{more}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     if failed:
         err.print(f"[red]{len(failed)} run(s) failed:[/]")
         for o in failed:
@@ -134,7 +143,7 @@ def run(
         retry = ["mixcli run", str(experiment)] + [f"--set {x}" for x in set_ or []] + \
             ([f"--out {out}"] if out is not None else []) + ["--retry-failed"]
         err.print("retry only these: " + " ".join(retry), highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(2 if any(o.input_error for o in failed) else 1)
+        raise typer.Exit(1)
 
 
 def device_label(ex) -> str:

@@ -24,12 +24,24 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+_INTERRUPTED = []  # in a worker: set once the first interrupt was raised
+
+
+def _interrupt_once(signum=None, frame=None):
+    """A worker's SIGINT/SIGTERM handler: the first signal (or the parent vanishing) interrupts; later ones
+    are ignored, so that they cannot cut short the recording of the interrupted run."""
+    if _INTERRUPTED:
+        return
+    _INTERRUPTED.append(signum)
+    raise KeyboardInterrupt("the mixcli process that started this worker is gone" if signum is None
+                            else f"signal {signum}")
+
+
 def sigterm_as_interrupt() -> None:
-    """SIGTERM (SLURM's time limit, ``kill``) interrupts like Ctrl-C: the run is recorded ``interrupted``."""
-    try:
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:  # not the main thread (e.g. under a test runner's thread)
-        pass
+    """In a worker: SIGTERM (SLURM's time limit, ``kill``, the parent's death) and SIGINT interrupt once,
+    like Ctrl-C: the run is recorded ``interrupted``."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _interrupt_once)
 
 
 @contextlib.contextmanager
@@ -121,7 +133,7 @@ def _send_or_interrupt(conn):
         try:
             conn.send(msg)
         except (OSError, ValueError):
-            raise KeyboardInterrupt("the mixcli process that started this worker is gone") from None
+            _interrupt_once()
     return send
 
 
