@@ -494,3 +494,11 @@ def test_attacks_run_in_bf16_autocast_on_cuda_and_leave_the_cuda_rng_alone():
     assert 0 <= out["test_pgd_accuracy"] <= out["test_fgsm_accuracy"] + 0.05 and 0 <= out["test_ts_ece"] <= 1
     assert torch.equal(cuda_rng, torch.cuda.get_rng_state())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_evaluator_that_cannot_run_fails_before_training(cli, write, tmp_path):
+    p = write(TINY.replace("dataset: {name: digits}", "dataset: {name: digits, val_size: 0}")
+              + "eval:\n  extra: [calibration]\n")
+    code, text = cli("run", p, "--out", tmp_path / "out", "--device", "cpu")
+    assert code == 2 and "calibration fits the temperature on the validation split" in " ".join(text.split())
+    assert not (tmp_path / "out" / "epochs").exists() or not list((tmp_path / "out" / "epochs").glob("*.parquet"))
