@@ -1,7 +1,7 @@
 """The public plugin API of mixcli.
 
 Everything the engine runs comes through this module's types; the built-in plugins in ``plugins/`` use
-nothing else, exactly as a third-party package would. Four kinds of plugins exist, one entry-point group each:
+nothing else, exactly as a third-party package would. Five kinds of plugins exist, one entry-point group each:
 
 ============  ======================  ==========================================================
 group         base class              what it provides
@@ -10,6 +10,7 @@ mixcli.datasets  :class:`Dataset`     ``load() -> DataBundle`` (tensors for trai
 mixcli.models    :class:`Model`       an ``nn.Module`` made of ``stages`` + ``pool`` + ``classifier``
 mixcli.methods   :class:`Method`      one training forward pass: ``__call__(model, batch, ctx) -> MixOutput``
 mixcli.losses    :class:`Loss`        ``__call__(out: MixOutput, ctx) -> scalar loss``
+mixcli.evaluators :class:`Evaluator`  ``__call__(model, ctx: EvalContext) -> {metric: float}``
 ============  ======================  ==========================================================
 
 A plugin's options are the keyword arguments of its ``__init__``; their defaults are what ``mixcli list``
@@ -26,10 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .metrics import MetricInfo
+
 __all__ = [
     "Plugin", "Split", "DataBundle", "Dataset", "Model", "Batch", "MixOutput", "Context", "Method", "Loss",
     "soft_targets", "sample_lam", "PluginError", "permutation", "lam_tensor", "interpolate",
-    "soft_cross_entropy", "mixed_regression_target", "check_range", "file_fingerprint",
+    "soft_cross_entropy", "mixed_regression_target", "check_range", "file_fingerprint", "Evaluator",
+    "EvalContext", "metric", "dataset_class", "MetricInfo",
 ]
 
 
@@ -364,6 +368,105 @@ class Logger(Plugin):
 
     def close(self) -> None:
         """Flush and release the destination."""
+
+
+# --------------------------------------------------------------------------------------------- evaluators
+@dataclass
+class EvalContext:
+    """What the engine gives an evaluator (see :class:`Evaluator`).
+
+    ``splits``: the stored splits on the device (``uint8`` images or float features, not normalized).
+    ``pixels(x)`` turns stored inputs into floats in *pixel units*: images in [0, 1] (``uint8 / 255``),
+    features unchanged; ``to_input(p)`` maps pixel units to what the model takes (the dataset's mean/std
+    normalization; the identity for features). Perturbations (attacks, corruptions) are applied between
+    the two, so an epsilon of 8/255 means 8 grey levels whatever the normalization.
+    ``generator`` is a private random generator on the device, seeded from the run's seed, the epoch and the
+    evaluator's name: an evaluator draws from it (never from the global or the training generators), so its
+    results are reproducible and training is not perturbed. ``autocast()`` is the run's autocast context
+    (bf16 on CUDA by default). ``artifacts_dir`` is the run's directory (``OUT/jobs/<run_id>``). Another
+    registered dataset is loaded with :func:`dataset_class` (e.g. for OOD detection).
+    """
+
+    task: str
+    num_classes: int | None
+    device: torch.device
+    data: DataBundle
+    splits: dict[str, Split]
+    images: bool
+    batch_size: int
+    epoch: int
+    epochs: int
+    seed: int
+    name: str
+    generator: torch.Generator
+    autocast: Callable[[], Any]
+    to_input: Callable[[torch.Tensor], torch.Tensor]
+    artifacts_dir: Path | None = None
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored inputs -> float32 pixel units ([0, 1] for uint8 images; features unchanged)."""
+        return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+
+    def batches(self, split: str = "test"):
+        """``(pixels, labels)`` batches of a split, on the device."""
+        s = self.splits[split]
+        for i in range(0, len(s), self.batch_size):
+            yield self.pixels(s.x[i:i + self.batch_size]), s.y[i:i + self.batch_size]
+
+    @torch.no_grad()
+    def logits(self, model: nn.Module, p: torch.Tensor) -> torch.Tensor:
+        """float32 logits of pixel-unit inputs ``p`` (one batch; no gradient, the run's autocast)."""
+        with self.autocast():
+            return model(self.to_input(p)).float()
+
+    def predict(self, model: nn.Module, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels of a whole split (concatenated on the device)."""
+        outs, ys = [], []
+        for p, y in self.batches(split):
+            outs.append(self.logits(model, p))
+            ys.append(y)
+        return torch.cat(outs), torch.cat(ys)
+
+
+class Evaluator(Plugin):
+    """Base class of evaluations beyond the clean metrics (robustness, OOD detection, calibration, ...).
+
+    ``__call__(model, ctx)`` gets the trained model **in eval mode** and an :class:`EvalContext`, and returns
+    ``{metric name: float}`` for the metrics the class declares in ``metrics`` (a tuple of
+    :class:`MetricInfo`, made with :func:`metric`: name, direction, display scale, definition). The names are
+    global: they become the columns ``test_<name>`` of the epochs table and ``{final,best}_test_<name>`` of
+    the runs table, and ``mixcli compare --metric <name>`` / ``mixcli curves --metric <name>`` show them.
+    An evaluator must not change the model (weights, buffers, ``.grad``) and must draw random numbers only
+    from ``ctx.generator``; the engine restores the train/eval mode and every global RNG afterwards anyway.
+    Work batched on the device; a declared metric that does not apply may be returned as NaN.
+    """
+
+    metrics: ClassVar[tuple[MetricInfo, ...]] = ()
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
+
+    def check(self, data: DataBundle) -> None:
+        """Raise a PluginError if this evaluator cannot run on ``data``; called when a run starts, before
+        training (so a missing validation split does not surface only after the last epoch)."""
+
+    def __call__(self, model: Model, ctx: EvalContext) -> dict[str, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def metric(name: str, higher_is_better: bool, percent: bool = False, doc: str = "",
+           task: str = "classification") -> MetricInfo:
+    """Declare an evaluator metric, e.g. ``metric("fgsm_accuracy", True, percent=True, doc="...")``."""
+    return MetricInfo(name, higher_is_better, percent, task, doc)
+
+
+def dataset_class(name: str) -> type:
+    """The registered dataset plugin class called ``name`` (a PluginError naming the installed ones if none)."""
+    from .errors import MixcliError
+    from .registry import REGISTRY
+
+    try:
+        return REGISTRY.get("datasets", name)
+    except MixcliError as exc:
+        raise PluginError(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -1,4 +1,5 @@
-"""The ``mixcli`` command line: run, status, show, compare, curves, export, inspect, list, validate."""
+"""The ``mixcli`` command line: run, status, show, compare, curves, reliability, export, inspect, list,
+validate."""
 from __future__ import annotations
 
 import functools
@@ -342,6 +343,28 @@ def curves(
         console.print(f"figure: {path}")
 
 
+# --------------------------------------------------------------------------------------------- reliability
+@app.command()
+@user_errors
+def reliability(
+    directory: ResultsDir = Path("results"),
+    by: ByOption = None,
+    png: Optional[Path] = typer.Option(None, "--png", help="Also write the reliability diagrams (PNG) here."),
+) -> None:
+    """Calibration per group from the runs that had the 'calibration' evaluator (eval.extra): the fitted
+    temperature and the ECE before and after scaling, and with --png a reliability diagram per group."""
+    from .reliability import load_reliability, plot_png, render_table
+
+    experiment, groups = load_reliability(directory, by=by)
+    console.print(render_table(experiment, groups))
+    if png is not None:
+        try:
+            path = plot_png(experiment, groups, png)
+        except OSError as exc:
+            raise MixcliError(f"--png {png}: cannot write the figure ({exc.strerror or exc})") from None
+        console.print(f"figure: {path}")
+
+
 # ------------------------------------------------------------------------------------------------- inspect
 @app.command()
 @user_errors
@@ -373,8 +396,8 @@ def inspect(
 # ---------------------------------------------------------------------------------------------------- list
 @app.command("list")
 @user_errors
-def list_(kind: Optional[str] = typer.Argument(None, help="methods, datasets, models, losses or loggers (default: all).")
-          ) -> None:
+def list_(kind: Optional[str] = typer.Argument(
+        None, help="methods, datasets, models, losses, evaluators or loggers (default: all).")) -> None:
     """List the registered plugins with their package, description and default options."""
     from .registry import KINDS, REGISTRY, plugin_options
 
@@ -396,6 +419,9 @@ def list_(kind: Optional[str] = typer.Argument(None, help="methods, datasets, mo
             defaults = ", ".join(f"{o}={'(required)' if v is _empty() else v}" for o, v in opts.items())
             family = getattr(cls, "family", "") if k == "methods" else ""
             desc = cls.description() + (f"\n[dim]{cls.paper}[/]" if getattr(cls, "paper", "") else "")
+            if k == "evaluators":  # the metrics it records, with their directions
+                desc += "\n[green]" + ", ".join(f"{m.name} {'↑' if m.higher_is_better else '↓'}"
+                                                for m in getattr(cls, "metrics", ())) + "[/]"
             rows.append((family, name, f"{e.package} {e.version}", desc, defaults))
         t = Table(title=f"{k} ({len(entries)})", show_lines=True)
         if k == "methods":

@@ -24,6 +24,7 @@ from .api import Context, DataBundle, MixOutput, PluginError
 from .checkpoints import Keeper, StepLog
 from .data import DeviceData, check_bundle
 from .errors import MixcliError, RunFailed
+from .evaluate import Evaluations
 from .jobs import Job
 from .metrics import classification_metrics, regression_metrics
 from .provenance import provenance
@@ -168,6 +169,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
     opt, sched = build_optimizer(model, train_cfg, steps, budget.total)
     bf16 = train_cfg["precision"] == "bf16" or (train_cfg["precision"] == "auto" and device.type == "cuda")
     autocast = autocast_for(device, bf16)
+    extra = Evaluations(cfg, dd, autocast, store.job_dir(job.run_id), n_epochs)  # evaluator plugins (#14)
 
     ctx = Context(task=task, num_classes=data.num_classes, device=device, rng=np.random.default_rng(seed),
                   train=dd.train, fetch=dd.fetch, epochs=n_epochs, data=data, model=model,
@@ -229,6 +231,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
                     if split in dd.splits:
                         m = evaluate(model, dd, split, task, cfg["eval"]["batch_size"], autocast)
                         row.update({f"{split}_{k}": v for k, v in m.items()})
+                row.update(extra.after_eval(model, epoch))
             wall += time.perf_counter() - t0
             row["time_s"] = time.perf_counter() - t0
             rows.append(row)

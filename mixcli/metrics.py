@@ -30,6 +30,23 @@ index), ``N`` examples, ``K`` classes)
 - Lists (not in :data:`METRICS`, they are not scalars): ``per_class_recall`` (K floats, NaN for absent
   classes) and ``per_class_coverage`` (K floats).
 
+Evaluator metrics (functions here, declared by the evaluator plugins that report them)
+----------------------------------------------------------------------------------------------------------
+- :func:`adaptive_ece`: equal-mass ECE (Nguyen & O'Connor 2015; "adaptive" ECE of Mukhoti et al. 2020): the
+  examples sorted by confidence ``c = max p`` (stable sort) are split into ``n_bins`` consecutive groups of
+  sizes differing by at most one (``numpy.array_split``: the first ``N mod n_bins`` groups get one more);
+  ``ECE = sum_b |B_b|/N * |acc(B_b) - conf(B_b)|``.
+- :func:`fit_temperature`: temperature scaling (Guo et al. 2017): ``T* = argmin_T mean(-log softmax(z/T)[y])``
+  on the given (validation) logits. The NLL is convex in ``beta = 1/T`` (its second derivative is the
+  variance of ``z`` under ``softmax(beta z)``), so ``T*`` is found exactly by bisection on the derivative
+  ``mean(E_softmax(beta z)[z] - z_y)``, with ``T`` kept in [0.01, 100] (the reference code, gpleiss/
+  temperature_scaling, runs L-BFGS on T from 1.5 to the same minimum).
+- OOD detection (in-distribution = positive class, higher score = more in-distribution):
+  :func:`auroc` ``= P(s_in > s_out) + P(s_in = s_out) / 2`` (Mann-Whitney); :func:`aupr` = average precision
+  with ID as positive (AUPR-In; ``sum_n (R_n - R_{n-1}) P_n`` over the distinct thresholds, scikit-learn's
+  definition); :func:`fpr_at_tpr` (FPR95) ``= mean(s_out >= t)`` with ``t`` the ``ceil(0.95 n_in)``-th largest
+  ID score, i.e. the highest threshold that keeps at least 95% of ID examples.
+
 Regression (:func:`regression_metrics`; ``pred``, ``target`` of shape (N,) or (N, D), (N,) read as (N, 1))
 ----------------------------------------------------------------------------------------------------------
 - ``rmse``: ``sqrt(mean((pred - target)^2))`` over all N*D entries.
@@ -48,7 +65,8 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["MetricInfo", "METRICS", "classification_metrics", "regression_metrics", "confusion_matrix"]
+__all__ = ["MetricInfo", "METRICS", "classification_metrics", "regression_metrics", "confusion_matrix",
+           "ece", "adaptive_ece", "fit_temperature", "auroc", "aupr", "fpr_at_tpr", "confidences"]
 
 ECE_BINS = 15
 
@@ -233,3 +251,103 @@ def regression_metrics(pred, target, domain=None) -> dict[str, float]:
         if len(ids) >= 2:
             out["worst_domain_rmse"] = max(_rmse(err[domain == d]) for d in ids)
     return out
+
+
+# ------------------------------------------------------------------------------------- evaluator metrics
+def confidences(logits, labels) -> tuple[np.ndarray, np.ndarray]:
+    """``(max softmax probability, 1.0 where argmax == label)`` per row, float64."""
+    z = _float(logits)
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    return p.max(axis=1), (z.argmax(axis=1) == _int(labels)).astype(np.float64)
+
+
+def ece(conf, correct, n_bins: int = ECE_BINS) -> float:
+    """The equal-width ECE of ``classification_metrics`` (bins ``(b/n, (b+1)/n]``) from confidences."""
+    return _ece(_float(conf), _float(correct), n_bins)
+
+
+def adaptive_ece(conf, correct, n_bins: int = ECE_BINS) -> float:
+    """Equal-mass ECE: ``n_bins`` consecutive groups of the confidence-sorted examples (module docstring)."""
+    conf, correct = _float(conf), _float(correct)
+    order = np.argsort(conf, kind="stable")
+    total = 0.0
+    for idx in np.array_split(order, n_bins):
+        if len(idx):
+            total += abs(correct[idx].sum() - conf[idx].sum())
+    return float(total / len(conf))
+
+
+def _nll_slope(beta: float, z: np.ndarray, zy: np.ndarray) -> float:
+    """d/d beta of mean(logsumexp(beta z) - beta z_y) = mean(E_softmax(beta z)[z] - z_y)."""
+    a = beta * z
+    a -= a.max(axis=1, keepdims=True)
+    p = np.exp(a)
+    p /= p.sum(axis=1, keepdims=True)
+    return float(((p * z).sum(axis=1) - zy).mean())
+
+
+def fit_temperature(logits, labels, t_min: float = 0.01, t_max: float = 100.0) -> float:
+    """The temperature minimizing the NLL of ``softmax(logits / T)`` (module docstring), in [t_min, t_max]."""
+    z, y = _float(logits), _int(labels)
+    zy = z[np.arange(len(y)), y]
+    lo, hi = math.log(1.0 / t_max), math.log(1.0 / t_min)  # log beta
+    if _nll_slope(math.exp(lo), z, zy) >= 0:
+        return t_max
+    if _nll_slope(math.exp(hi), z, zy) <= 0:
+        return t_min
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if _nll_slope(math.exp(mid), z, zy) < 0:
+            lo = mid
+        else:
+            hi = mid
+    return float(1.0 / math.exp(0.5 * (lo + hi)))
+
+
+def _binary(score_in, score_out) -> tuple[np.ndarray, np.ndarray]:
+    s_in, s_out = _float(score_in).reshape(-1), _float(score_out).reshape(-1)
+    if not len(s_in) or not len(s_out):
+        raise ValueError("need at least one in-distribution and one out-of-distribution score")
+    return s_in, s_out
+
+
+def auroc(score_in, score_out) -> float:
+    """``P(s_in > s_out) + P(s_in = s_out) / 2`` via average ranks (ties share their mean rank)."""
+    s_in, s_out = _binary(score_in, score_out)
+    s = np.concatenate([s_in, s_out])
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    # average rank of each run of equal scores
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    avg = (starts + ends - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, ends - starts)
+    n1, n0 = len(s_in), len(s_out)
+    return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def aupr(score_in, score_out) -> float:
+    """Average precision with in-distribution as the positive class: ``sum_n (R_n - R_{n-1}) P_n`` over the
+    distinct score thresholds, highest first."""
+    s_in, s_out = _binary(score_in, score_out)
+    s = np.concatenate([s_in, s_out])
+    pos = np.r_[np.ones(len(s_in)), np.zeros(len(s_out))]
+    order = np.argsort(-s, kind="mergesort")
+    s, pos = s[order], pos[order]
+    last = np.r_[s[1:] != s[:-1], True]  # the last row of each group of equal scores
+    tp = np.cumsum(pos)[last]
+    fp = np.cumsum(1 - pos)[last]
+    precision = tp / (tp + fp)
+    recall = tp / len(s_in)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def fpr_at_tpr(score_in, score_out, tpr: float = 0.95) -> float:
+    """Fraction of OOD scores ``>= t``, ``t`` the ``ceil(tpr * n_in)``-th largest in-distribution score."""
+    s_in, s_out = _binary(score_in, score_out)
+    k = max(1, math.ceil(tpr * len(s_in) - 1e-9))
+    t = np.sort(s_in)[::-1][k - 1]
+    return float((s_out >= t).mean())

@@ -1,9 +1,10 @@
 """Plugin discovery through Python entry points.
 
-Groups: ``mixcli.methods``, ``mixcli.datasets``, ``mixcli.models``, ``mixcli.losses``, ``mixcli.loggers``. Discovery is lazy: listing
-names reads package metadata only, and a plugin is imported the first time it is used. A plugin that fails to
-import is reported (by ``mixcli list`` and by a run that names it) and never breaks the others. Two packages
-registering the same name in one group is an error that names both packages.
+Groups: ``mixcli.methods``, ``mixcli.datasets``, ``mixcli.models``, ``mixcli.losses``, ``mixcli.evaluators``,
+``mixcli.loggers``. Discovery is lazy: listing names reads package metadata only, and a plugin is imported the
+first time it is used. A plugin that fails to import is reported (by ``mixcli list`` and by a run that names it)
+and never breaks the others. Two packages registering the same name in one group is an error that names both
+packages.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from typing import Any
 from .errors import MixcliError, did_you_mean
 
 KINDS = {"methods": "mixcli.methods", "datasets": "mixcli.datasets", "models": "mixcli.models",
-         "losses": "mixcli.losses", "loggers": "mixcli.loggers"}
-SINGULAR = {"methods": "method", "datasets": "dataset", "models": "model", "losses": "loss", "loggers": "logger"}
+         "losses": "mixcli.losses", "evaluators": "mixcli.evaluators", "loggers": "mixcli.loggers"}
+SINGULAR = {"methods": "method", "datasets": "dataset", "models": "model", "losses": "loss",
+            "evaluators": "evaluator", "loggers": "logger"}
 #: constructor arguments the engine supplies itself (not user options)
 ENGINE_ARGS = {"models": ("in_shape", "out_dim"), "loggers": ("out", "uri")}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import MixcliError, did_you_mean
+from .evaluate import all_metrics
 from .metrics import METRICS
 from .selection import RULES, select
 from .store import read_table
@@ -184,8 +185,8 @@ def compare(out: Path | str | list, by: list[str] | None = None, metrics: list[s
                           "row; add --by KEY for the rows compared inside each block")
     if metrics:
         for m in metrics:
-            if m not in METRICS:
-                raise MixcliError(f"--metric {m}: unknown metric{did_you_mean(m, METRICS)}")
+            if m not in all_metrics():
+                raise MixcliError(f"--metric {m}: unknown metric{did_you_mean(m, all_metrics())}")
     else:
         metrics = DEFAULT_METRICS[task]
     label = rule
@@ -194,9 +195,14 @@ def compare(out: Path | str | list, by: list[str] | None = None, metrics: list[s
         sel, label = select(epochs[epochs["run_id"] == r["run_id"]], rule, task)
         values.append({m: sel.get(f"{split}_{m}", float("nan")) for m in metrics})
     vals = pd.DataFrame(values)
+    missing = [m for m in metrics if not vals[m].notna().any() and m not in METRICS]  # evaluator metrics
+    if missing:
+        notes.append(f"{', '.join(missing)}: not recorded on {split} at the selected epochs (evaluators run on "
+                     "test, after the final epoch unless eval.extra_every is set)")
     metrics = [m for m in metrics if vals[m].notna().any()]
     if not metrics:
-        raise MixcliError(f"no {split} metrics recorded for these runs (try --split test)")
+        raise MixcliError(f"no {split} metrics recorded for these runs" + (f" ({notes[-1]})" if missing else
+                                                                             " (try --split test)"))
     data = pd.concat([group_keys(runs, by), vals[metrics]], axis=1)
     grouped = data.groupby(by, sort=False, dropna=False)
     table = grouped.size().rename("n").reset_index()
@@ -212,7 +218,7 @@ def compare(out: Path | str | list, by: list[str] | None = None, metrics: list[s
         for idx in blocks:
             col = table.loc[idx, f"{m}_mean"]
             if col.notna().any():
-                best.setdefault(m, []).append(col.idxmax() if METRICS[m].higher_is_better else col.idxmin())
+                best.setdefault(m, []).append(col.idxmax() if all_metrics()[m].higher_is_better else col.idxmin())
     names = ", ".join(dict.fromkeys(runs["experiment"].astype(str)))
     title = f"{names}: {split} metrics at the {label}, mean ± std over seeds"
     return Comparison(table, by, metrics, title, label, best, notes, within)
@@ -221,7 +227,7 @@ def compare(out: Path | str | list, by: list[str] | None = None, metrics: list[s
 def fmt_value(metric: str, v: float) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
-    info = METRICS[metric]
+    info = all_metrics()[metric]
     return f"{v * 100:.2f}" if info.percent else f"{v:.4f}"
 
 
@@ -232,7 +238,7 @@ ABBREV = {"accuracy": "acc", "nll": "nll", "ece": "ece", "mean_recall": "mrec", 
 
 
 def header(metric: str, short: bool = False) -> str:
-    info = METRICS[metric]
+    info = all_metrics()[metric]
     arrow = "↑" if info.higher_is_better else "↓"
     name = ABBREV.get(metric, metric) if short else metric
     return f"{name}{' %' if info.percent else ''} {arrow}"

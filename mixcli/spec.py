@@ -31,6 +31,10 @@ Top-level keys (defaults in brackets)::
       batch_size: int > 0              [1024]
       selection: final|best|median_last10   the epoch rule reports use by default [final for
                                        classification, best (best validation epoch) for regression]
+      extra: [NAME or {name: NAME, <option>: value}, ...]   [[]] evaluator plugins (`mixcli list
+                                       evaluators`: fgsm, pgd, corruptions, ood, calibration), each at most
+                                       once; run after the final epoch's evaluation (mixcli.evaluate)
+      extra_every: int > 0 or null     [null] also run them every N epochs (a multiple of eval.every)
     checkpoint:
       keep: last|best|both             [last] the last epoch's state, the best epoch's weights, or both
                                        (mixcli.checkpoints; log_steps and keep are not in the run id)
@@ -182,6 +186,8 @@ SCHEMA: dict[str, Any] = {
         "every": Check("int", 1, low=1, high=MAX_EPOCHS),
         "batch_size": Check("int", 1024, low=1, high=2**24),
         "selection": Check("str", None, choices=RULES, nullable=True),
+        "extra": Check("list", []),
+        "extra_every": Check("int", None, low=1, nullable=True),
     },
     "checkpoint": {"keep": Check("str", "last", choices=("last", "best", "both"))},
     "seeds": Check("seeds", [0]),
@@ -209,9 +215,9 @@ class Lines:
                 key = f"{prefix}.{k.value}" if prefix else str(k.value)
                 self.lines[key] = k.start_mark.line + 1
                 self.record(v, key)
-        elif isinstance(node, yaml.SequenceNode) and prefix.startswith("grid"):
-            for i, v in enumerate(node.value):  # grid values: grid.KEY[i] (also grid[j].KEY[i] for a list)
-                self.lines[f"{prefix}[{i}]"] = v.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and (prefix.startswith("grid") or prefix == "eval.extra"):
+            for i, v in enumerate(node.value):  # grid values: grid.KEY[i] (also grid[j].KEY[i] for a list);
+                self.lines[f"{prefix}[{i}]"] = v.start_mark.line + 1  # evaluators: eval.extra[i]
                 self.record(v, f"{prefix}[{i}]")
 
     def at(self, key: str) -> str:
@@ -393,7 +399,7 @@ class Validator:
                 self.error(f"{key}.off_after_epoch", f"expected an integer >= 0 or null, got {t!r}")
             resolved["off_after_epoch"] = t
         supported = getattr(cls, "tasks", None) or (getattr(cls, "task", None),)
-        if kind in ("methods", "losses", "datasets") and task not in supported:
+        if kind in ("methods", "losses", "datasets", "evaluators") and task not in supported:
             self.error(key, f"{SINGULAR[kind]} '{value['name']}' supports task {', '.join(map(str, supported))}, "
                        f"not {task}")
         if not self.errors:
@@ -646,6 +652,7 @@ def resolve(doc: dict, lines: Lines) -> dict:
     cfg["loss"] = v.plugin("loss", "losses", doc.get("loss", DEFAULT_LOSS[task]), task)
     cfg["train"] = v.section("train", SCHEMA["train"], doc.get("train"))
     cfg["eval"] = v.section("eval", SCHEMA["eval"], doc.get("eval"))
+    check_extra(v, cfg["eval"], task)
     cfg["checkpoint"] = v.section("checkpoint", SCHEMA["checkpoint"], doc.get("checkpoint"))
     cfg["init_from"] = finetune.check_init_from(doc.get("init_from"), v.error)
     finetune.check_train(doc.get("train"), cfg["train"], v.error)
@@ -672,6 +679,34 @@ def resolve(doc: dict, lines: Lines) -> dict:
     if fingerprint is not None:
         cfg["data_fingerprint"] = str(fingerprint)
     return cfg
+
+
+def check_extra(v: Validator, ev: dict, task: str) -> None:
+    """Validate ``eval.extra`` (evaluator plugins and their options, each named once) and ``eval.extra_every``."""
+    from .evaluate import metric_clashes
+
+    items = ev.get("extra")
+    if not isinstance(items, list):
+        return  # already reported by the type check
+    resolved, seen = [], set()
+    for i, item in enumerate(items):
+        key = f"eval.extra[{i}]"
+        spec = v.plugin(key, "evaluators", item, task)
+        if spec is None:
+            continue
+        if spec["name"] in seen:
+            v.error(key, f"evaluator '{spec['name']}' is listed twice; its metrics have fixed names, so list "
+                         "it once (vary its options with a grid instead)")
+        seen.add(spec["name"])
+        why = metric_clashes(spec["name"], REGISTRY.get("evaluators", spec["name"]))
+        if why:
+            v.error(key, why)
+        resolved.append(spec)
+    ev["extra"] = resolved
+    every, base = ev.get("extra_every"), ev.get("every")
+    if isinstance(every, int) and isinstance(base, int) and every >= 1 and base >= 1 and every % base:
+        v.error("eval.extra_every", f"expected a multiple of eval.every ({base}): evaluators run after a regular "
+                                    f"evaluation, got {every}")
 
 
 def run_id(cfg: dict) -> str:

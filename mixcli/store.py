@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from .errors import MixcliError
+from .evaluate import evaluator_metrics
 from .metrics import METRICS
 
 SPLITS = ("val", "test")
@@ -80,6 +81,12 @@ EPOCH_COLUMNS: dict[str, str] = {
 for _s in SPLITS:
     for _m in SCALARS + LIST_METRICS:
         EPOCH_COLUMNS[f"{_s}_{_m}"] = f"{_m} on {_s}"
+
+# issue 14: one test_<name> column (and final_/best_ in runs) per metric of every installed evaluator plugin
+for _m, _info in evaluator_metrics().items():
+    for _rule in ("final", "best"):
+        RUN_COLUMNS[f"{_rule}_test_{_m}"] = f"{_m} (evaluator) on test at the {_rule} epoch"
+    EPOCH_COLUMNS[f"test_{_m}"] = f"{_m} (evaluator) on test"
 
 _STRINGS = {"run_id", "experiment", "method", "dataset", "model", "loss", "task", "status", "error", "config",
             "best_on", "selection", "device", "mixcli_version", "started_at", "finished_at"}

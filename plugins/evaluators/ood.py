@@ -1,0 +1,112 @@
+"""Out-of-distribution detection with maximum softmax probability and energy scores."""
+from __future__ import annotations
+
+import torch
+
+from mixcli.api import EvalContext, Evaluator, PluginError, check_range, dataset_class, metric
+from mixcli.metrics import aupr, auroc, fpr_at_tpr
+
+SYNTHETIC = ("uniform_noise", "gaussian_noise")
+SCORES = ("msp", "energy")
+
+
+def msp(logits: torch.Tensor) -> torch.Tensor:
+    """Maximum softmax probability ``max_k softmax(z)_k`` (Hendrycks & Gimpel 2017)."""
+    return torch.softmax(logits.float(), 1).max(1).values
+
+
+def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Negative free energy ``T logsumexp(z / T)`` (Liu et al. 2020): higher means more in-distribution."""
+    return temperature * torch.logsumexp(logits.float() / temperature, 1)
+
+
+class OOD(Evaluator):
+    """Detection of another dataset's test images as out-of-distribution (AUROC, AUPR, FPR at 95% TPR).
+
+    Scores of the model on the in-distribution (ID) test split and on the OOD set, both preprocessed with the
+    ID dataset's normalization: maximum softmax probability ``max_k softmax(z)_k`` (Hendrycks & Gimpel,
+    "A Baseline for Detecting Misclassified and Out-of-Distribution Examples", ICLR 2017) and the negative
+    energy ``T logsumexp(z / T)`` (Liu, Wang, Owens, Li, "Energy-based Out-of-distribution Detection",
+    NeurIPS 2020). ID is the positive class: ``ood_<score>_auroc``, ``ood_<score>_aupr`` (AUPR-In) and
+    ``ood_<score>_fpr95`` (the fraction of OOD images accepted at the threshold that keeps 95% of ID images),
+    defined in :mod:`mixcli.metrics`; ``ood_<score>_aupr_out`` is the AUPR with OOD as the positive class
+    (the negated score), the other convention of the literature. RegMixup (Pinto et al., NeurIPS 2022) reports these for mixup.
+
+    ``dataset``: a registered dataset (its options in ``dataset_options``; its test split, same image shape
+    as the ID data, e.g. ``svhn`` against ``cifar10``, ``fashion_mnist`` against ``mnist``), or the
+    synthetic ``uniform_noise`` (pixels U[0, 1]) or ``gaussian_noise`` (N(0.5, 1) clipped to [0, 1], the
+    synthetic outliers of Hendrycks et al., Outlier Exposure, ICLR 2019), as many images as the ID test split,
+    drawn from the evaluator's private generator. ``max_images`` caps the OOD set (its first images). A
+    ``root`` in ``dataset_options`` is taken as written (relative: to the working folder), since it is not an
+    option of this evaluator.
+    """
+
+    paper = "Hendrycks & Gimpel, ICLR 2017 (MSP); Liu et al., NeurIPS 2020 (energy)"
+    metrics = tuple(m for s in SCORES for m in (
+        metric(f"ood_{s}_auroc", True, percent=True, doc=f"AUROC of the {s} score, ID positive"),
+        metric(f"ood_{s}_aupr", True, percent=True, doc=f"average precision (AUPR-In) of the {s} score"),
+        metric(f"ood_{s}_aupr_out", True, percent=True, doc=f"AUPR-Out: OOD positive, score -{s}"),
+        metric(f"ood_{s}_fpr95", False, percent=True, doc=f"OOD accepted at 95% ID recall, {s} score")))
+
+    def __init__(self, dataset: str = "uniform_noise", dataset_options: dict = {}, temperature: float = 1.0,
+                 max_images: int = None):
+        if not isinstance(dataset, str) or not isinstance(dataset_options, dict):
+            raise PluginError(f"dataset must be a dataset name and dataset_options a mapping, got {dataset!r} "
+                              f"and {dataset_options!r}")
+        spec = {**dataset_options, "name": dataset}
+        if dataset in SYNTHETIC and dataset_options:
+            raise PluginError(f"{dataset} takes no dataset_options")
+        if spec["name"] not in SYNTHETIC:
+            cls = dataset_class(spec["name"])
+            try:
+                cls(**{k: v for k, v in spec.items() if k != "name"})
+            except TypeError as exc:
+                raise PluginError(f"dataset {spec['name']!r}: {exc}") from None
+        self.spec = spec
+        self.temperature = check_range("temperature", temperature, 0, low_open=True)
+        if max_images is not None and (not isinstance(max_images, int) or isinstance(max_images, bool)
+                                       or max_images < 1):
+            raise PluginError(f"max_images must be an integer >= 1 or null, got {max_images!r}")
+        self.max_images = max_images
+        self._x = None  # the OOD test inputs, loaded once per run
+
+    def check(self, data) -> None:
+        if self.spec["name"] in SYNTHETIC:
+            return
+        x, test = self._load(), data.test.x
+        if x.dtype != test.dtype or tuple(x.shape[1:]) != tuple(test.shape[1:]):
+            raise PluginError(f"OOD dataset {self.spec['name']!r} has inputs {tuple(x.shape[1:])} ({x.dtype}), "
+                              f"the in-distribution data {tuple(test.shape[1:])} ({test.dtype}); they must match")
+
+    def _load(self) -> torch.Tensor:
+        """The OOD dataset's test inputs (its first ``max_images``), loaded once."""
+        if self._x is None:
+            cls = dataset_class(self.spec["name"])
+            x = cls(**{k: v for k, v in self.spec.items() if k != "name"}).load().test.x
+            self._x = x[: self.max_images] if self.max_images else x
+        return self._x
+
+    def _ood_images(self, ctx: EvalContext) -> torch.Tensor:
+        test = ctx.splits["test"].x
+        name = self.spec["name"]
+        if name in SYNTHETIC:  # drawn per evaluation from the private generator
+            n = len(test) if self.max_images is None else self.max_images
+            shape = (n, *test.shape[1:])
+            if name == "uniform_noise":
+                return torch.rand(shape, device=ctx.device, generator=ctx.generator)
+            return (0.5 + torch.randn(shape, device=ctx.device, generator=ctx.generator)).clamp(0, 1)
+        self.check(ctx.data)
+        return ctx.pixels(self._x.to(ctx.device))
+
+    def __call__(self, model, ctx: EvalContext) -> dict[str, float]:
+        logits_in, _ = ctx.predict(model, "test")
+        ood = self._ood_images(ctx)
+        logits_out = torch.cat([ctx.logits(model, ood[i:i + ctx.batch_size])
+                                for i in range(0, len(ood), ctx.batch_size)])
+        out = {}
+        for s in SCORES:
+            f = msp if s == "msp" else (lambda z: energy(z, self.temperature))
+            s_in, s_out = f(logits_in).cpu().numpy(), f(logits_out).cpu().numpy()
+            out.update({f"ood_{s}_auroc": auroc(s_in, s_out), f"ood_{s}_aupr": aupr(s_in, s_out),
+                        f"ood_{s}_aupr_out": aupr(-s_out, -s_in), f"ood_{s}_fpr95": fpr_at_tpr(s_in, s_out, 0.95)})
+        return out
