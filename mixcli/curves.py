@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import MixcliError, did_you_mean
-from .evaluate import all_metrics
+from .metrics import all_metrics, known_metric, metric_info
 from .report import UNSET, compare, fmt_value, group_keys, group_label, load_runs
 from .selection import PRIMARY
 from .store import read_table
@@ -67,7 +67,7 @@ def drop(best: float, final: float, higher_is_better: bool) -> float:
 
 def drop_floor(metric: str, best: float) -> float:
     """The smallest drop that can count as a U-shape: 0.005 for percent metrics, else 1% of ``|best|``."""
-    info = all_metrics().get(metric)
+    info = (metric_info(metric) if known_metric(metric) else None)
     return PERCENT_FLOOR if info is not None and info.percent else RELATIVE_FLOOR * abs(best)
 
 
@@ -93,7 +93,7 @@ class CurveStats:
 def curve_stats(epochs, mean, final_std: float, metric: str, higher_is_better: bool | None = None) -> CurveStats:
     """All statistics of one mean curve (``epochs`` ascending or not; NaN values are skipped)."""
     if higher_is_better is None:
-        higher_is_better = all_metrics()[metric].higher_is_better
+        higher_is_better = metric_info(metric).higher_is_better
     ep = np.asarray(epochs, dtype=float)
     v = np.asarray(mean, dtype=float)
     ok = np.isfinite(v)
@@ -159,7 +159,7 @@ def load_curves(out: Path | str, metric: str | None = None, by: list[str] | None
     finished = runs[runs["status"] == "finished"]
     task = finished["task"].iloc[0] if len(finished) else "classification"
     metric = metric or PRIMARY.get(task, "accuracy")
-    if metric not in all_metrics():
+    if not known_metric(metric):
         raise MixcliError(f"--metric {metric}: unknown metric{did_you_mean(metric, all_metrics())}")
     cmp = compare(out, by=by, metrics=[metric], rule=rule, split=split)  # groups, rule and checks as compare
     finished = finished.reset_index(drop=True)
@@ -235,7 +235,7 @@ def render_chart(cv: Curves, width: int = 80, height: int = 4, use_color: bool |
     from rich.console import Group
     from rich.text import Text
 
-    scale = 100.0 if all_metrics()[cv.metric].percent else 1.0
+    scale = 100.0 if metric_info(cv.metric).percent else 1.0
     lo_ep = min(float(c.epochs.min()) for c in cv.curves)
     hi_ep = max(float(c.epochs.max()) for c in cv.curves)
     ylab = 8
@@ -287,7 +287,7 @@ def render_table(cv: Curves):
     from rich.table import Table
 
     m = cv.metric
-    pct = all_metrics()[m].percent
+    pct = metric_info(m).percent
     unit = " (points)" if pct else ""
     floor = "0.5 points" if pct else "1% of |best|"
     t = Table(title=f"{cv.experiment}: {cv.split} {m} curves; selected = {cv.rule_label}, mean ± std", caption=(
@@ -310,7 +310,7 @@ def render_table(cv: Curves):
 
 # ------------------------------------------------------------------------------------------------- figure
 def axis_label(split: str, metric: str) -> str:
-    unit = "%" if all_metrics()[metric].percent else UNITS.get(metric, "")
+    unit = "%" if metric_info(metric).percent else UNITS.get(metric, "")
     return f"{split} {metric}" + (f" ({unit})" if unit else "")
 
 
@@ -341,7 +341,7 @@ def plot_png(cv: Curves, path: Path | str, dpi: int = 150) -> Path:
     first = {lab: lab.split(" ")[0] for lab in order}  # variants of one method get dashed lines
     dashes = {lab: ("-", "--", "-.", ":")[[first[o] for o in order[:i]].count(first[lab]) % 4]
               for i, lab in enumerate(order)}
-    scale = 100.0 if all_metrics()[cv.metric].percent else 1.0
+    scale = 100.0 if metric_info(cv.metric).percent else 1.0
     ncols = min(3, len(names))
     nrows = math.ceil(len(names) / ncols)
     fig = Figure(figsize=(max(6.4, 4.6 * ncols), 3.6 * nrows + 0.8), dpi=dpi, layout="constrained")

@@ -25,31 +25,8 @@ import torch
 
 from .api import EvalContext, Evaluator, PluginError
 from .errors import MixcliError
-from .metrics import METRICS, MetricInfo
+from .metrics import METRICS, MetricInfo, all_metrics, evaluator_metrics  # noqa: F401 (re-exported)
 from .registry import REGISTRY
-
-
-# ------------------------------------------------------------------------------------------- declarations
-@functools.lru_cache(maxsize=None)
-def evaluator_metrics() -> dict[str, MetricInfo]:
-    """Every metric declared by an installed evaluator that loads (broken plugins are skipped here and
-    reported when used). A name that clashes with a built-in metric or an earlier evaluator's is skipped
-    (:func:`metric_clashes` reports it when the evaluator is used)."""
-    out: dict[str, MetricInfo] = {}
-    for name in REGISTRY.names("evaluators"):
-        try:
-            cls = REGISTRY.get("evaluators", name)
-        except MixcliError:
-            continue
-        for info in getattr(cls, "metrics", ()):
-            if isinstance(info, MetricInfo) and info.name not in METRICS and info.name not in out:
-                out[info.name] = info
-    return out
-
-
-def all_metrics() -> dict[str, MetricInfo]:
-    """The built-in metrics (:data:`mixcli.metrics.METRICS`) and every installed evaluator's."""
-    return {**METRICS, **evaluator_metrics()}
 
 
 def metric_clashes(name: str, cls) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .metrics import METRICS
+from .metrics import metric_info
 
 _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
@@ -22,7 +22,7 @@ def escape(text: str) -> str:
 
 
 def _head(metric: str) -> str:
-    info = METRICS[metric]
+    info = metric_info(metric)
     unit = r" (\%)" if info.percent else ""
     arrow = r"$\uparrow$" if info.higher_is_better else r"$\downarrow$"
     return f"{escape(metric)}{unit} {arrow}"

@@ -59,6 +59,8 @@ Regression (:func:`regression_metrics`; ``pred``, ``target`` of shape (N,) or (N
 """
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -351,3 +353,40 @@ def fpr_at_tpr(score_in, score_out, tpr: float = 0.95) -> float:
     k = max(1, math.ceil(tpr * len(s_in) - 1e-9))
     t = np.sort(s_in)[::-1][k - 1]
     return float((s_out >= t).mean())
+
+
+# ------------------------------------------------- declared metrics of evaluator plugins (loaded lazily)
+@functools.lru_cache(maxsize=None)
+def evaluator_metrics() -> dict[str, MetricInfo]:
+    """Every metric declared by an installed evaluator that loads (broken plugins are skipped here and
+    reported when used). A name that clashes with a built-in metric or an earlier evaluator's is skipped
+    (:func:`metric_clashes` reports it when the evaluator is used)."""
+    from .errors import MixcliError
+    from .registry import REGISTRY
+
+    out: dict[str, MetricInfo] = {}
+    for name in REGISTRY.names("evaluators"):
+        try:
+            cls = REGISTRY.get("evaluators", name)
+        except MixcliError:
+            continue
+        for info in getattr(cls, "metrics", ()):
+            if isinstance(info, MetricInfo) and info.name not in METRICS and info.name not in out:
+                out[info.name] = info
+    return out
+
+
+def all_metrics() -> dict[str, MetricInfo]:
+    """The built-in metrics (:data:`mixcli.metrics.METRICS`) and every installed evaluator's."""
+    return {**METRICS, **evaluator_metrics()}
+
+
+def metric_info(name: str) -> MetricInfo:
+    """A metric's declaration: a built-in one without loading any plugin, else an evaluator's (KeyError if
+    unknown). Reports use this so that a table of built-in metrics never imports the evaluator plugins
+    (nor torch)."""
+    return METRICS[name] if name in METRICS else evaluator_metrics()[name]
+
+
+def known_metric(name: str) -> bool:
+    return name in METRICS or name in evaluator_metrics()

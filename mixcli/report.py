@@ -15,8 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import MixcliError, did_you_mean
-from .evaluate import all_metrics
-from .metrics import METRICS
+from .metrics import METRICS, all_metrics, known_metric, metric_info
 from .selection import RULES, select
 from .store import read_table
 
@@ -185,7 +184,7 @@ def compare(out: Path | str | list, by: list[str] | None = None, metrics: list[s
                           "row; add --by KEY for the rows compared inside each block")
     if metrics:
         for m in metrics:
-            if m not in all_metrics():
+            if not known_metric(m):
                 raise MixcliError(f"--metric {m}: unknown metric{did_you_mean(m, all_metrics())}")
     else:
         metrics = DEFAULT_METRICS[task]
@@ -218,7 +217,7 @@ def compare(out: Path | str | list, by: list[str] | None = None, metrics: list[s
         for idx in blocks:
             col = table.loc[idx, f"{m}_mean"]
             if col.notna().any():
-                best.setdefault(m, []).append(col.idxmax() if all_metrics()[m].higher_is_better else col.idxmin())
+                best.setdefault(m, []).append(col.idxmax() if metric_info(m).higher_is_better else col.idxmin())
     names = ", ".join(dict.fromkeys(runs["experiment"].astype(str)))
     title = f"{names}: {split} metrics at the {label}, mean ± std over seeds"
     return Comparison(table, by, metrics, title, label, best, notes, within)
@@ -227,7 +226,7 @@ def compare(out: Path | str | list, by: list[str] | None = None, metrics: list[s
 def fmt_value(metric: str, v: float) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
-    info = all_metrics()[metric]
+    info = metric_info(metric)
     return f"{v * 100:.2f}" if info.percent else f"{v:.4f}"
 
 
@@ -238,7 +237,7 @@ ABBREV = {"accuracy": "acc", "nll": "nll", "ece": "ece", "mean_recall": "mrec", 
 
 
 def header(metric: str, short: bool = False) -> str:
-    info = all_metrics()[metric]
+    info = metric_info(metric)
     arrow = "↑" if info.higher_is_better else "↓"
     name = ABBREV.get(metric, metric) if short else metric
     return f"{name}{' %' if info.percent else ''} {arrow}"

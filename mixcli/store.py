@@ -20,6 +20,7 @@ warning.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -34,15 +35,14 @@ import pyarrow.parquet as pq
 import yaml
 
 from .errors import MixcliError
-from .evaluate import evaluator_metrics
-from .metrics import METRICS
+from .metrics import METRICS, evaluator_metrics
 
 SPLITS = ("val", "test")
 LIST_METRICS = ("per_class_recall", "per_class_coverage")
 SCALARS = tuple(METRICS)
 
 #: the columns of a runs row, in order, with their meaning (documented in the README)
-RUN_COLUMNS: dict[str, str] = {
+_RUN_BASE: dict[str, str] = {
     "run_id": "stable id: method, seed and a hash of the resolved configuration",
     "experiment": "the experiment's name",
     "method": "method plugin name", "dataset": "dataset plugin name", "model": "model plugin name",
@@ -62,7 +62,7 @@ RUN_COLUMNS: dict[str, str] = {
     "started_at": "UTC time of the first start", "finished_at": "UTC time of completion",
 }
 # provenance (mixcli.provenance)
-RUN_COLUMNS.update({
+_RUN_BASE.update({
     "git_commit": "HEAD of the experiment file's git repository (empty outside one)",
     "git_dirty": "whether that repository's tracked files differed from HEAD (or the file was untracked)",
     "torch_version": "the torch version", "cuda_version": "torch's CUDA version (empty for a CPU build)",
@@ -72,21 +72,15 @@ RUN_COLUMNS.update({
 for _rule in ("final", "best"):
     for _s in SPLITS:
         for _m in SCALARS:
-            RUN_COLUMNS[f"{_rule}_{_s}_{_m}"] = f"{_m} on {_s} at the {_rule} epoch"
+            _RUN_BASE[f"{_rule}_{_s}_{_m}"] = f"{_m} on {_s} at the {_rule} epoch"
 
-EPOCH_COLUMNS: dict[str, str] = {
+_EPOCH_BASE: dict[str, str] = {
     "run_id": "the run", "epoch": "epoch number (1-based)", "train_loss": "mean training loss over the epoch",
     "lr": "learning rate at the end of the epoch", "time_s": "wall time of the epoch in seconds",
 }
 for _s in SPLITS:
     for _m in SCALARS + LIST_METRICS:
-        EPOCH_COLUMNS[f"{_s}_{_m}"] = f"{_m} on {_s}"
-
-# issue 14: one test_<name> column (and final_/best_ in runs) per metric of every installed evaluator plugin
-for _m, _info in evaluator_metrics().items():
-    for _rule in ("final", "best"):
-        RUN_COLUMNS[f"{_rule}_test_{_m}"] = f"{_m} (evaluator) on test at the {_rule} epoch"
-    EPOCH_COLUMNS[f"test_{_m}"] = f"{_m} (evaluator) on test"
+        _EPOCH_BASE[f"{_s}_{_m}"] = f"{_m} on {_s}"
 
 _STRINGS = {"run_id", "experiment", "method", "dataset", "model", "loss", "task", "status", "error", "config",
             "best_on", "selection", "device", "mixcli_version", "started_at", "finished_at"}
@@ -108,9 +102,39 @@ def _arrow_type(col: str) -> pa.DataType:
     return pa.float64()
 
 
-#: the fixed Arrow schemas of the two tables (every file of a table has exactly this schema)
-SCHEMAS = {"runs": pa.schema([(c, _arrow_type(c)) for c in RUN_COLUMNS]),
-           "epochs": pa.schema([(c, _arrow_type(c)) for c in EPOCH_COLUMNS])}
+TABLES = ("runs", "epochs")
+
+
+@functools.lru_cache(maxsize=None)
+def columns(table: str) -> dict[str, str]:
+    """The columns of ``runs`` or ``epochs`` with their meaning: the built-in ones, and one ``test_<name>``
+    (``{final,best}_test_<name>`` in runs) per metric declared by an installed evaluator plugin. Computed on
+    first use, so that reading results never imports the plugins (nor torch)."""
+    cols = dict(_RUN_BASE if table == "runs" else _EPOCH_BASE)
+    for m in evaluator_metrics():
+        if table == "runs":
+            for rule in ("final", "best"):
+                cols[f"{rule}_test_{m}"] = f"{m} (evaluator) on test at the {rule} epoch"
+        else:
+            cols[f"test_{m}"] = f"{m} (evaluator) on test"
+    return cols
+
+
+@functools.lru_cache(maxsize=None)
+def schema(table: str) -> pa.Schema:
+    """The fixed Arrow schema of a table: every file of the table has exactly this schema."""
+    return pa.schema([(c, _arrow_type(c)) for c in columns(table)])
+
+
+def __getattr__(name: str):
+    """``RUN_COLUMNS``, ``EPOCH_COLUMNS`` and ``SCHEMAS`` (documented names), computed on first access."""
+    if name == "RUN_COLUMNS":
+        return columns("runs")
+    if name == "EPOCH_COLUMNS":
+        return columns("epochs")
+    if name == "SCHEMAS":
+        return {t: schema(t) for t in TABLES}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _frame(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
@@ -131,8 +155,7 @@ def _frame(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
 
 
 def _write_table(path: Path, rows: list[dict], table: str) -> None:
-    columns = RUN_COLUMNS if table == "runs" else EPOCH_COLUMNS
-    arrow = pa.Table.from_pandas(_frame(rows, columns), schema=SCHEMAS[table], preserve_index=False)
+    arrow = pa.Table.from_pandas(_frame(rows, columns(table)), schema=schema(table), preserve_index=False)
     atomic_write(path, lambda f: pq.write_table(arrow, f))
 
 
@@ -202,12 +225,12 @@ class Store:
 
     def damaged(self, run_id: str) -> list[Path]:
         """The result files of ``run_id`` that exist but cannot be read back (truncated, garbage)."""
-        return [p for p in (self.table_path(t, run_id) for t in SCHEMAS) if p.exists() and not readable(p)]
+        return [p for p in (self.table_path(t, run_id) for t in TABLES) if p.exists() and not readable(p)]
 
     def remove_temporaries(self, run_id: str) -> int:
         """Delete the temporary files a killed writer of ``run_id`` left behind (call while holding its claim,
         so no live writer owns them). Returns how many were removed."""
-        pats = [(self.out / t, f".{run_id}.parquet.*{TMP_SUFFIX}") for t in SCHEMAS]
+        pats = [(self.out / t, f".{run_id}.parquet.*{TMP_SUFFIX}") for t in TABLES]
         pats += [(self.job_dir(run_id), f".*{TMP_SUFFIX}"), (self.out / "claims", f".{run_id}.json.*{TMP_SUFFIX}")]
         n = 0
         for d, pat in pats:
@@ -286,7 +309,7 @@ def read_table(out: Path | str, table: str, warn: Callable[[str], None] = _warn_
             frames.pop()
             warn(f"skipped {p}: not a mixcli {table} file (no column {', '.join(missing)})")
     if not frames:
-        return pd.DataFrame(columns=list(RUN_COLUMNS if table == "runs" else EPOCH_COLUMNS))
+        return pd.DataFrame(columns=list(columns(table)))
     return pd.concat(frames, ignore_index=True)
 
 
