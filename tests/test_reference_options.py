@@ -9,9 +9,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mixcli.api import Batch, Context, MixOutput, PluginError, Split
+from scipy.stats import chisquare
+
+from mixcli.api import Batch, Context, MixOutput, Model, PluginError, Split
 from mixcli_plugins.losses.decoupled import Decoupled
 from mixcli_plugins.methods.manifold_mixup import ManifoldMixup
+from mixcli_plugins.methods.mixup import Mixup
 from mixcli_plugins.methods.regmixup import RegMixup
 from mixcli_plugins.models.mlp import MLP
 
@@ -129,3 +132,49 @@ def test_manifold_mixup_bce_softmax_is_the_official_criterion():
     assert m(model, Batch(x, y, torch.arange(12)), ctx).loss is None
     with pytest.raises(PluginError, match="criterion must be one of soft_ce, bce_softmax"):
         ManifoldMixup(criterion="bce")
+
+
+# ------------------------------------------------------------------- regression baselines: partners: dataset
+class Identity(Model):
+    """stages, pool and classifier are identities: the output IS the (mixed) input."""
+
+    def __init__(self):
+        super().__init__()
+        self.stages = nn.ModuleList([nn.Identity(), nn.Identity()])
+        self.pool, self.classifier = nn.Identity(), nn.Identity()
+
+
+def regression_ctx(y, seed=0):
+    return Context(task="regression", num_classes=None, device=torch.device("cpu"),
+                   rng=np.random.default_rng(seed), train=Split(y.clone(), y), fetch=lambda i: (y[i].clone(), y[i]),
+                   epochs=1, model=Identity())
+
+
+@pytest.mark.parametrize("make", [lambda: Mixup(alpha=2.0, partners="dataset"),
+                                  lambda: ManifoldMixup(alpha=2.0, positions=[1], partners="dataset")])
+def test_dataset_partners_are_uniform_over_the_training_set(make):
+    n_train = 40
+    y = torch.arange(n_train, dtype=torch.float32).unsqueeze(1) * 10  # label = 10 x the row index
+    ctx = regression_ctx(y)
+    m = make()
+    m.setup(ctx)
+    idx = torch.arange(8)  # a batch of the first 8 rows
+    counts = np.zeros(n_train)
+    for _ in range(1500):
+        out = m(ctx.model, Batch(y[idx], y[idx], idx), ctx)
+        lam = out.lam.view(-1, 1)
+        partner = (out.y_b[:, 0] / 10).round().long()
+        counts += np.bincount(partner.numpy(), minlength=n_train)
+        # the output is the mixed input and the target mixes the partner's label the same way
+        torch.testing.assert_close(out.logits, lam * y[idx] + (1 - lam) * y[partner])
+    assert counts[8:].sum() > 0.7 * counts.sum()  # mostly outside the batch: 32 of 40 rows
+    assert chisquare(counts).pvalue > 1e-3  # uniform over all N training rows, with replacement
+
+
+def test_dataset_partners_option_errors():
+    with pytest.raises(PluginError, match="partners must be one of batch, dataset"):
+        Mixup(partners="train")
+    with pytest.raises(PluginError, match="partners: dataset.*set cutmix_alpha 0"):
+        Mixup(partners="dataset", cutmix_alpha=1.0)
+    with pytest.raises(PluginError, match="partners must be one of batch, dataset"):
+        ManifoldMixup(partners="all")
