@@ -104,7 +104,9 @@ def find_baselines(labels: dict[tuple, str], keys: dict[tuple, dict[str, str]], 
     ``against`` is a group label as the table shows it (e.g. ``erm`` or ``mixup fraction=0.1``): that one
     group is every group's baseline. Otherwise it may be the value of one grouping key (e.g. ``erm`` under
     ``--by method --by dataset.fraction``): each group is then compared with the group that has this value
-    and the same other keys (``erm`` at the same fraction)."""
+    and the same other keys (``erm`` at the same fraction). Failing both, a label whose words are all in
+    exactly one group's label picks that group (``manifold_mixup criterion=soft_ce`` for the group
+    ``manifold_mixup criterion=soft_ce loss=soft_ce``)."""
     exact = [g for g, lab in labels.items() if lab == against]
     if len(exact) == 1:
         return {g: exact[0] for g in labels}
@@ -122,6 +124,13 @@ def find_baselines(labels: dict[tuple, str], keys: dict[tuple, dict[str, str]], 
             if match:
                 base[g] = match[0]
         return base
+    words = set(against.split())
+    part = [g for g, lab in labels.items() if words <= set(lab.split())]
+    if len(part) == 1:
+        return {g: part[0] for g in labels}
+    if len(part) > 1:
+        raise MixcliError(f"--against {against}: matches {len(part)} groups ("
+                          + ", ".join(labels[g] for g in part) + "); give one group's full label")
     raise MixcliError(f"--against {against}: no such group{did_you_mean(against, labels.values())}")
 
 

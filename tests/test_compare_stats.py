@@ -3,6 +3,7 @@ unmatched seeds), pooled titles, several experiments in one directory, every --f
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 
@@ -14,15 +15,18 @@ from scipy import stats
 from mixcli.store import Store
 
 
+RUN_NUMBER = itertools.count()
+
+
 def make_runs(out, rows, experiment="airfoil"):
     """rows: (method, seed, rmse[, extra config dict[, experiment]]) -> a results directory of regression runs."""
     store = Store(out)
-    for k, row in enumerate(rows):
+    for row in rows:
         method, seed, rmse = row[:3]
         extra = row[3] if len(row) > 3 else {}
         exp = row[4] if len(row) > 4 else experiment
         cfg = {"seed": seed, "method": {"name": method}, "dataset": {"name": "airfoil", **extra}}
-        rid = f"{exp}-{method}-{seed}-{k}"
+        rid = f"{exp}-{method}-{seed}-{next(RUN_NUMBER)}"  # unique across calls into one directory
         store.write_run({"run_id": rid, "experiment": exp, "method": method, "dataset": "airfoil", "model": "mlp",
                          "loss": "mse", "task": "regression", "seed": seed, "status": "finished",
                          "config": json.dumps(cfg), "selection": "final", "epochs": 1})
@@ -157,3 +161,20 @@ def test_bad_baseline_and_alpha_are_clear_errors(cli, tmp_path):
     assert code == 2 and "--against ermm" in text and "did you mean 'erm'" in text
     code, text = cli("compare", out, "--against", "erm", "--alpha", "1.5")
     assert code == 2 and "--alpha" in text
+
+
+def test_baseline_by_part_of_a_label(cli, tmp_path):
+    rows = [(m, s, v + 0.1 * s) for m, v in (("erm", 3.0), ("mixup", 2.8)) for s in range(3)]
+    out = make_runs(tmp_path / "r", rows)
+    store_rows = [("mixup", s, 2.5 + 0.1 * s, {"fraction": 0.5}) for s in range(3)]
+    make_runs(out, store_rows)
+    doc = compare_json(cli, out, "--against", "fraction=0.5")  # the words of one group's label
+    r = {(g["method"], g["dataset.fraction"]): g for g in doc["groups"]}[("erm", "-")]["rmse"]["vs_baseline"]
+    assert r["baseline"] == "mixup fraction=0.5" and r["diff"] == pytest.approx(0.5)
+    # a value of one key: each group against the group with that value and the same other keys
+    doc = compare_json(cli, out, "--against", "mixup")
+    r = {(g["method"], g["dataset.fraction"]): g for g in doc["groups"]}[("erm", "-")]["rmse"]["vs_baseline"]
+    assert r["baseline"] == "mixup" and r["diff"] == pytest.approx(0.2)
+    make_runs(out, [("erm", s, 2.0, {"fraction": 0.5}) for s in range(3)])
+    code, text = cli("compare", out, "--metric", "rmse", "--against", "fraction=0.5")  # now two groups
+    assert code == 2 and "matches 2 groups" in text

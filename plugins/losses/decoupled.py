@@ -48,9 +48,11 @@ class Decoupled(Loss):
     mixed row's two classes in ascending class index. When that row's y_a has the larger index (about half
     the batches), w_a and w_b are swapped for every row of the batch. ``eta_order: reference`` reproduces
     this (the first mixed row decides, for all rows); ``eta_order: lam`` (default) weights each class by its
-    own lam. Measured on digits (``mixup`` alpha 1 + this loss at eta 1, ``cnn`` width 8, 10 epochs, 5 seeds;
-    ``mixcli compare --against``): see ``tests/test_reference_options.py`` and the README's Decoupled note.
-        """
+    own lam. Measured (``experiments/reference_options_digits.yaml``: mixup alpha 1 with this loss at eta 1,
+    ``cnn`` on digits, 15 epochs, 5 seeds, paired by seed), reference order minus lam order: accuracy
+    +0.06 +- 0.16 points (not significant), NLL +0.0098 +- 0.0040 (p = 0.07), ECE +0.94 +- 0.19 points
+    (p = 0.008): a small calibration cost, no accuracy difference at this scale.
+    """
 
     tasks = ("classification",)
     paper = "Liu et al., Harnessing Hard Mixed Samples with Decoupled Regularizer, NeurIPS 2023"

@@ -44,7 +44,10 @@ class ManifoldMixup(Method):
     ``criterion: bce_softmax`` uses it (set ``MixOutput.loss``; the loss plugin is then not used), for
     comparisons with the published numbers. It is about K times smaller than the cross-entropy (so at the
     same learning rate it trains with a much smaller effective step) and penalises the non-target classes
-    too. Measured difference: see the README's Manifold Mixup note.
+    too. Measured (``experiments/reference_options_digits.yaml``: ``cnn`` on digits, SGD lr 0.05, 15 epochs,
+    5 seeds, paired by seed), bce_softmax minus soft_ce: accuracy -6.35 +- 1.07 points, NLL +0.62 +- 0.02,
+    ECE +29.8 +- 1.5 points (all 5 seeds worse): at a learning rate tuned for cross-entropy it undertrains;
+    the official code pairs it with its own, much longer schedule (CIFAR: lr 0.1, 2000 epochs).
     """
 
     family = "feature"
