@@ -29,7 +29,7 @@ from torch import nn
 __all__ = [
     "Plugin", "Split", "DataBundle", "Dataset", "Model", "Batch", "MixOutput", "Context", "Method", "Loss",
     "soft_targets", "sample_lam", "PluginError", "permutation", "lam_tensor", "interpolate",
-    "soft_cross_entropy", "mixed_regression_target", "check_range",
+    "soft_cross_entropy", "mixed_regression_target", "check_range", "file_fingerprint",
 ]
 
 
@@ -117,12 +117,36 @@ class DataBundle:
 
 
 class Dataset(Plugin):
-    """Base class of dataset plugins: options in ``__init__``, data from :meth:`load`."""
+    """Base class of dataset plugins: options in ``__init__``, data from :meth:`load`.
+
+    Three optional hooks serve validation and run identity (mixcli calls them at ``validate`` and
+    ``run --dry-run`` time, so they must be cheap: no loading of the data):
+
+    - :attr:`path_options`: the options that hold file or folder paths. A relative path written in an
+      experiment file is resolved against the file's folder (on the command line: the working folder) before
+      the plugin sees it.
+    - :meth:`shape`: the input shape and output dimension the data will have, so that the model (and the
+      method's fit to it, :meth:`Method.check_model`) is checked before any run.
+    - :meth:`fingerprint`: a short text identifying the data's content (e.g. ``file_fingerprint(path)``). It
+      becomes part of the run id: when the data changes, runs are not skipped as already finished.
+    """
 
     task: ClassVar[str] = "classification"
+    #: options holding file or folder paths (resolved like every path of an experiment file)
+    path_options: ClassVar[tuple[str, ...]] = ()
 
     def load(self) -> DataBundle:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def shape(self) -> tuple[tuple[int, ...], int] | None:
+        """``(input_shape, out_dim)`` of the data without loading it (e.g. ``((3, 32, 32), 10)``), or None
+        when only loading can tell (the model is then checked when the run starts)."""
+        return None
+
+    def fingerprint(self) -> str | None:
+        """A text that changes when the data changes (None: the data is fixed by the options alone, e.g.
+        bundled or generated data, or official files whose checksum is verified when loading)."""
+        return None
 
 
 # ------------------------------------------------------------------------------------------------- models
@@ -249,6 +273,12 @@ class Method(Plugin):
     def start_epoch(self, epoch: int, ctx: Context) -> None:
         pass
 
+    def check_model(self, model: Model, input_shape: tuple[int, ...]) -> None:
+        """Raise :class:`PluginError` when the options do not fit ``model`` (e.g. a stage it does not have),
+        whose inputs have ``input_shape`` (one example). Called by ``mixcli validate`` and ``run --dry-run``
+        with the model built on PyTorch's meta device (structure only: no weights in memory; a forward pass
+        of meta tensors computes shapes only)."""
+
     def __call__(self, model: Model, batch: Batch, ctx: Context) -> MixOutput:  # pragma: no cover
         raise NotImplementedError
 
@@ -270,6 +300,36 @@ class Loss(Plugin):
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def file_fingerprint(*paths, hash_below: int = 16 * 2**20) -> str | None:
+    """A fingerprint of files for :meth:`Dataset.fingerprint`: the SHA-256 of the contents when they total
+    less than ``hash_below`` bytes, else each file's size and modification time (so a rewritten large file
+    is noticed without reading it). A folder counts as all files below it. None when nothing exists yet
+    (e.g. before a download)."""
+    import hashlib
+    import os
+
+    files = []
+    for p in map(str, paths):
+        if os.path.isdir(p):
+            for d, subdirs, names in os.walk(p):
+                subdirs.sort()
+                files += [(os.path.join(d, n), os.path.relpath(os.path.join(d, n), p)) for n in sorted(names)]
+        elif os.path.isfile(p):
+            files.append((p, os.path.basename(p)))
+    if not files:
+        return None
+    stats = [(f, name, os.stat(f)) for f, name in files]
+    if sum(st.st_size for _, _, st in stats) < hash_below:
+        h = hashlib.sha256()
+        for f, name, _ in stats:
+            h.update(name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                h.update(hashlib.sha256(fh.read()).digest())
+        return "sha256:" + h.hexdigest()[:16]
+    h = hashlib.sha256("".join(f"{name}|{st.st_size}|{st.st_mtime_ns};" for _, name, st in stats).encode())
+    return "stat:" + h.hexdigest()[:16]
+
+
 def check_range(name: str, value, low=None, high=None, low_open: bool = False, high_open: bool = False):
     """Return ``value`` if it is a number within the bounds, else raise a PluginError naming the option:
     e.g. ``check_range("prob", p, 0, 1)`` -> "prob must be in [0, 1], got 1.5"."""

@@ -1,20 +1,23 @@
-"""The ``mixcli`` command line: run, compare, list, validate."""
+"""The ``mixcli`` command line: run, status, compare, curves, inspect, list, validate."""
 from __future__ import annotations
 
 import functools
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Annotated, List, Optional
 
-import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+try:  # Ctrl-C while the (slow) imports load: one line, no traceback
+    import typer
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
 
-from .api import PluginError
-from .errors import MixcliError
+    from .api import PluginError
+    from .errors import MixcliError
+except KeyboardInterrupt:
+    sys.stderr.write("mixcli: interrupted\n")
+    raise SystemExit(130) from None
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="Run mixup experiments described in YAML, record them as parquet, compare them.")
@@ -34,41 +37,12 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (MixcliError, PluginError) as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
 
 
 # ----------------------------------------------------------------------------------------------------- run
-class RichProgress:
-    """Job k of N, epoch, live loss and accuracy, as rich progress bars."""
-
-    def __init__(self, progress: Progress, n_jobs: int) -> None:
-        self.p, self.n = progress, n_jobs
-        self.overall = progress.add_task("jobs", total=n_jobs, info="")
-        self.task = None
-        self.k = 0
-
-    def start(self, job, epochs: int, steps: int, start_epoch: int) -> None:
-        self.job, self.epochs, self.metric = job, epochs, None
-        desc = f"[{self.k}/{self.n}] {job.label}"
-        if self.task is not None:
-            self.p.remove_task(self.task)
-        self.task = self.p.add_task(desc, total=epochs * steps, completed=(start_epoch - 1) * steps,
-                                    info=f"epoch {start_epoch}/{epochs}")
-
-    def step(self) -> None:
-        self.p.advance(self.task)
-
-    def epoch(self, epoch: int, row: dict) -> None:
-        bits = [f"epoch {epoch}/{self.epochs}", f"loss {row['train_loss']:.3f}"]
-        if "test_accuracy" in row:
-            bits.append(f"test acc {100 * row['test_accuracy']:.2f}%")
-        if "test_rmse" in row:
-            bits.append(f"test rmse {row['test_rmse']:.4g}")
-        self.p.update(self.task, info=" · ".join(bits))
-
-
 @app.command()
 @user_errors
 def run(
@@ -79,9 +53,28 @@ def run(
                                        "else results/<name>)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the jobs and exit without training."),
+    jobs_n: Optional[int] = typer.Option(None, "--jobs", "-j", help="Jobs trained at once, each in a worker "
+                                         "process (default: one per GPU on CUDA, 1 on CPU)."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="GPUs to spread the jobs over, e.g. 0,1 "
+                                       "(default: all visible)."),
+    jobs_per_gpu: int = typer.Option(1, "--jobs-per-gpu", help="Jobs packed onto one GPU (small jobs)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads per job on CPU (default: "
+                                          "cores // jobs, so jobs x threads <= cores)."),
+    executor: str = typer.Option("local", "--executor", help="local (this machine) or ray (a Ray instance "
+                                 "or cluster; pip install \"mixcli[ray]\")."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Address of a running Ray cluster "
+                                              "(default: start a local Ray instance)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun only the runs recorded failed "
+                                      "(a plain rerun leaves them alone)."),
 ) -> None:
-    """Run every job of an experiment (skipping finished runs, resuming interrupted ones), then compare."""
-    from .engine import pick_device, record_failure, run_job
+    """Run every job of an experiment (skipping finished runs, resuming interrupted ones), then compare.
+
+    Any number of `mixcli run` processes may share one output directory: each run is claimed before it
+    trains and trains exactly once. A failing job is recorded failed and the sweep goes on (exit code 1)."""
+    from .execution import make_executor
+    from .execution.display import make_display
+    from .execution.local import sigterm_interrupts
+    from .execution.sweep import run_sweep
     from .finetune import with_parents
     from .jobs import expand
     from .report import compare, render
@@ -104,53 +97,89 @@ def run(
                       ("" if j.out == exp.out else f" (init_from parent -> {j.out})"))
         console.print(t)
         return
-    dev = pick_device(device)
-    stores = {}
-    console.print(f"[bold]{exp.name}[/]: {len(jobs)} job(s) on {dev} -> {exp.out}")
-    failed = []
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=False) as p:
-        rp = RichProgress(p, len(jobs))
-        for k, job in enumerate(jobs, 1):
-            rp.k = k
-            store = stores[job.out] = stores.get(job.out) or Store(job.out)
-            prev = store.run_row(job.run_id)
-            if prev is not None and prev.get("status") == "finished":
-                p.console.print(f"  [dim][{k}/{len(jobs)}] {job.run_id}: already finished, skipped[/]")
-                p.advance(rp.overall)
-                continue
-            t0 = time.perf_counter()
-            try:
-                row = run_job(job, store, dev, rp)
-            except (MixcliError, PluginError) as exc:
-                record_failure(job, store, dev, str(exc))
-                raise
-            except KeyboardInterrupt:
-                p.console.print(f"[yellow]interrupted during {job.run_id}; run the same command again to "
-                                "resume from its last finished epoch[/]")
-                raise typer.Exit(130) from None
-            except Exception as exc:  # a bug or a numerical failure in one job: record it, go on
-                msg = f"{type(exc).__name__}: {exc}"
-                record_failure(job, store, dev, msg)
-                failed.append(job.run_id)
-                p.console.print(f"[red][{k}/{len(jobs)}] {job.run_id} failed: {msg}[/]")
-                p.console.print(traceback.format_exc(), markup=False, highlight=False)
-                p.advance(rp.overall)
-                continue
-            acc = row.get("final_test_accuracy")
-            rmse = row.get("final_test_rmse")
-            score = f"test acc {100 * acc:.2f}%" if acc == acc and acc is not None else \
-                f"test rmse {rmse:.4g}" if rmse is not None and rmse == rmse else ""
-            p.console.print(f"  [green]✓[/] [{k}/{len(jobs)}] {job.run_id}  {score}  "
-                            f"({time.perf_counter() - t0:.1f}s)")
-            p.advance(rp.overall)
-    cmp = compare(exp.out, run_ids=[j.run_id for j in targets])
-    console.print(render(cmp, "table"))
+    for o in dict.fromkeys(j.out for j in jobs):
+        Store(o)  # refuses an unwritable output directory before anything starts
+    if retry_failed:
+        failed_ids = {j.run_id for j in jobs if (Store(j.out).run_row(j.run_id) or {}).get("status") == "failed"}
+        if not failed_ids:
+            console.print(f"[bold]{exp.name}[/]: no failed runs to retry under {exp.out}")
+            return
+        jobs = [j for j in jobs if j.run_id in failed_ids]
+    ex = make_executor(executor, device, jobs_n, threads, gpus, jobs_per_gpu, ray_address)
+    where = f"{ex.slots} at once" if ex.slots > 1 else "one at a time"
+    console.print(f"[bold]{exp.name}[/]: {len(jobs)} job(s) on {device_label(ex)}, {where} -> {exp.out}")
+    display = make_display(console, ex.slots)
+    try:
+        with sigterm_interrupts():
+            sweep = run_sweep(jobs, ex, display, skip_failed=not retry_failed)
+    except KeyboardInterrupt:
+        ex.close(interrupted=True)
+        err.print("[yellow]interrupted; the runs in progress are recorded interrupted. Run the same command "
+                  "again to resume them from their last finished epoch.[/]")
+        raise typer.Exit(130) from None
+    ex.close()
+    try:  # the final table is read from the store, after every job has ended
+        cmp = compare(exp.out, run_ids=[j.run_id for j in targets])
+        console.print(render(cmp, "table"))
+    except MixcliError as exc:
+        err.print(f"[yellow]no table: {exc}[/]")
     console.print(f"results: {exp.out}/runs, {exp.out}/epochs (parquet); `mixcli compare {exp.out}` for more views")
+    if sweep.by_others:
+        console.print(f"{len(sweep.by_others)} run(s) were trained by another mixcli process sharing {exp.out}")
+    failed = sweep.of("failed")
     if failed:
-        err.print(f"[red]{len(failed)} run(s) failed: {', '.join(failed)}[/]")
-        raise typer.Exit(1)
+        err.print(f"[red]{len(failed)} run(s) failed:[/]")
+        for o in failed:
+            err.print(f"  {o.run_id}: {o.error}", highlight=False, markup=False, soft_wrap=True)
+        retry = ["mixcli run", str(experiment)] + [f"--set {x}" for x in set_ or []] + \
+            ([f"--out {out}"] if out is not None else []) + ["--retry-failed"]
+        err.print("retry only these: " + " ".join(retry), highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(2 if any(o.input_error for o in failed) else 1)
+
+
+def device_label(ex) -> str:
+    gpus = getattr(ex, "gpus", None)
+    dev = getattr(ex, "dev", None) or getattr(ex, "device", None)
+    if gpus:
+        return f"cuda (GPUs {','.join(map(str, gpus))})"
+    return str(dev)
+
+
+# -------------------------------------------------------------------------------------------------- status
+@app.command()
+@user_errors
+def status(
+    target: Path = typer.Argument(..., help="An experiment file (shows its pending jobs too) or an output "
+                                  "directory."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Overrides, as given to `mixcli run`."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The output directory, as given to `mixcli run`."),
+) -> None:
+    """Where a sweep stands: runs by status, who trains each running run and how far, and an ETA."""
+    from .execution.status import ORDER, status_of
+
+    title, st = status_of(target, set_ or [], out)
+    t = Table(title=title, title_justify="left")
+    for s in ORDER:
+        t.add_column(s, justify="right")
+    t.add_column("ETA", justify="right")
+    eta = "?" if st.eta_s is None else time.strftime("%H:%M:%S", time.gmtime(st.eta_s))
+    t.add_row(*[str(st.counts.get(s, 0)) for s in ORDER], eta)
+    console.print(t)
+    if st.running:
+        r = Table(title="running", title_justify="left")
+        for col in ("run_id", "job", "holder", "heartbeat", "epoch"):
+            r.add_column(col, overflow="fold")
+        for j in st.running:
+            hb = "?" if j["heartbeat_s"] is None else f"{j['heartbeat_s']:.0f}s ago"
+            r.add_row(j["run_id"], j["label"], j["holder"], hb, f"{j['epoch']}/{j['epochs']}")
+        console.print(r)
+    if st.interrupted:
+        console.print(f"interrupted (resumed by the next `mixcli run`): {', '.join(st.interrupted)}",
+                      highlight=False, soft_wrap=True)
+    for rid, error in st.failed:
+        console.print(f"[red]failed[/] {rid}: {error}", highlight=False, soft_wrap=True)
+    for msg in st.damaged:
+        err.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------------------- compare
@@ -229,16 +258,16 @@ def inspect(
     png: Optional[Path] = typer.Option(None, "--png", help="Also write a figure (PNG) here."),
 ) -> None:
     """Show what a run's method recorded while training (e.g. SelMix's gain matrix and pair distribution)."""
-    import yaml
-
     from .registry import REGISTRY
+
+    from .finetune import read_run_config
 
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise MixcliError(f"{run_dir}: not a run directory (expected {cfg_path}; run directories are "
                           "OUT/jobs/<run_id>)")
-    cfg = yaml.safe_load(cfg_path.read_text())
-    method = REGISTRY.get("methods", cfg["method"]["name"])
+    cfg = read_run_config(cfg_path, "inspect")
+    method = REGISTRY.get("methods", str(cfg["method"].get("name")))
     try:
         console.print(method.inspect(run_dir, png=png, step=step, top=top))
     except OSError as exc:
@@ -308,7 +337,11 @@ def validate(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # outside a command's own handling (e.g. while a command's imports load)
+        sys.stderr.write("mixcli: interrupted\n")
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -12,6 +12,32 @@ import torch
 from .api import Batch, DataBundle, PluginError, Split
 
 
+def check_bundle(data: DataBundle, name: str) -> None:
+    """What any dataset plugin returns, checked once when loading (before anything reaches the device):
+    every split has as many labels as inputs; class labels are integers in [0, num_classes); regression
+    targets are finite. A violation is a :class:`PluginError` naming the dataset and the split."""
+    where = f"dataset '{name}'"
+    if data.task == "classification" and (not isinstance(data.num_classes, int) or data.num_classes < 1):
+        raise PluginError(f"{where}: num_classes must be a positive integer, got {data.num_classes!r}")
+    for split, s in data.splits().items():
+        if s.x.shape[0] != s.y.shape[0]:
+            raise PluginError(f"{where}: the {split} split has {s.x.shape[0]} inputs but {s.y.shape[0]} labels")
+        if not len(s):
+            continue
+        if data.task == "classification":
+            if s.y.dtype.is_floating_point or s.y.dtype == torch.bool or s.y.dim() != 1:
+                raise PluginError(f"{where}: {split} labels must be integer class ids of shape (N,), got "
+                                  f"{s.y.dtype} of shape {tuple(s.y.shape)}")
+            lo, hi = int(s.y.min()), int(s.y.max())
+            if lo < 0 or hi >= data.num_classes:
+                bad = int(((s.y < 0) | (s.y >= data.num_classes)).sum())
+                raise PluginError(f"{where}: the {split} split has {bad} label(s) outside [0, "
+                                  f"{data.num_classes}) (found {lo}..{hi}); labels must be class ids "
+                                  f"0..{data.num_classes - 1}")
+        elif not bool(torch.isfinite(s.y).all()):
+            raise PluginError(f"{where}: the {split} split has non-finite (NaN or infinite) targets")
+
+
 class DeviceData:
     """One dataset on one device, with its batch preparation."""
 

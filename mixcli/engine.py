@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import time
 from datetime import datetime, timezone
 from typing import Protocol
@@ -18,8 +20,8 @@ import torch
 
 from . import __version__, finetune
 from .api import Context, DataBundle, MixOutput, PluginError
-from .data import DeviceData
-from .errors import MixcliError
+from .data import DeviceData, check_bundle
+from .errors import MixcliError, RunFailed
 from .jobs import Job
 from .metrics import classification_metrics, regression_metrics
 from .registry import REGISTRY
@@ -126,13 +128,15 @@ def _seed_all(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def run_job(job: Job, store: Store, device: torch.device, progress: Progress | None = None) -> dict:
-    """Train ``job`` to completion (resuming from its checkpoint), record it, and return its runs row."""
+def run_job(job: Job, store: Store, device: torch.device, progress: Progress | None = None,
+            attempt: int = 1) -> dict:
+    """Train ``job`` to completion (resuming from its checkpoint), record it, and return its runs row.
+
+    The caller holds the run's claim (:mod:`mixcli.execution`). ``attempt`` counts the training starts of
+    this run (recorded as ``attempts``). A checkpoint of the last epoch rebuilds the result files without
+    training. A loss that is not finite raises :class:`RunFailed`."""
     progress = progress or _Quiet()
     cfg = job.config
-    prev = store.run_row(job.run_id)
-    if prev is not None and prev.get("status") == "finished":
-        return prev
     task, train_cfg, seed = cfg["task"], cfg["train"], cfg["seed"]
     _seed_all(seed)
     try:
@@ -142,6 +146,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
     if data.task != task:
         raise MixcliError(f"dataset '{cfg['dataset']['name']}' is a {data.task} dataset but the experiment "
                           f"has task: {task}")
+    check_bundle(data, cfg["dataset"]["name"])  # issue 12: labels in range, sizes agree (one line)
     dd = DeviceData(data, device, seed)
     _seed_all(seed)
     model = _plugin("models", cfg["model"], data.input_shape, data.out_dim).to(device)
@@ -178,12 +183,15 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
         rows = json.loads(ckpt["rows"])
         start, wall, started_at = ckpt["epoch"] + 1, ckpt["wall"], ckpt["started_at"]
         ctx.step = ckpt["step"]
+        if start > n_epochs:  # all epochs done: only the result files are rebuilt, nothing trains
+            attempt = int(ckpt.get("attempts", attempt - 1))
     method.setup(ctx)
     if ckpt is not None and hasattr(method, "load_state_dict") and "method" in ckpt:
         method.load_state_dict(ckpt["method"])
     if train_cfg["compile"]:
         compile_stages(model)
-    base_row = {**identity_row(job, device), "started_at": started_at}
+    base_row = {**identity_row(job, device), "started_at": started_at, "attempts": attempt,
+                "host": socket.gethostname(), "pid": os.getpid()}
     store.write_config(job.run_id, cfg)
     store.write_run({**base_row, "status": "running", "epochs": len(rows)})
     progress.start(job, n_epochs, steps, start)
@@ -204,8 +212,8 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
             progress.step()
         train_loss = float(loss_sum) / budget.steps(epoch)
         if not math.isfinite(train_loss):
-            raise MixcliError(f"run {job.run_id}: the training loss became {train_loss} in epoch {epoch}; "
-                              "lower train.optimizer.lr or check the data")
+            raise RunFailed(f"the training loss became {train_loss} in epoch {epoch}; lower "
+                            "train.optimizer.lr or check the data")
         row = {"epoch": epoch, "train_loss": train_loss, "lr": opt.param_groups[0]["lr"]}
         if epoch % every == 0 or epoch == n_epochs:
             for split in SPLITS:
@@ -220,13 +228,15 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "torch_rng": torch.get_rng_state(), "data_rng": dd.generator.get_state().cpu(),
             "method_rng": json.dumps(ctx.rng.bit_generator.state), "rows": json.dumps(rows),
-            "epoch": epoch, "wall": wall, "started_at": started_at, "step": ctx.step,
+            "epoch": epoch, "wall": wall, "started_at": started_at, "step": ctx.step, "attempts": attempt,
         }
         if hasattr(method, "state_dict"):
             state["method"] = method.state_dict()
         store.save_checkpoint(job.run_id, _uncompiled(state))
         progress.epoch(epoch, row)
-    evaluated = pd.DataFrame([r for r in rows if "test_" + PRIMARY[task] in r])
+    evaluated_rows = [r for r in rows if "test_" + PRIMARY[task] in r]
+    store.write_epochs(job.run_id, evaluated_rows)  # (again: rebuilds a damaged file of a finished run)
+    evaluated = pd.DataFrame(evaluated_rows)
     final = evaluated.iloc[-1].to_dict()
     bi, best_on = best_index(evaluated, task)
     best = evaluated.iloc[bi].to_dict() if bi is not None else {}
@@ -270,8 +280,3 @@ def identity_row(job: Job, device: torch.device) -> dict:
             "dataset": cfg["dataset"]["name"], "model": cfg["model"]["name"], "loss": cfg["loss"]["name"],
             "task": cfg["task"], "seed": cfg["seed"], "config": json.dumps(cfg, sort_keys=True),
             "device": str(device), "mixcli_version": __version__, "selection": cfg["eval"]["selection"]}
-
-
-def record_failure(job: Job, store: Store, device: torch.device, error: str) -> None:
-    prev = store.run_row(job.run_id) or {}
-    store.write_run({**prev, **identity_row(job, device), "status": "failed", "error": error})

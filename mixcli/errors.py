@@ -17,3 +17,8 @@ def did_you_mean(word: str, choices) -> str:
     if len(choices) <= 12:
         return f" (expected one of: {', '.join(choices)})"
     return ""
+
+
+class RunFailed(Exception):
+    """A run that cannot go on (e.g. its loss diverged): recorded ``failed`` with this message; the sweep
+    goes on."""

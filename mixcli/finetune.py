@@ -4,7 +4,8 @@
 
     init_from: RUN                 # a run id under this experiment's output dir (OUT/jobs/RUN/checkpoint.pt),
                                    # or a run directory (holding checkpoint.pt and config.yaml),
-                                   # or a checkpoint file (with the run's config.yaml beside it)
+                                   # or a checkpoint file (with the run's config.yaml beside it);
+                                   # a relative path is relative to this experiment file's folder
     init_from:                     # or: the matching job of another experiment file
       experiment: pretrain.yaml    #   path relative to this experiment file
       where: {method: mixup}       #   dotted keys of that experiment's resolved config the job must match
@@ -34,12 +35,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from .errors import MixcliError, did_you_mean
@@ -60,11 +61,13 @@ def check_init_from(value: Any, error) -> dict | None:
         error("init_from", f"expected a run id, a run directory or checkpoint path, or a mapping with "
                            f"experiment/where/seed, got {value!r}")
         return None
-    for k in value:
-        if k not in INIT_KEYS:
-            error(f"init_from.{k}", f"unknown key '{k}'{did_you_mean(k, INIT_KEYS)}")
+    unknown = [k for k in value if k not in INIT_KEYS]
+    for k in unknown:
+        error(f"init_from.{k}", f"unknown key '{k}'{did_you_mean(k, INIT_KEYS)}")
     exp, where, seed = value.get("experiment"), value.get("where") or {}, value.get("seed")
-    if not isinstance(exp, str) or not exp:
+    if unknown and exp is None:
+        pass  # most likely the misspelled 'experiment' itself: one message is enough
+    elif not isinstance(exp, str) or not exp:
         error("init_from.experiment", f"expected the path of the parent experiment file, got {exp!r}")
     if not isinstance(where, dict):
         error("init_from.where", f"expected a mapping of dotted config keys to values, got {where!r}")
@@ -90,6 +93,14 @@ def check_train(doc_train: Any, train: dict, error) -> None:
         if warm >= n:
             error("train.schedule.warmup_epochs",
                   f"expected fewer warm-up epochs than the {n} epochs of {ipe} iterations, got {warm}")
+
+
+def epoch_count(train: dict) -> int | None:
+    """The number of epochs of a validated ``train`` section (None when it depends on the data size)."""
+    if train.get("iterations") is None:
+        return train.get("epochs")
+    ipe = train.get("iterations_per_epoch")
+    return math.ceil(train["iterations"] / ipe) if isinstance(ipe, int) and ipe > 0 else None
 
 
 def hashed_config(cfg: dict) -> dict:
@@ -142,14 +153,32 @@ def locate_run(ref: str, out: Path) -> tuple[str, Path, dict]:
                           "run directory or checkpoint file")
     if not ckpt.is_file():
         raise MixcliError(f"init_from: run directory {run_dir} has no checkpoint.pt (has the run started?)")
+    import zipfile
+
+    if not zipfile.is_zipfile(ckpt):  # what torch.save writes; checked now so validate refuses it as run does
+        raise MixcliError(f"init_from: {ckpt} is not a PyTorch checkpoint (torch.save writes a zip archive)")
     conf = run_dir / "config.yaml"
     if not conf.is_file():
         raise MixcliError(f"init_from: {conf} is missing; the model and dataset of {ckpt} cannot be checked "
                           "(a mixcli run directory holds config.yaml beside checkpoint.pt)")
-    parent_cfg = yaml.safe_load(conf.read_text(encoding="utf-8"))
-    if not isinstance(parent_cfg, dict) or not isinstance(parent_cfg.get("model"), dict):
+    parent_cfg = read_run_config(conf, "init_from")
+    if not isinstance(parent_cfg.get("model"), dict):
         raise MixcliError(f"init_from: {conf} is not a mixcli run configuration")
     return run_dir.name, ckpt, parent_cfg
+
+
+def read_run_config(path: Path, who: str) -> dict:
+    """A run directory's config.yaml as a dict; anything else is a one-line error naming ``path``."""
+    from . import yamlsafe
+
+    try:
+        cfg = yamlsafe.load(yamlsafe.read_text(Path(path), "run configuration"), str(path))
+    except MixcliError as exc:
+        raise MixcliError(f"{who}: {exc} (a mixcli run directory holds the config.yaml mixcli wrote)") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("method"), dict):
+        raise MixcliError(f"{who}: {path} is not a mixcli run configuration (expected the mapping mixcli "
+                          "writes, with method, model and dataset)")
+    return cfg
 
 
 def check_compatible(cfg: dict, parent_cfg: dict, parent_id: str, where: str) -> None:
@@ -175,7 +204,14 @@ def resolve_init(cfg: dict, exp, cache: dict):
     where = exp.lines.at("init_from")
     parent = None
     if "run" in init:
-        pid, ckpt, parent_cfg = locate_run(init["run"], exp.out)
+        ref = init["run"]
+        if not exp.lines.origin.get("init_from", "").startswith("--set"):  # the one rule for relative paths
+            near = Path(exp.path).parent / os.path.expanduser(ref)
+            ref = str(near) if near.exists() or os.sep in ref or "/" in ref else ref  # else: a run id
+        try:
+            pid, ckpt, parent_cfg = locate_run(ref, exp.out)
+        except MixcliError as exc:  # name the file and line of the init_from key
+            raise MixcliError(f"{where}: {str(exc).removeprefix('init_from: ')}") from None
     else:
         path = (Path(exp.path).parent / init["experiment"]).resolve()
         if path not in cache:
@@ -237,7 +273,11 @@ def load_init(model: nn.Module, cfg: dict) -> None:
             raise MixcliError(f"init_from: the parent run {pid} is {status}, not finished; finish it first")
     if not path.is_file():
         raise MixcliError(f"init_from: the checkpoint {path} of the parent run {pid} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - garbage, truncated, or holding objects weights_only refuses
+        first = " ".join(str(exc).split())[:200]
+        raise MixcliError(f"init_from: {path} is not a readable checkpoint ({type(exc).__name__}: {first})") from None
     weights = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict):
         raise MixcliError(f"init_from: {path} holds no model weights")

@@ -37,12 +37,16 @@ def expand(exp: Experiment) -> list[Job]:
     """All jobs of an experiment, grid combinations in file order (a list of grids: the union of their
     products), seeds innermost."""
     grids = exp.grid if isinstance(exp.grid, list) else [exp.grid]
-    points = [(list(g), combo) for g in grids for combo in itertools.product(*g.values())]
+    listed = isinstance(exp.grid, list)
+    points = [(j, list(g), combo) for j, g in enumerate(grids)
+              for combo in itertools.product(*(list(enumerate(v)) for v in g.values()))]
     jobs, seen, errors, parents = [], set(), [], {}
-    for keys, combo in points:
+    for j, keys, icombo in points:
+        combo = tuple(value for _, value in icombo)
         doc = copy.deepcopy(exp.doc)
-        for k, value in zip(keys, combo):
+        for k, (i, value) in zip(keys, icombo):
             set_dotted(doc, k, copy.deepcopy(value))
+            _point_origin(exp, f"grid[{j}].{k}" if listed else f"grid.{k}", k, i)
         try:
             cfg = resolve(doc, exp.lines)
         except MixcliError as exc:
@@ -62,3 +66,11 @@ def expand(exp: Experiment) -> list[Job]:
     if errors:
         raise MixcliError("\n".join(errors))
     return jobs
+
+
+def _point_origin(exp: Experiment, written: str, key: str, i: int) -> None:
+    """Errors in a grid value name the grid entry and its line (a ``--set`` of the key keeps its origin)."""
+    if exp.lines.origin.get(key, "").startswith("--set"):
+        return
+    line = exp.lines.lines.get(f"{written}[{i}]") or exp.lines.lines.get(written)
+    exp.lines.origin[key] = f"{written}[{i}]" + (f" (line {line})" if line else "")

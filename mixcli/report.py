@@ -47,6 +47,20 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _config(text, run_id, out: Path) -> dict:
+    """A runs row's resolved configuration (JSON); a damaged one is a one-line error naming the run."""
+    if not isinstance(text, str):
+        return {}
+    try:
+        cfg = json.loads(text)
+    except ValueError:
+        cfg = None
+    if not isinstance(cfg, dict):
+        raise MixcliError(f"{out / 'runs' / f'{run_id}.parquet'}: its 'config' column is not a JSON mapping; "
+                          "the file is damaged (delete it and the run is redone)")
+    return cfg
+
+
 def load_runs(out: Path | str) -> pd.DataFrame:
     """Finished runs under ``out`` with their flattened configuration as extra columns."""
     out = Path(out)
@@ -56,7 +70,7 @@ def load_runs(out: Path | str) -> pd.DataFrame:
     runs = read_table(out, "runs")
     if runs.empty:
         raise MixcliError(f"{out}: no runs recorded yet")
-    flat = pd.DataFrame([flatten(json.loads(c)) if isinstance(c, str) else {} for c in runs["config"]])
+    flat = pd.DataFrame([flatten(_config(c, r, out)) for c, r in zip(runs["config"], runs["run_id"])])
     flat = flat.drop(columns=[c for c in flat.columns if c in runs.columns], errors="ignore")
     return pd.concat([runs.reset_index(drop=True), flat], axis=1)
 

@@ -36,20 +36,44 @@ Top-level keys (defaults in brackets)::
     out: path                          [results/<name>] output directory
     init_from: RUN | {experiment: FILE, where: {...}, seed: N}   [null] start from an earlier run's
                                        weights (same model and dataset; see mixcli.finetune)
+
+``name`` names the folder results/<name>: it may not contain '/', '\\' or control characters, nor be '.'
+or '..'. ``train.epochs`` (and every epoch count) is at most 1,000,000; seeds lie in [0, 2**32 - 1]; one
+file describes at most 10,000 jobs (grid points x seeds). ``method.off_after_epoch`` must be below the
+number of epochs (else mixing would never stop).
+
+Relative paths, one rule: a path written in the experiment file (``out``, ``init_from``, and the path
+options of a dataset such as ``dataset.path`` or ``dataset.root``, grid values included) is relative to
+the folder of the experiment file; a path given on the command line (``--out``, ``--set``) is relative to
+the working folder. ``~`` is expanded. The default output folder results/<name> is in the working folder.
+
+The file itself is read by :mod:`mixcli.yamlsafe`: a regular file of at most 1 MB, no repeated keys, and at
+most 100,000 values once aliases are expanded (alias bombs are refused before anything is built).
+Errors inside a grid value name the grid entry (``grid.method[1] (line 12)``), and errors in a value set by
+``--set`` name the override. A ``--set`` of a key that the grid sets in every job is refused (it would
+have no effect), and a plugin the grid replaces is still checked.
+
+Validation goes as far as a run's start without loading data: each plugin is built with its options; when
+the dataset declares its shape (``Dataset.shape``), the model is built on PyTorch's meta device and the
+method checks that it fits (``Method.check_model``), so ``validate`` accepts exactly what ``run`` starts.
+A dataset's ``fingerprint()`` (e.g. a CSV file's hash) is part of the run id (``data_fingerprint`` in the
+resolved config): a run is redone when its data changed.
 """
 from __future__ import annotations
 
 import copy
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import finetune
+from . import finetune, yamlsafe
 from .errors import MixcliError, did_you_mean
-from .registry import REGISTRY, plugin_options
+from .registry import REGISTRY, SINGULAR, plugin_options
 from .selection import RULES
 
 TASKS = ("classification", "regression")
@@ -83,6 +107,8 @@ class Check:
             what += f" in {lo}{self.low}, {self.high}{hi}"
         elif self.low is not None:
             what += f" {'>' if self.low_open else '>='} {self.low}"
+        if self.kind == "float":
+            what = what.replace("a number", "a finite number", 1)
         return what + (" or null" if self.nullable else "")
 
     def ok(self, v: Any) -> bool:
@@ -100,6 +126,8 @@ class Check:
             return False
         if self.choices and v not in self.choices:
             return False
+        if self.kind == "float" and not math.isfinite(v):
+            return False
         if self.kind in ("int", "float"):
             if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
                 return False
@@ -108,6 +136,10 @@ class Check:
         return True
 
 
+MAX_EPOCHS = 1_000_000   # train.epochs (and every epoch count) above this is a typo, not an experiment
+MAX_JOBS = 10_000        # seeds x grid points of one file
+MAX_SEED = 2**32 - 1     # numpy's seed range
+MAX_MODEL_SIZE = 2_000_000_000  # weights of a model built at validation time (8 GB in float32)
 POS_INT = Check("int", low=1)
 SCHEMA: dict[str, Any] = {
     "name": Check("str"),
@@ -117,8 +149,8 @@ SCHEMA: dict[str, Any] = {
     "method": "plugin:methods",
     "loss": "plugin:losses",
     "train": {
-        "epochs": Check("int", 10, low=1),
-        "batch_size": Check("int", 128, low=1),
+        "epochs": Check("int", 10, low=1, high=MAX_EPOCHS),
+        "batch_size": Check("int", 128, low=1, high=2**24),
         "optimizer": {
             "name": Check("str", "sgd", choices=("sgd", "adamw", "adam")),
             "lr": Check("float", 0.1, low=0, low_open=True),
@@ -129,19 +161,19 @@ SCHEMA: dict[str, Any] = {
         },
         "schedule": {
             "name": Check("str", "cosine", choices=("constant", "cosine", "multistep")),
-            "warmup_epochs": Check("int", 0, low=0),
+            "warmup_epochs": Check("int", 0, low=0, high=MAX_EPOCHS),
             "milestones": Check("list", []),
             "gamma": Check("float", 0.1, low=0, high=1, low_open=True),
         },
         "compile": Check("bool", False),
         "precision": Check("str", "auto", choices=("auto", "bf16", "fp32")),
-        "iterations": Check("int", None, low=1, nullable=True),
-        "iterations_per_epoch": Check("int", None, low=1, nullable=True),
+        "iterations": Check("int", None, low=1, high=10**9, nullable=True),
+        "iterations_per_epoch": Check("int", None, low=1, high=10**9, nullable=True),
         "freeze_bn": Check("bool", False),
     },
     "eval": {
-        "every": Check("int", 1, low=1),
-        "batch_size": Check("int", 1024, low=1),
+        "every": Check("int", 1, low=1, high=MAX_EPOCHS),
+        "batch_size": Check("int", 1024, low=1, high=2**24),
         "selection": Check("str", None, choices=RULES, nullable=True),
     },
     "seeds": Check("seeds", [0]),
@@ -150,6 +182,7 @@ SCHEMA: dict[str, Any] = {
     "init_from": Check("init", None, nullable=True),  # checked by mixcli.finetune.check_init_from
 }
 SHORTHAND = {"train.optimizer", "train.schedule"}  # may be written as just their name
+PLUGIN_KINDS = {"dataset": "datasets", "model": "models", "method": "methods", "loss": "losses"}
 
 
 # ------------------------------------------------------------------------------------------- YAML reading
@@ -167,10 +200,22 @@ class Lines:
                 key = f"{prefix}.{k.value}" if prefix else str(k.value)
                 self.lines[key] = k.start_mark.line + 1
                 self.record(v, key)
+        elif isinstance(node, yaml.SequenceNode) and prefix.startswith("grid"):
+            for i, v in enumerate(node.value):  # grid values: grid.KEY[i] (also grid[j].KEY[i] for a list)
+                self.lines[f"{prefix}[{i}]"] = v.start_mark.line + 1
+                self.record(v, f"{prefix}[{i}]")
 
     def at(self, key: str) -> str:
-        if key in self.origin:
-            return f"{self.path}: {self.origin[key]}: {key}"
+        """``FILE:LINE: key`` where ``key`` (or the closest enclosing key) was written; a key set by
+        ``--set`` or by a grid point names that origin instead."""
+        probe = key
+        while probe:
+            if probe in self.origin:
+                return self._origin(probe, key)
+            probe = probe.rpartition(".")[0]
+        below = [k for k in self.origin if k.startswith(key + ".")]  # e.g. --set model.widths, error at model
+        if below:
+            return self._origin(below[0], key)
         probe = key
         while probe:
             if probe in self.lines:
@@ -179,25 +224,20 @@ class Lines:
         return f"{self.path}: {key}"
 
 
+    def _origin(self, written: str, key: str) -> str:
+        """A --set names the override alone (not the file); a grid entry names the file and the entry."""
+        origin = self.origin[written]
+        if origin.startswith("--set"):
+            return origin if written == key else f"{origin}: {key}"
+        return f"{self.path}: {origin}: {key}"
+
+
 def read_yaml(path: str | Path) -> tuple[dict, Lines]:
+    """The experiment file as a dict, and where each key was written (bounded: see mixcli.yamlsafe)."""
     p = Path(path)
-    if not p.exists():
-        raise MixcliError(f"{p}: no such experiment file")
-    if p.is_dir():
-        raise MixcliError(f"{p}: is a directory, expected a YAML experiment file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MixcliError(f"{p}: cannot read the file ({exc})") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        doc = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f":{mark.line + 1}" if mark else ""
-        raise MixcliError(f"{p}{line}: YAML syntax error: {exc.problem or exc}") from None
-    except yaml.YAMLError as exc:
-        raise MixcliError(f"{p}: YAML syntax error: {exc}") from None
+    text = yamlsafe.read_text(p)
+    node = yamlsafe.compose(text, str(p))
+    doc = yamlsafe.construct(node, str(p))
     if doc is None:
         raise MixcliError(f"{p}: the file is empty; an experiment needs at least name, dataset and model")
     if not isinstance(doc, dict):
@@ -216,8 +256,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise MixcliError(f"--set {text!r}: the key before '=' is empty")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = yamlsafe.load(raw, f"--set {key}") if raw.strip() else ""
+    except yamlsafe.YAMLSyntaxError:
         value = raw
     return key, value
 
@@ -256,13 +296,14 @@ class Validator:
     def __init__(self, lines: Lines) -> None:
         self.lines = lines
         self.errors: list[str] = []
+        self.instances: dict[str, Any] = {}  # kind -> the plugin object built to check its options
 
     def error(self, key: str, msg: str) -> None:
         self.errors.append(f"{self.lines.at(key)}: {msg}")
 
     def check(self, key: str, check: Check, value: Any) -> Any:
         if not check.ok(value):
-            self.error(key, f"expected {check.describe()}, got {value!r}")
+            self.error(key, f"expected {check.describe()}, got {_short_repr(value)}")
         return value
 
     def section(self, prefix: str, schema: dict, value: Any) -> dict:
@@ -271,7 +312,7 @@ class Validator:
         if prefix in SHORTHAND and isinstance(value, str):
             value = {"name": value}
         if not isinstance(value, dict):
-            self.error(prefix, f"expected a mapping with keys {', '.join(schema)}, got {value!r}")
+            self.error(prefix, f"expected a mapping with keys {', '.join(schema)}, got {_short_repr(value)}")
             return {}
         out = {}
         for k in value:
@@ -291,7 +332,7 @@ class Validator:
         if isinstance(value, str):
             value = {"name": value}
         if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-            self.error(key, f"expected a {kind[:-1]} name or a mapping with 'name:' and options, got {value!r}")
+            self.error(key, f"expected a {SINGULAR[kind]} name or a mapping with 'name:' and options, got {_short_repr(value)}")
             return None
         try:
             cls = REGISTRY.get(kind, value["name"])
@@ -305,18 +346,25 @@ class Validator:
             if k == "name":
                 continue
             if k not in opts and k not in common:
-                self.error(f"{key}.{k}", f"unknown option '{k}' for {kind[:-1]} '{value['name']}'"
+                self.error(f"{key}.{k}", f"unknown option '{k}' for {SINGULAR[kind]} '{value['name']}'"
                            f"{did_you_mean(k, list(opts) + list(common))}")
                 continue
             default = opts.get(k, common.get(k))
             if not _type_ok(default, v):
-                self.error(f"{key}.{k}", f"expected {_type_name(default)}, got {v!r}")
+                self.error(f"{key}.{k}", f"expected {_type_name(default)}, got {_short_repr(v)}")
+            elif isinstance(v, float) and not math.isfinite(v):
+                self.error(f"{key}.{k}", f"expected a finite number, got {v!r}")
+        missing = [k for k, d in opts.items() if k not in value and d is _empty()]
+        if missing:
+            self.error(key, f"{SINGULAR[kind]} '{value['name']}' needs the option(s) "
+                            f"{', '.join(repr(k) for k in missing)}")
         for k, d in opts.items():
             if k in value:
                 resolved[k] = value[k]
-            elif d is _empty():
-                self.error(key, f"{kind[:-1]} '{value['name']}' needs the option '{k}'")
-            else:
+                if k in getattr(cls, "path_options", ()) and isinstance(value[k], str) and value[k].strip():
+                    written = self.lines.origin.get(f"{key}.{k}", "") or self.lines.origin.get(key, "")
+                    resolved[k] = os.path.abspath(resolve_path(value[k], self.lines.path, written.startswith("--set")))
+            elif d is not _empty():
                 resolved[k] = _plain(copy.deepcopy(d))
         if kind == "methods":
             t = value.get("off_after_epoch")
@@ -325,15 +373,35 @@ class Validator:
             resolved["off_after_epoch"] = t
         supported = getattr(cls, "tasks", None) or (getattr(cls, "task", None),)
         if kind in ("methods", "losses", "datasets") and task not in supported:
-            self.error(key, f"{kind[:-1]} '{value['name']}' supports task {', '.join(map(str, supported))}, "
+            self.error(key, f"{SINGULAR[kind]} '{value['name']}' supports task {', '.join(map(str, supported))}, "
                        f"not {task}")
         if not self.errors:
             try:  # let the plugin check its own values now, so a bad value fails before any run starts
                 if kind != "models":
-                    cls(**{k: v for k, v in resolved.items() if k != "name" and k not in common})
+                    self.instances[kind] = cls(**{k: v for k, v in resolved.items()
+                                                  if k != "name" and k not in common})
             except Exception as exc:  # noqa: BLE001 - report any plugin complaint as a user error
-                self.error(key, f"{kind[:-1]} '{value['name']}': {exc}")
+                self.error(key, f"{SINGULAR[kind]} '{value['name']}': {exc}")
         return resolved
+
+    def model_fit(self, dataset: dict, model: dict, method: dict) -> str | None:
+        """Build the model on the meta device when the dataset knows its shape: bad model options, and method
+        options that do not fit the model, become errors now. Returns the dataset's fingerprint."""
+        data = self.instances.get("datasets")
+        if data is None or model is None or self.errors:
+            return None
+        try:
+            shape = data.shape()
+            fingerprint = data.fingerprint()
+        except Exception as exc:  # noqa: BLE001 - a plugin's complaint about its own options
+            self.error("dataset", f"dataset '{dataset['name']}': {exc}")
+            return None
+        if shape is not None:
+            problem = _model_problem(model, method, tuple(shape[0]), int(shape[1]),
+                                     self.instances.get("methods"))
+            if problem:
+                self.error(*problem)
+        return fingerprint
 
     def raise_if_errors(self) -> None:
         if self.errors:
@@ -343,6 +411,43 @@ class Validator:
 def _empty():
     import inspect
     return inspect.Parameter.empty
+
+
+_MODEL_CHECKS: dict[str, tuple[str, str] | None] = {}
+
+
+def _model_problem(model: dict, method: dict, in_shape: tuple, out_dim: int, method_obj) -> tuple | None:
+    """(key, message) when ``model`` cannot be built for this data shape, or ``method`` does not fit it."""
+    import torch
+
+    from .api import PluginError
+
+    memo = json.dumps([model, method, in_shape, out_dim], sort_keys=True, default=str)
+    if memo in _MODEL_CHECKS:
+        return _MODEL_CHECKS[memo]
+    cls = REGISTRY.get("models", model["name"])
+    problem = None
+    try:
+        with torch.device("meta"):
+            built = cls(in_shape, out_dim, **{k: v for k, v in model.items() if k != "name"})
+    except (PluginError, ValueError, TypeError) as exc:
+        problem = ("model", f"model '{model['name']}': {exc}")
+    except Exception:  # noqa: BLE001 - cannot be built without real tensors; checked when the run starts
+        built = None
+    else:
+        n = sum(p.numel() for p in built.parameters()) + sum(b.numel() for b in built.buffers())
+        if n > MAX_MODEL_SIZE:
+            problem = ("model", f"model '{model['name']}' would have {n:,} weights (more than {MAX_MODEL_SIZE:,}); "
+                                "check its width options")
+        elif method_obj is not None and hasattr(method_obj, "check_model"):
+            try:
+                method_obj.check_model(built, in_shape)
+            except PluginError as exc:
+                problem = ("method", f"method '{method['name']}' with model '{model['name']}': {exc}")
+            except Exception:  # noqa: BLE001 - not checkable on the meta device; setup checks it at run time
+                pass
+    _MODEL_CHECKS[memo] = problem
+    return problem
 
 
 def _type_ok(default: Any, v: Any) -> bool:
@@ -383,28 +488,23 @@ def _type_name(default: Any) -> str:
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     """Read, override and check an experiment file (structure, grid and seeds; plugins are checked per job)."""
     doc, lines = read_yaml(path)
+    set_keys = []
     for text in overrides:
         key, value = parse_override(text)
         set_dotted(doc, key, value)
         lines.origin[key] = f"--set {key}"
+        set_keys.append(key)
     v = Validator(lines)
     for k in doc:
         if k not in SCHEMA:
             v.error(str(k), f"unknown key '{k}'{did_you_mean(k, SCHEMA)}")
-    if not isinstance(doc.get("name"), str) or not doc.get("name"):
-        v.error("name", "expected a non-empty string naming the experiment")
+    check_name(doc.get("name"), v.error)
     for req in ("dataset", "model"):
         if req not in doc:
             v.error(req, f"missing required key '{req}'")
-    seeds = doc.get("seeds", [0])
-    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0:
-        seeds = list(range(seeds))
-    elif not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool)
-                                                         for s in seeds)):
-        v.error("seeds", f"expected a non-empty list of integers or a count > 0, got {seeds!r}")
-        seeds = [0]
-    elif len(set(seeds)) != len(seeds):
-        v.error("seeds", f"seeds are repeated: {seeds}")
+    if doc.get("out") is not None:
+        check_path_text("out", doc["out"], v.error)
+    seeds = _seeds(doc.get("seeds", [0]), v.error)
     grid = doc.get("grid") or {}
     grids = grid if isinstance(grid, list) else [grid]
     if "grid" in doc and not all(isinstance(g, dict) for g in grids):
@@ -414,18 +514,96 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     elif "grid" in doc and not all(grids):
         v.error("grid", "the grid is empty; remove it or give at least one key with a list of values")
     for k, values in [kv for g in grids for kv in g.items()]:
-        if not isinstance(values, list) or not values:
-            v.error(f"grid.{k}", f"expected a non-empty list of values, got {values!r}")
-        elif str(k).split(".")[0] not in SCHEMA or str(k).split(".")[0] in ("name", "grid", "seeds", "out"):
-            head = str(k).split(".")[0]
+        head = str(k).split(".")[0]
+        if not isinstance(k, str) or not k or "" in k.split("."):
+            v.error("grid", f"grid keys must be dotted key names such as train.epochs, got {k!r}")
+        elif not isinstance(values, list) or not values:
+            v.error(f"grid.{k}", f"expected a non-empty list of values, got {_short_repr(values)}")
+        elif head not in SCHEMA or head in ("name", "grid", "seeds", "out"):
             v.error(f"grid.{k}", f"cannot vary '{k}' in a grid{did_you_mean(head, SCHEMA) if head not in SCHEMA else ''}")
     v.raise_if_errors()
-    out = Path(doc.get("out") or Path("results") / doc["name"])
+    grid_keys = [k for g in grids for k in g]
+    points = sum(math.prod(len(vals) for vals in g.values()) for g in grids) if grid_keys else 1
+    if points * len(seeds) > MAX_JOBS:
+        v.error("grid" if points > 1 else "seeds",
+                f"{points} grid point(s) x {len(seeds)} seed(s) = {points * len(seeds)} jobs; one file may "
+                f"describe at most {MAX_JOBS}")
+    _check_shadowed(doc, grid_keys, set_keys, v)
+    v.raise_if_errors()
+    out = resolve_path(doc["out"], path, "out" in set_keys) if doc.get("out") else Path("results") / doc["name"]
     base = {k: val for k, val in doc.items() if k not in ("grid", "seeds", "out")}
-    for k in [k for g in grids for k in g]:
+    for k in grid_keys:
         lines.origin.setdefault(k, f"grid.{k}" + (f" (line {lines.lines[f'grid.{k}']})"
                                                   if f"grid.{k}" in lines.lines else ""))
     return Experiment(str(path), doc["name"], out, base, grid, seeds, lines)
+
+
+def check_name(name: Any, error) -> None:
+    """An experiment name names a folder under results/: no path separators, '..', or control characters."""
+    if not isinstance(name, str) or not name.strip():
+        error("name", f"expected a non-empty string naming the experiment, got {name!r}")
+    elif "/" in name or "\\" in name or name in (".", "..") or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        error("name", f"expected a plain name (no '/', '\\', control characters, and not '.' or '..'): it "
+                      f"names the folder results/<name>, got {name!r}")
+    elif len(name) > 200:
+        error("name", f"expected a name of at most 200 characters, got {len(name)}")
+
+
+def check_path_text(key: str, value: Any, error) -> None:
+    """A path written as a non-empty string without control characters (NUL included)."""
+    if not isinstance(value, str) or not value.strip():
+        error(key, f"expected a path (a non-empty string), got {_short_repr(value)}")
+    elif any(ord(c) < 32 for c in value):
+        error(key, f"expected a path without control characters, got {_short_repr(value)}")
+
+
+def resolve_path(value: str, experiment: str | Path, from_command_line: bool) -> Path:
+    """THE rule for relative paths: one written in an experiment file (its ``out``, ``init_from``, a
+    dataset's path options, grid values included) is relative to the file's folder; one given on the command
+    line (``--out``, ``--set``) is relative to the working folder. ``~`` is expanded."""
+    p = Path(os.path.expanduser(value))
+    if p.is_absolute() or from_command_line:
+        return p
+    return Path(os.path.normpath(Path(experiment).parent / p))
+
+
+def _seeds(seeds: Any, error) -> list[int]:
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and 0 < seeds <= MAX_JOBS:
+        return list(range(seeds))
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > MAX_JOBS:
+        error("seeds", f"expected at most {MAX_JOBS} seeds (one file may describe at most {MAX_JOBS} jobs), "
+                       f"got {seeds}")
+    elif not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool)
+                                                         for s in seeds)):
+        error("seeds", f"expected a non-empty list of integers or a count > 0, got {_short_repr(seeds)}")
+    elif not all(0 <= s <= MAX_SEED for s in seeds):
+        bad = next(s for s in seeds if not 0 <= s <= MAX_SEED)
+        error("seeds", f"expected seeds in [0, {MAX_SEED}], got {bad}")
+    elif len(set(seeds)) != len(seeds):
+        error("seeds", f"seeds are repeated: {_short_repr(seeds)}")
+    else:
+        return list(seeds)
+    return [0]
+
+
+def _short_repr(v: Any, limit: int = 80) -> str:
+    r = repr(v)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def _check_shadowed(doc: dict, grid_keys: list[str], set_keys: list[str], v: "Validator") -> None:
+    """A ``--set`` that the grid overrides has no effect: an error. A plugin the grid replaces is still
+    checked (a typo in it would otherwise pass unnoticed)."""
+    for key in set_keys:
+        for g in grid_keys:
+            if key == g or key.startswith(g + "."):
+                v.error(key, f"has no effect: grid.{g} sets '{g}' in every job; change the grid instead "
+                             f"(e.g. --set grid.{g}=[...])")
+    task = doc.get("task", "classification")
+    for g in dict.fromkeys(grid_keys):
+        overridden = any(k == g or k.startswith(g + ".") for k in set_keys)
+        if g in PLUGIN_KINDS and g in doc and not overridden and task in TASKS:
+            v.plugin(g, PLUGIN_KINDS[g], doc[g], task)
 
 
 def resolve(doc: dict, lines: Lines) -> dict:
@@ -449,13 +627,23 @@ def resolve(doc: dict, lines: Lines) -> dict:
     sched = cfg["train"].get("schedule", {})
     ms = sched.get("milestones") or []
     epochs = cfg["train"].get("epochs")
-    if not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in ms):
-        v.error("train.schedule.milestones", f"expected a list of positive epoch numbers, got {ms!r}")
+    if not isinstance(ms, list):
+        pass  # reported by the section check
+    elif not all(isinstance(m, int) and not isinstance(m, bool) and 0 < m <= MAX_EPOCHS for m in ms):
+        v.error("train.schedule.milestones", f"expected a list of positive epoch numbers, got {_short_repr(ms)}")
     elif isinstance(epochs, int) and epochs >= 1 and isinstance(sched.get("warmup_epochs"), int) \
             and sched["warmup_epochs"] >= epochs:
         v.error("train.schedule.warmup_epochs",
                 f"expected fewer warm-up epochs than train.epochs ({epochs}), got {sched['warmup_epochs']}")
+    off = (cfg["method"] or {}).get("off_after_epoch")
+    n_epochs = finetune.epoch_count(cfg["train"])
+    if isinstance(off, int) and isinstance(n_epochs, int) and off >= n_epochs:
+        v.error("method.off_after_epoch", f"mixing would never be switched off: off_after_epoch ({off}) must be "
+                                          f"below the number of epochs ({n_epochs}); lower it or remove it")
+    fingerprint = v.model_fit(cfg["dataset"], cfg["model"], cfg["method"])
     v.raise_if_errors()
+    if fingerprint is not None:
+        cfg["data_fingerprint"] = str(fingerprint)
     return cfg
 
 

@@ -8,20 +8,29 @@ Layout of ``OUT``::
     jobs/<run_id>/checkpoint.pt  the last epoch's training state (model, optimizer, RNGs), for resuming
 
 Every file is written to a hidden temporary file in the same directory and renamed over the target, so a
-crash never leaves a half-written file (pyarrow ignores the hidden temporaries when reading a directory).
-All files share one fixed schema, whatever the task, so a directory read never drops a column.
+crash never leaves a half-written file (pyarrow ignores the hidden temporaries when reading a directory;
+temporaries left by a kill mid-write are removed by the next ``run`` that claims the run). Files get the
+permissions of the user's umask, like any file the user creates.
+
+All files of a table share one fixed Arrow schema, whatever the task or the run's status (a column that is
+empty in one run is typed, never ``null``), so ``pandas.read_parquet(OUT / "runs")`` reads a directory mixing
+finished, failed, interrupted and running runs. A file that cannot be read (truncated, garbage) is reported
+by :func:`check_files` and rebuilt by the next ``run`` from the run's checkpoint; the reports skip it with a
+warning.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
-import torch
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
 from .errors import MixcliError
@@ -37,7 +46,12 @@ RUN_COLUMNS: dict[str, str] = {
     "experiment": "the experiment's name",
     "method": "method plugin name", "dataset": "dataset plugin name", "model": "model plugin name",
     "loss": "loss plugin name", "task": "classification or regression", "seed": "the run's seed",
-    "status": "running, finished or failed", "error": "the error message of a failed run",
+    "status": "running, finished, failed or interrupted (a run whose holder died also reads running until "
+              "the next run or `mixcli status` finds its claim free)",
+    "error": "why a failed or interrupted run stopped",
+    "error_plugin": "the plugin whose code raised, for a failed run (e.g. method 'mixup')",
+    "attempts": "how many times training of this run was started (1 for a run trained in one go)",
+    "host": "the host that last trained the run", "pid": "the process id that last trained the run",
     "config": "the fully resolved configuration, as JSON",
     "selection": "the epoch selection rule the experiment asks reports to use (eval.selection)",
     "epochs": "epochs completed", "best_epoch": "the epoch selected by the best-epoch rule",
@@ -61,7 +75,23 @@ for _s in SPLITS:
 
 _STRINGS = {"run_id", "experiment", "method", "dataset", "model", "loss", "task", "status", "error", "config",
             "best_on", "selection", "device", "mixcli_version", "started_at", "finished_at"}
-_INTS = {"seed", "epochs", "best_epoch", "epoch"}
+_INTS = {"seed", "epochs", "best_epoch", "epoch", "attempts", "pid"}
+_STRINGS |= {"error_plugin", "host"}
+
+
+def _arrow_type(col: str) -> pa.DataType:
+    if col in _STRINGS:
+        return pa.string()
+    if col in _INTS:
+        return pa.int64()
+    if col.endswith(LIST_METRICS):
+        return pa.list_(pa.float64())
+    return pa.float64()
+
+
+#: the fixed Arrow schemas of the two tables (every file of a table has exactly this schema)
+SCHEMAS = {"runs": pa.schema([(c, _arrow_type(c)) for c in RUN_COLUMNS]),
+           "epochs": pa.schema([(c, _arrow_type(c)) for c in EPOCH_COLUMNS])}
 
 
 def _frame(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
@@ -79,11 +109,29 @@ def _frame(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
+def _write_table(path: Path, rows: list[dict], table: str) -> None:
+    columns = RUN_COLUMNS if table == "runs" else EPOCH_COLUMNS
+    arrow = pa.Table.from_pandas(_frame(rows, columns), schema=SCHEMAS[table], preserve_index=False)
+    atomic_write(path, lambda f: pq.write_table(arrow, f))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+TMP_SUFFIX = ".tmp"
+
+
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
-    """Write via a hidden temporary file in the same directory, fsync, then rename over ``path``."""
+    """Write via a hidden temporary file in the same directory, fsync, then rename over ``path``. The file
+    gets the umask's permissions (``mkstemp`` alone would make it private to its owner)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -118,17 +166,37 @@ class Store:
         if not path.exists():
             return None
         try:
-            return pd.read_parquet(path).iloc[0].to_dict()
+            return pq.read_table(path).to_pandas().iloc[0].to_dict()
         except Exception:  # noqa: BLE001 - an unreadable file is treated as absent and rewritten
             return None
 
     def write_run(self, row: dict) -> None:
-        df = _frame([row], RUN_COLUMNS)
-        atomic_write(self.out / "runs" / f"{row['run_id']}.parquet", lambda f: df.to_parquet(f, index=False))
+        _write_table(self.out / "runs" / f"{row['run_id']}.parquet", [row], "runs")
 
     def write_epochs(self, run_id: str, rows: list[dict]) -> None:
-        df = _frame([{**r, "run_id": run_id} for r in rows], EPOCH_COLUMNS)
-        atomic_write(self.out / "epochs" / f"{run_id}.parquet", lambda f: df.to_parquet(f, index=False))
+        _write_table(self.out / "epochs" / f"{run_id}.parquet", [{**r, "run_id": run_id} for r in rows], "epochs")
+
+    def table_path(self, table: str, run_id: str) -> Path:
+        return self.out / table / f"{run_id}.parquet"
+
+    def damaged(self, run_id: str) -> list[Path]:
+        """The result files of ``run_id`` that exist but cannot be read back (truncated, garbage)."""
+        return [p for p in (self.table_path(t, run_id) for t in SCHEMAS) if p.exists() and not readable(p)]
+
+    def remove_temporaries(self, run_id: str) -> int:
+        """Delete the temporary files a killed writer of ``run_id`` left behind (call while holding its claim,
+        so no live writer owns them). Returns how many were removed."""
+        pats = [(self.out / t, f".{run_id}.parquet.*{TMP_SUFFIX}") for t in SCHEMAS]
+        pats += [(self.job_dir(run_id), f".*{TMP_SUFFIX}"), (self.out / "claims", f".{run_id}.json.*{TMP_SUFFIX}")]
+        n = 0
+        for d, pat in pats:
+            for p in d.glob(pat) if d.is_dir() else ():
+                try:
+                    p.unlink()
+                    n += 1
+                except OSError:
+                    pass
+        return n
 
     def write_config(self, run_id: str, cfg: dict) -> None:
         text = yaml.safe_dump(cfg, sort_keys=False).encode()
@@ -139,25 +207,61 @@ class Store:
         return self.job_dir(run_id) / "checkpoint.pt"
 
     def save_checkpoint(self, run_id: str, state: dict) -> None:
+        import torch
+
         atomic_write(self.checkpoint_path(run_id), lambda f: torch.save(state, f))
 
     def load_checkpoint(self, run_id: str) -> dict | None:
         path = self.checkpoint_path(run_id)
         if not path.exists():
             return None
+        import torch
+
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - a corrupt checkpoint means starting over, not crashing
             return None
 
 
-def read_table(out: Path | str, table: str) -> pd.DataFrame:
-    """All rows of ``runs`` or ``epochs`` under ``out`` (empty frame if none)."""
+def readable(path: Path) -> bool:
+    """Whether ``path`` is a complete parquet file (footer and every column chunk decode)."""
+    try:
+        pq.read_table(path)
+        return True
+    except Exception:  # noqa: BLE001 - any decoding failure means damaged
+        return False
+
+
+def _warn_stderr(msg: str) -> None:
+    sys.stderr.write(f"warning: {msg}\n")
+
+
+_KEY_COLUMNS = {"runs": ("run_id", "status", "config"), "epochs": ("run_id", "epoch")}
+
+
+def read_table(out: Path | str, table: str, warn: Callable[[str], None] = _warn_stderr) -> pd.DataFrame:
+    """All rows of ``runs`` or ``epochs`` under ``out`` (empty frame if none). A damaged file is skipped
+    and reported through ``warn`` (default: a line on stderr; the next ``mixcli run`` of its experiment
+    rebuilds it)."""
     d = Path(out) / table
     files = sorted(p for p in d.glob("*.parquet")) if d.is_dir() else []
-    if not files:
+    frames = []
+    for p in files:
+        try:
+            frames.append(pq.read_table(p).to_pandas())
+        except FileNotFoundError:
+            continue  # replaced or removed between the listing and the read
+        except Exception as exc:  # noqa: BLE001 - a damaged file must not take the report down
+            warn(f"skipped damaged result file {p} ({type(exc).__name__}); `mixcli run` of its "
+                     "experiment rebuilds it")
+            continue
+        missing = [c for c in _KEY_COLUMNS[table] if c not in frames[-1].columns]
+        if missing:  # issue 12: a foreign parquet file (not written by mixcli) is skipped alike
+            frames.pop()
+            warn(f"skipped {p}: not a mixcli {table} file (no column {', '.join(missing)})")
+    if not frames:
         return pd.DataFrame(columns=list(RUN_COLUMNS if table == "runs" else EPOCH_COLUMNS))
-    return pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+    return pd.concat(frames, ignore_index=True)
 
 
 def config_of(row: Any) -> dict:

@@ -42,6 +42,21 @@ def read_table(path: str, delimiter: str = "auto", header: bool = True):
     if delimiter not in DELIMITERS and len(delimiter) != 1:
         raise PluginError(f"delimiter must be one of {', '.join(DELIMITERS)} or a single character, "
                           f"got {delimiter!r}")
+    sep = _separator(path, delimiter)
+    try:
+        df = pd.read_csv(path, sep=sep, header=0 if header else None, dtype=str, keep_default_na=False,
+                         skipinitialspace=True, engine="python" if len(sep) > 1 else "c")
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise PluginError(f"{path}: cannot parse the file as a delimited table ({exc})") from None
+    if df.empty:
+        raise PluginError(f"{path}: no data rows")
+    if header:
+        read_header(path, delimiter)
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
+def _separator(path: str, delimiter: str) -> str:
     if not os.path.isfile(path):
         raise PluginError(f"{path}: no such file")
     sep = DELIMITERS.get(delimiter, delimiter)
@@ -51,15 +66,26 @@ def read_table(path: str, delimiter: str = "auto", header: bool = True):
         if not first:
             raise PluginError(f"{path}: the file is empty")
         sep = sniff_delimiter(first)
+    return sep
+
+
+def read_header(path: str, delimiter: str = "auto") -> list[str]:
+    """The column names of the header row (cheap: one line is parsed). They must be unique: pandas would
+    silently rename a repeated 'a' to 'a.1'."""
+    import pandas as pd
+
+    sep = _separator(path, delimiter)
     try:
-        df = pd.read_csv(path, sep=sep, header=0 if header else None, dtype=str, keep_default_na=False,
-                         skipinitialspace=True, engine="python" if len(sep) > 1 else "c")
+        raw = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False,
+                          skipinitialspace=True, engine="python" if len(sep) > 1 else "c")
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise PluginError(f"{path}: cannot parse the file as a delimited table ({exc})") from None
-    if df.empty:
-        raise PluginError(f"{path}: no data rows")
-    df.columns = [str(c).strip() for c in df.columns]
-    return df
+    names = [str(c).strip() for c in raw.iloc[0]] if len(raw) else []
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise PluginError(f"{path}: line 1: the column name '{n}' appears twice (columns "
+                              f"{names.index(n) + 1} and {i + 1}); column names must be unique")
+    return names
 
 
 def numeric_columns(df, columns: list, path: str, header: bool = True, what: str = "value") -> np.ndarray:

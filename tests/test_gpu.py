@@ -118,3 +118,23 @@ def test_benchmark_runs_on_cuda(capsys):
                 "--methods", "erm,mixup"])
     text = capsys.readouterr().out
     assert "mixup alpha=1.0" in text and "ratio" in text
+
+
+def test_jobs_packed_onto_one_gpu_run_pinned_and_finish(tmp_path):
+    """--jobs-per-gpu 2: two worker processes share GPU 0, each pinned through CUDA_VISIBLE_DEVICES."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from conftest import TINY
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(TINY.replace("seeds: [0]", "seeds: [0, 1]"))
+    r = subprocess.run([sys.executable, "-m", "mixcli.cli", "run", str(exp), "--out", str(tmp_path / "o"),
+                        "--device", "cuda", "--gpus", "0", "--jobs-per-gpu", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 at once" in r.stdout
+    runs = pd.read_parquet(tmp_path / "o" / "runs")
+    assert set(runs["status"]) == {"finished"} and set(runs["device"]) == {"cuda"}
+    assert runs["pid"].nunique() == 2

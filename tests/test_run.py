@@ -97,7 +97,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(cli, write, tmp_pat
     code, text = cli("run", p, "--out", tmp_path / "cut", "--device", "cpu")
     assert code == 130 and "resume" in text
     runs = pd.read_parquet(tmp_path / "cut" / "runs")
-    assert runs["status"].tolist() == ["running"]
+    assert runs["status"].tolist() == ["interrupted"] and "in epoch 3" in runs["error"].iloc[0]
     assert len(pd.read_parquet(tmp_path / "cut" / "epochs")) == 2
     monkeypatch.setattr(engine, "evaluate", real)
     code, text = cli("run", p, "--out", tmp_path / "cut", "--device", "cpu")

@@ -156,7 +156,7 @@ def check_bundle(b, n_train, n_test, shape, k):
 
 def test_cifar10_roundtrip(tmp_path):
     x, y, tx, ty, names = write_cifar10(str(tmp_path))
-    b = CIFAR10(root=str(tmp_path)).load()
+    b = CIFAR10(root=str(tmp_path), checksum=False).load()
     check_bundle(b, 120, 30, (3, 32, 32), 10)
     assert torch.equal(b.train.x, torch.from_numpy(x)) and torch.equal(b.train.y, torch.from_numpy(y))
     assert torch.equal(b.test.x, torch.from_numpy(tx)) and torch.equal(b.test.y, torch.from_numpy(ty))
@@ -170,7 +170,7 @@ def test_cifar10_roundtrip(tmp_path):
 
 def test_cifar100_roundtrip(tmp_path):
     x, y, tx, ty, names = write_cifar100(str(tmp_path))
-    b = CIFAR100(root=str(tmp_path), augment=False).load()
+    b = CIFAR100(root=str(tmp_path), checksum=False, augment=False).load()
     check_bundle(b, 200, 100, (3, 32, 32), 100)
     assert torch.equal(b.train.x, torch.from_numpy(x)) and torch.equal(b.train.y, torch.from_numpy(y))
     assert torch.equal(b.test.x, torch.from_numpy(tx)) and torch.equal(b.test.y, torch.from_numpy(ty))
@@ -288,7 +288,7 @@ def test_long_tail_counts_reference():
 
 def test_cifar10_long_tail_through_plugin(tmp_path):
     write_cifar10(str(tmp_path), per_class_train=50)
-    b = CIFAR10(root=str(tmp_path), imbalance=10).load()
+    b = CIFAR10(root=str(tmp_path), checksum=False, imbalance=10).load()
     counts = torch.bincount(b.train.y, minlength=10).tolist()
     assert counts == [math.floor(50 * 10 ** (-i / 9)) for i in range(10)]
     assert counts[0] == 50 and counts[-1] == 5
@@ -302,21 +302,21 @@ def _rows(b):
 
 def test_fraction_stratified_and_seeded(tmp_path):
     write_cifar10(str(tmp_path), per_class_train=20)
-    b0 = CIFAR10(root=str(tmp_path), fraction=0.25, split_seed=0).load()
-    b0_again = CIFAR10(root=str(tmp_path), fraction=0.25, split_seed=0).load()
-    b1 = CIFAR10(root=str(tmp_path), fraction=0.25, split_seed=1).load()
+    b0 = CIFAR10(root=str(tmp_path), checksum=False, fraction=0.25, split_seed=0).load()
+    b0_again = CIFAR10(root=str(tmp_path), checksum=False, fraction=0.25, split_seed=0).load()
+    b1 = CIFAR10(root=str(tmp_path), checksum=False, fraction=0.25, split_seed=1).load()
     for b in (b0, b1):
         assert torch.bincount(b.train.y, minlength=10).tolist() == [5] * 10
     assert torch.equal(b0.train.x, b0_again.train.x) and torch.equal(b0.train.y, b0_again.train.y)
     assert _rows(b0) != _rows(b1)
     # at least one example of every class, even for tiny fractions
-    tiny = CIFAR10(root=str(tmp_path), fraction=0.01).load()
+    tiny = CIFAR10(root=str(tmp_path), checksum=False, fraction=0.01).load()
     assert torch.bincount(tiny.train.y, minlength=10).tolist() == [1] * 10
 
 
 def test_val_split_balanced_and_disjoint(tmp_path):
     x, y, *_ = write_cifar10(str(tmp_path), per_class_train=12)
-    b = CIFAR10(root=str(tmp_path), val_size=30, split_seed=3).load()
+    b = CIFAR10(root=str(tmp_path), checksum=False, val_size=30, split_seed=3).load()
     assert b.val is not None and len(b.val) == 30
     assert torch.bincount(b.val.y, minlength=10).tolist() == [3] * 10
     assert torch.bincount(b.train.y, minlength=10).tolist() == [9] * 10
@@ -324,8 +324,8 @@ def test_val_split_balanced_and_disjoint(tmp_path):
     assert not train_rows & val_rows
     assert len(train_rows | val_rows) == 120
     # val with the other two subsets: all seeded by split_seed
-    b2 = CIFAR10(root=str(tmp_path), val_size=20, imbalance=2, fraction=0.5, split_seed=3).load()
-    b2_again = CIFAR10(root=str(tmp_path), val_size=20, imbalance=2, fraction=0.5, split_seed=3).load()
+    b2 = CIFAR10(root=str(tmp_path), checksum=False, val_size=20, imbalance=2, fraction=0.5, split_seed=3).load()
+    b2_again = CIFAR10(root=str(tmp_path), checksum=False, val_size=20, imbalance=2, fraction=0.5, split_seed=3).load()
     assert torch.equal(b2.val.x, b2_again.val.x) and torch.equal(b2.train.x, b2_again.train.x)
     assert torch.bincount(b2.val.y, minlength=10).tolist() == [2] * 10
 
@@ -333,7 +333,7 @@ def test_val_split_balanced_and_disjoint(tmp_path):
 def test_val_size_too_large(tmp_path):
     write_cifar10(str(tmp_path), per_class_train=12)
     with pytest.raises(PluginError, match="val_size"):
-        CIFAR10(root=str(tmp_path), val_size=120).load()
+        CIFAR10(root=str(tmp_path), checksum=False, val_size=120).load()
 
 
 # ------------------------------------------------------------------------------------ missing files
@@ -356,13 +356,13 @@ def test_partially_missing_files_named(tmp_path):
     write_cifar10(str(tmp_path))
     os.remove(tmp_path / "cifar-10-batches-py" / "test_batch")
     with pytest.raises(PluginError, match="test_batch"):
-        CIFAR10(root=str(tmp_path)).load()
+        CIFAR10(root=str(tmp_path), checksum=False).load()
 
 
 def test_root_expands_user(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     write_cifar10(str(tmp_path / "data"))
-    assert len(CIFAR10(root="~/data").load().train) == 120
+    assert len(CIFAR10(root="~/data", checksum=False).load().train) == 120
 
 
 # ---------------------------------------------------------------------------- download (faked, offline)
@@ -376,11 +376,11 @@ def test_download_uses_torchvision_then_our_reader(tmp_path, monkeypatch):
         write_cifar10(download_root)
 
     monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
-    b = CIFAR10(root=str(tmp_path), download=True).load()
+    b = CIFAR10(root=str(tmp_path), checksum=False, download=True).load()
     assert len(b.train) == 120
     assert calls == [("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", str(tmp_path),
                       "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")]
-    CIFAR10(root=str(tmp_path), download=True).load()  # files present: no second download
+    CIFAR10(root=str(tmp_path), checksum=False, download=True).load()  # files present: no second download
     assert len(calls) == 1
 
 
@@ -460,5 +460,5 @@ def test_image_folder_val_multiple_checked_on_load(tmp_path):
 
 
 def test_good_option_values_accepted(tmp_path):
-    d = CIFAR10(root=str(tmp_path), fraction=1, imbalance=100, val_size=5000, augment=False, split_seed=7)
+    d = CIFAR10(root=str(tmp_path), checksum=False, fraction=1, imbalance=100, val_size=5000, augment=False, split_seed=7)
     assert (d.fraction, d.imbalance, d.val_size, d.augment, d.split_seed) == (1.0, 100.0, 5000, False, 7)

@@ -29,6 +29,9 @@ class Digits(Dataset):
         self.fraction, self.imbalance, self.val_size = fraction, imbalance, val_size
         self.split_seed, self.augment = split_seed, augment
 
+    def shape(self):
+        return (1, 8, 8), 10
+
     def load(self) -> DataBundle:
         from sklearn.datasets import load_digits
 

@@ -14,8 +14,9 @@ import urllib.request
 
 import numpy as np
 
-from mixcli.api import DataBundle, Dataset, PluginError
-from mixcli.tabular import DELIMITERS, SCALINGS, build_regression, check_split, numeric_columns, read_table
+from mixcli.api import DataBundle, Dataset, PluginError, file_fingerprint
+from mixcli.tabular import (DELIMITERS, SCALINGS, build_regression, check_split, numeric_columns, read_header,
+                            read_table)
 
 DEFAULT_ROOT = "~/.cache/mixcli/data"
 AIRFOIL_URL = "https://archive.ics.uci.edu/ml/machine-learning-databases/00291/airfoil_self_noise.dat"
@@ -64,6 +65,7 @@ class Airfoil(Dataset):
 
     task = "regression"
     paper = "Brooks, Pope & Marcolini, Airfoil Self-Noise and Prediction, NASA RP-1218, 1989 (UCI)"
+    path_options = ("path", "root")
 
     def __init__(self, path: str | None = None, download: bool = False, root: str = DEFAULT_ROOT,
                  split: list = (1003, 300, 200), split_seed: int = 0, split_per_seed: bool = False,
@@ -76,6 +78,14 @@ class Airfoil(Dataset):
         _check_common(split, split_seed, scaling, split_per_seed)
         self.download, self.split, self.split_seed, self.scaling = download, list(split), split_seed, scaling
         self.split_per_seed = split_per_seed
+
+    def shape(self):
+        return (5,), 1
+
+    def fingerprint(self) -> str | None:
+        """The SHA-256 of a file given by ``path`` (it is small); None for the UCI file under ``root`` (the
+        official data, so that the run id is the same before and after ``download: true`` fetches it)."""
+        return file_fingerprint(self.path) if self.path else None
 
     def _file(self) -> str:
         if self.path is not None:
@@ -133,6 +143,7 @@ class CSV(Dataset):
     """
 
     task = "regression"
+    path_options = ("path",)
 
     def __init__(self, path: str, targets: list, features: list | None = None, domain: str | None = None,
                  split: list = (0.7, 0.1, 0.2), split_seed: int = 0, split_per_seed: bool = False,
@@ -155,9 +166,13 @@ class CSV(Dataset):
         self.targets, self.features, self.domain = list(targets), features and list(features), domain
         self.split, self.split_seed, self.scaling, self.delimiter = list(split), split_seed, scaling, delimiter
 
-    def load(self) -> DataBundle:
-        df = read_table(self.path, self.delimiter, header=True)
-        cols = list(df.columns)
+    def shape(self):
+        """From the header row (also checked here: unique names, every named column present)."""
+        cols = read_header(self.path, self.delimiter)
+        return (len(self._columns(cols)),), len(self.targets)
+
+    def _columns(self, cols: list[str]) -> list[str]:
+        """The feature columns, after checking that every named column exists."""
         named = [("targets", c) for c in self.targets] + [("features", c) for c in self.features or []]
         if self.domain is not None:
             named.append(("domain", self.domain))
@@ -172,6 +187,15 @@ class CSV(Dataset):
             raise PluginError(f"column(s) {', '.join(sorted(overlap))} cannot be both a feature and a target/domain")
         if not features:
             raise PluginError(f"{self.path}: no feature columns left (all columns are targets or the domain)")
+        return features
+
+    def fingerprint(self) -> str | None:
+        """The file's SHA-256 below 16 MiB, else its size and modification time."""
+        return file_fingerprint(self.path)
+
+    def load(self) -> DataBundle:
+        df = read_table(self.path, self.delimiter, header=True)
+        features = self._columns(list(df.columns))
         y = numeric_columns(df, self.targets, self.path, what="label")
         x = numeric_columns(df, features, self.path, what="feature value")
         dom = None
@@ -204,6 +228,9 @@ class Diabetes(Dataset):
         self.split, self.split_seed, self.scaling = list(split), split_seed, scaling
         self.split_per_seed = split_per_seed
 
+    def shape(self):
+        return (10,), 1
+
     def load(self) -> DataBundle:
         from sklearn.datasets import load_diabetes
 
@@ -233,9 +260,11 @@ class MultiModal1D(Dataset):
     def __init__(self, n: int = 1000, modes: int = 4, gap: float = 4.0, amplitude: float = 0.5,
                  frequency: float = 3.0, noise: float = 0.1, seed: int = 0, split: list = (0.6, 0.2, 0.2),
                  split_seed: int = 0, split_per_seed: bool = False, scaling: str = "none"):
-        for name, v, lo in (("n", n, 10), ("modes", modes, 1)):
+        for name, v, lo, hi in (("n", n, 10, 10**8), ("modes", modes, 1, 10**6)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise PluginError(f"{name} must be an integer >= {lo}, got {v!r}")
+            if v > hi:
+                raise PluginError(f"{name} must be at most {hi}, got {v!r}")
         for name, v in (("gap", gap), ("amplitude", amplitude), ("frequency", frequency), ("noise", noise)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
                 raise PluginError(f"{name} must be a number >= 0, got {v!r}")
@@ -246,6 +275,9 @@ class MultiModal1D(Dataset):
         self.n, self.modes, self.gap, self.amplitude = n, modes, float(gap), float(amplitude)
         self.frequency, self.noise, self.seed = float(frequency), float(noise), seed
         self.split, self.split_seed, self.scaling = list(split), split_seed, scaling
+
+    def shape(self):
+        return (1,), 1
 
     def generate(self) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(self.seed)

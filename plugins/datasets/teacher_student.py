@@ -35,12 +35,18 @@ class TeacherStudent(Dataset):
                              ("n_test", n_test, 1)):
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise PluginError(f"{name} must be an integer >= {low}, got {v!r}")
+        if (n + n_val + n_test) * d > 10**9:
+            raise PluginError(f"(n + n_val + n_test) x d = {(n + n_val + n_test) * d:,} values is more than 10**9; "
+                              "use fewer examples or dimensions")
         if activation not in ACTIVATIONS:
             raise PluginError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         if noise < 0:
             raise PluginError(f"noise must be >= 0 (label noise std), got {noise}")
         self.d, self.hidden, self.n, self.n_val, self.n_test = d, hidden, n, n_val, n_test
         self.activation, self.noise, self.seed = activation, float(noise), seed
+
+    def shape(self):
+        return (self.d,), 1
 
     def teacher(self) -> tuple[np.ndarray, np.ndarray]:
         """The teacher's weights ``(W, a)``."""

@@ -1,22 +1,29 @@
 """Image classification datasets: CIFAR-10/100, SVHN, MNIST, Fashion-MNIST and a generic ImageFolder.
 
 Every loader reads the dataset's real on-disk format with a small reader of its own (CIFAR python pickles,
-SVHN ``.mat`` files, MNIST IDX files, a folder tree of images), so that files written by other tools, or by
-tests, load without torchvision's checksum verification. torchvision is used only to *download* the
+SVHN ``.mat`` files, MNIST IDX files, a folder tree of images). torchvision is used only to *download* the
 official archives (``download: true``), with their published checksums.
+
+A data file never runs code. CIFAR's python pickles are read by :class:`CIFARUnpickler`, which admits only
+what those files hold (dicts, lists, strings, bytes, numbers and numpy arrays); anything else (e.g. a
+pickle calling ``os.system``) is refused before it runs. The CIFAR files are also checked against the MD5
+sums of the official release (those torchvision publishes) every time they are loaded; ``checksum: false``
+skips that check for files of your own (the safe unpickler is always used).
 
 Images come back as ``uint8`` tensors of shape (N, C, H, W), labels as int64; the validation split, the
 long-tail profile and the stratified fraction are applied by :func:`mixcli.subsets.build_classification`,
 seeded by ``split_seed``.
 """
 import gzip
+import hashlib
+import io
 import os
 import pickle
 
 import numpy as np
 import torch
 
-from mixcli.api import DataBundle, Dataset, PluginError
+from mixcli.api import DataBundle, Dataset, PluginError, file_fingerprint
 from mixcli.subsets import build_classification
 
 __all__ = ["CIFAR10", "CIFAR100", "SVHN", "MNIST", "FashionMNIST", "ImageFolder"]
@@ -94,6 +101,38 @@ def _channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...],
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
+class CIFARUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR python files and nothing else.
+
+    Plain containers and scalars need no global; a numpy array is rebuilt from exactly three: the
+    ``_reconstruct`` function (under numpy 1's and numpy 2's module name), ``ndarray`` and ``dtype``; bytes
+    written by Python 3 at protocol 2 or lower come through ``_codecs.encode`` (text to bytes). Every other
+    global (``os.system``, ``builtins.eval``, ...) raises ``UnpicklingError`` before it is called.
+    """
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load '{module}.{name}': a CIFAR file holds only dicts, "
+                                     "lists, strings and numpy arrays")
+
+
+def safe_unpickle(data: bytes):
+    """``pickle.loads`` restricted to what CIFAR files contain (see :class:`CIFARUnpickler`)."""
+    return CIFARUnpickler(io.BytesIO(data), encoding="latin1").load()
+
+
+def md5_of(path: str) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 # -------------------------------------------------------------------------------------------- base classes
 class _ImageDataset(Dataset):
     """Common options (validated here) and the final :func:`build_classification` step."""
@@ -105,6 +144,12 @@ class _ImageDataset(Dataset):
     PAD_MODE = "reflect"
     #: number of classes when fixed by the dataset (None: found when loading)
     NUM_CLASSES: int | None = None
+    #: input shape (C, H, W) when fixed by the dataset
+    SHAPE: tuple[int, int, int] | None = None
+    path_options = ("root",)
+
+    def shape(self):
+        return (self.SHAPE, self.NUM_CLASSES) if self.SHAPE and self.NUM_CLASSES else None
 
     def _set_common(self, *, root, fraction, imbalance, val_size, augment, split_seed) -> None:
         name = type(self).__name__
@@ -164,6 +209,14 @@ class _DownloadableDataset(_ImageDataset):
         """Expected paths that do not exist."""
         raise NotImplementedError
 
+    def _files(self) -> list[str]:  # pragma: no cover - abstract
+        """The data files (those present)."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str | None:
+        """Size and modification time of the data files (None with ``download: true``: official files)."""
+        return None if self.download else file_fingerprint(*self._files())
+
     def _download(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -203,14 +256,44 @@ class _CIFAR(_DownloadableDataset):
     LABEL_KEY = ""
     NAMES_KEY = ""
     TV_CLASS = ""
+    SHAPE = (3, 32, 32)
+    #: MD5 of each file of the official release (as published by torchvision)
+    MD5: dict[str, str] = {}
+
+    def __init__(self, root: str = DEFAULT_ROOT, download: bool = False, checksum: bool = True,
+                 fraction: float = 1.0, imbalance: float = 1.0, val_size: int = 0, augment: bool = True,
+                 split_seed: int = 0):
+        if not isinstance(checksum, (bool, np.bool_)):
+            raise PluginError(f"{type(self).__name__}: option 'checksum' must be true or false, got {checksum!r}")
+        self.checksum = bool(checksum)
+        super().__init__(root=root, download=download, fraction=fraction, imbalance=imbalance,
+                         val_size=val_size, augment=augment, split_seed=split_seed)
 
     @property
     def folder(self) -> str:
         return os.path.join(self.root, self.FOLDER)
 
+    def _names(self) -> tuple[str, ...]:
+        return self.TRAIN_FILES + self.TEST_FILES + (self.META_FILE,)
+
     def _missing(self) -> list[str]:
-        names = self.TRAIN_FILES + self.TEST_FILES + (self.META_FILE,)
-        return [p for p in (os.path.join(self.folder, n) for n in names) if not os.path.isfile(p)]
+        return [p for p in (os.path.join(self.folder, n) for n in self._names()) if not os.path.isfile(p)]
+
+    def _files(self) -> list[str]:
+        return [p for p in (os.path.join(self.folder, n) for n in self._names()) if os.path.isfile(p)]
+
+    def fingerprint(self) -> str | None:
+        """None when the checksums are verified (the official files); else size and time of the files."""
+        return None if self.checksum else file_fingerprint(*self._files())
+
+    def _verify(self) -> None:
+        for name in self._names():
+            path = os.path.join(self.folder, name)
+            got = md5_of(path)
+            if got != self.MD5[name]:
+                raise PluginError(f"{type(self).__name__}: {path} is not the official file (MD5 {got}, expected "
+                                  f"{self.MD5[name]}); delete it and set `download: true`, or set "
+                                  "`checksum: false` to use files of your own")
 
     def _download(self) -> None:
         import torchvision.datasets as tvd
@@ -223,9 +306,9 @@ class _CIFAR(_DownloadableDataset):
     def _unpickle(path: str) -> dict:
         try:
             with open(path, "rb") as f:
-                return pickle.load(f, encoding="latin1")
-        except Exception as e:
-            raise PluginError(f"cannot read CIFAR file {path}: {e}") from e
+                return safe_unpickle(f.read())
+        except Exception as e:  # noqa: BLE001 - refused globals, truncated or corrupt files
+            raise PluginError(f"cannot read CIFAR file {path}: {e}") from None
 
     def _read_batch(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         path = os.path.join(self.folder, name)
@@ -242,6 +325,8 @@ class _CIFAR(_DownloadableDataset):
 
     def _read(self) -> dict:
         self._ensure_files()
+        if self.checksum:
+            self._verify()
         train = [self._read_batch(n) for n in self.TRAIN_FILES]
         test = [self._read_batch(n) for n in self.TEST_FILES]
         meta_path = os.path.join(self.folder, self.META_FILE)
@@ -268,6 +353,10 @@ class CIFAR10(_CIFAR):
     LABEL_KEY = "labels"
     NAMES_KEY = "label_names"
     TV_CLASS = "CIFAR10"
+    MD5 = {"data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+           "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+           "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
+           "batches.meta": "5ff9c542aee3614f3951f8cda6e48888"}
 
 
 class CIFAR100(_CIFAR):
@@ -284,6 +373,8 @@ class CIFAR100(_CIFAR):
     LABEL_KEY = "fine_labels"
     NAMES_KEY = "fine_label_names"
     TV_CLASS = "CIFAR100"
+    MD5 = {"train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+           "meta": "7973b15100ade9c7d40fb424638fde48"}
 
 
 # ---------------------------------------------------------------------------------------------------- SVHN
@@ -295,10 +386,14 @@ class SVHN(_UnflippedDataset):
     MEAN = (0.4377, 0.4438, 0.4728)
     STD = (0.1980, 0.2010, 0.1970)
     PAD_MODE = "constant"
+    SHAPE = (3, 32, 32)
     FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 
     def _missing(self) -> list[str]:
         return [p for p in (os.path.join(self.root, f) for f in self.FILES.values()) if not os.path.isfile(p)]
+
+    def _files(self) -> list[str]:
+        return [p for p in (os.path.join(self.root, f) for f in self.FILES.values()) if os.path.isfile(p)]
 
     def _download(self) -> None:
         import torchvision.datasets as tvd
@@ -341,6 +436,7 @@ class _IDXDataset(_UnflippedDataset):
 
     NUM_CLASSES = 10
     PAD_MODE = "constant"
+    SHAPE = (1, 28, 28)
     FOLDER = ""
     CLASS_NAMES: tuple[str, ...] = ()
     FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
@@ -360,6 +456,9 @@ class _IDXDataset(_UnflippedDataset):
 
     def _missing(self) -> list[str]:
         return [os.path.join(self.raw_folder, n) for n in self.FILES.values() if self._path(n) is None]
+
+    def _files(self) -> list[str]:
+        return [p for p in (self._path(n) for n in self.FILES.values()) if p is not None]
 
     def _download(self) -> None:
         import torchvision.datasets as tvd
@@ -436,6 +535,18 @@ class ImageFolder(_ImageDataset):
         self.image_size = int(image_size)
         self._set_common(root=root, fraction=fraction, imbalance=imbalance, val_size=val_size, augment=augment,
                          split_seed=split_seed)
+
+    def shape(self):
+        """(3, image_size, image_size) and the number of class folders under root/train (when it exists)."""
+        train = os.path.join(self.root, "train")
+        if not os.path.isdir(train):
+            return None
+        n = sum(os.path.isdir(os.path.join(train, d)) for d in os.listdir(train))
+        return ((3, self.image_size, self.image_size), n) if n else None
+
+    def fingerprint(self) -> str | None:
+        """The contents (small folders) or the sizes and times (large ones) of every file under root."""
+        return file_fingerprint(self.root)
 
     @staticmethod
     def _images(folder: str) -> list[str]:

@@ -139,8 +139,13 @@ class AlignMix(Method):
         self.smoothing = label_smoothing
 
     def setup(self, ctx: Context) -> None:
-        model = ctx.model
-        x = torch.zeros(1, *ctx.train.x.shape[1:], device=ctx.device)
+        self.check_model(ctx.model, tuple(ctx.train.x.shape[1:]))
+
+    def check_model(self, model: Model, input_shape: tuple[int, ...]) -> None:
+        """The last stage must give a feature map (C, H, W) with H*W >= 2 (one forward pass of one example;
+        on the meta device at validation time, shapes only)."""
+        device = next(iter(model.parameters()), torch.zeros(())).device
+        x = torch.zeros(1, *input_shape, device=device)
         was = model.training
         model.eval()
         with torch.no_grad():

@@ -58,13 +58,16 @@ class CMixup(Method):
         self.alpha, self.sigma, self.kernel = float(alpha), float(sigma), kernel
         self.position, self.block_size = position, block_size
 
-    def setup(self, ctx: Context) -> None:
-        if ctx.task != "regression":
-            raise PluginError("cmixup samples partners by label distance and needs task: regression")
-        top = ctx.model.embed_position
+    def check_model(self, model: Model, input_shape: tuple[int, ...] = ()) -> None:
+        top = model.embed_position
         if self.position > top:
             raise PluginError(f"position {self.position} is beyond this model, whose positions are 0..{top} "
                               f"(0 = input, 1 = after the first stage, {top} = the embedding)")
+
+    def setup(self, ctx: Context) -> None:
+        if ctx.task != "regression":
+            raise PluginError("cmixup samples partners by label distance and needs task: regression")
+        self.check_model(ctx.model)
         self.sampler = PartnerSampler(ctx.train.y, "cmixup", self.sigma, self.kernel, self.block_size)
 
     def partners(self, index: torch.Tensor, ctx: Context) -> torch.Tensor:

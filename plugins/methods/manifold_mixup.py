@@ -65,13 +65,19 @@ class ManifoldMixup(Method):
             raise PluginError(f"positions must be a non-empty list of stage indices >= 0, got {positions}")
         self.alpha, self.positions, self.smoothing = alpha, positions, label_smoothing
 
-    def setup(self, ctx: Context) -> None:
-        top = ctx.model.embed_position
+    def check_model(self, model: Model, input_shape: tuple[int, ...]) -> None:
+        self.usable_positions(model)
+
+    def usable_positions(self, model: Model) -> list[int]:
+        top = model.embed_position
         usable = [p for p in self.positions if p <= top]
         if not usable:
             raise PluginError(f"positions {self.positions} are all beyond this model, whose positions are "
                               f"0..{top} (0 = input, {top} = the embedding before the classifier)")
-        self.usable = usable
+        return usable
+
+    def setup(self, ctx: Context) -> None:
+        self.usable = self.usable_positions(ctx.model)
         if self.criterion != "soft_ce" and ctx.task != "classification":
             raise PluginError(f"criterion {self.criterion} is for classification; regression uses the loss plugin")
 

@@ -1,0 +1,142 @@
+"""Claims: which process trains a run, so that any number of ``mixcli run`` processes (terminals, a SLURM
+job array, machines sharing the output directory) train every run exactly once.
+
+A claim is an exclusive OS lock (``flock``) on ``OUT/claims/<run_id>.lock``, taken without waiting. The
+kernel releases it when its holder dies, SIGKILL included, so a run whose holder died is free to be taken
+over (and resumes from its checkpoint). The lock is held by the process that trains the run for as long
+as it trains it. Beside the lock, ``OUT/claims/<run_id>.json`` records the holder (host, pid, since) and a
+heartbeat refreshed every :data:`HEARTBEAT_S` seconds with the epoch reached, which ``mixcli status``
+shows. The heartbeat is information only: liveness is the lock itself.
+
+Shared filesystems: Linux NFS (v3 with lockd, v4) and Lustre/GPFS mounted with locking enabled implement
+``flock`` across machines. On a filesystem without working locks (e.g. Lustre mounted ``-o noflock``)
+taking the lock fails and ``mixcli run`` says so instead of risking double training.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import MixcliError
+
+HEARTBEAT_S = 10.0
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def claims_dir(out: Path) -> Path:
+    return Path(out) / "claims"
+
+
+class Claim:
+    """An exclusive claim on one run; ``acquire()`` never waits."""
+
+    def __init__(self, out: Path, run_id: str) -> None:
+        self.run_id = run_id
+        self.lock_path = claims_dir(out) / f"{run_id}.lock"
+        self.info_path = claims_dir(out) / f"{run_id}.json"
+        self._fd: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.info: dict = {}
+
+    def acquire(self) -> bool:
+        """Take the claim; False when a live process holds it."""
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False
+            raise MixcliError(f"{self.lock_path}: cannot take a file lock ({exc.strerror}); the output "
+                              "directory's filesystem must support flock (see README: sweeps)") from None
+        self._fd = fd
+        self.info = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now(), "heartbeat": _now(),
+                     "epoch": 0}
+        self._write()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.run_id}", daemon=True)
+        self._thread.start()
+        return True
+
+    def update(self, **fields) -> None:
+        """Record progress (e.g. ``epoch=3``) in the holder file at the next heartbeat."""
+        self.info.update(fields)
+
+    def _write(self) -> None:
+        from ..store import atomic_write
+
+        text = json.dumps(self.info).encode()
+        try:
+            atomic_write(self.info_path, lambda f: f.write(text))
+        except OSError:
+            pass  # the heartbeat is information only; a full disk must not kill the run here
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self.info["heartbeat"] = _now()
+            self._write()
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self.info_path.unlink()
+        except OSError:
+            pass
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def holder(out: Path, run_id: str) -> dict | None:
+    """The live holder of ``run_id``'s claim (host, pid, since, heartbeat, epoch), or None when no live
+    process holds it (never claimed, released, or its holder died)."""
+    lock = claims_dir(out) / f"{run_id}.lock"
+    if not lock.exists():
+        return None
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            pass  # held
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+    finally:
+        os.close(fd)
+    try:
+        return json.loads((claims_dir(out) / f"{run_id}.json").read_text())
+    except (OSError, ValueError):
+        return {"host": "?", "pid": None, "since": None, "heartbeat": None, "epoch": None}
+
+
+def heartbeat_age(info: dict) -> float | None:
+    """Seconds since the holder's last heartbeat."""
+    try:
+        return time.time() - datetime.fromisoformat(info["heartbeat"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None

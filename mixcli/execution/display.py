@@ -1,0 +1,189 @@
+"""What a sweep shows while it runs: on a terminal, one overall bar (done, failed, running, queued, ETA)
+and one live line per running job (epoch, loss, the primary metric) that fit 80 columns; otherwise (a log
+file, CI, SLURM output) one plain line per event."""
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Column
+
+from .worker import FAILED, FINISHED, INTERRUPTED, SKIPPED
+
+
+def score(row: dict | None) -> str:
+    """The primary test metric of a runs row or an epoch row, short."""
+    row = row or {}
+    for key, label, pct in (("final_test_accuracy", "acc", True), ("test_accuracy", "acc", True),
+                            ("final_test_rmse", "rmse", False), ("test_rmse", "rmse", False)):
+        v = row.get(key)
+        if v is not None and v == v:
+            return f"{label} {100 * v:.2f}%" if pct else f"{label} {v:.4g}"
+    return ""
+
+
+def short_label(job) -> str:
+    """The job's grid values and seed, compact: ``mixup(alpha=0.4) lr=0.1 s1``."""
+    out = []
+    for bit in job.label.split(" "):
+        key, _, value = bit.partition("=")
+        if key == "method":
+            out.append(value)
+        elif key == "seed":
+            out.append(f"s{value}")
+        else:
+            out.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return " ".join(out)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+class _Base:
+    def __init__(self, console: Console, slots: int) -> None:
+        self.console, self.slots = console, max(1, slots)
+        self.n = self.k = 0
+        self.counts = {"done": 0, "failed": 0}
+        self.durations: list[float] = []
+        self.live: dict[str, dict] = {}  # run_id -> {epochs, steps, done_steps, label, k}
+        self.t0 = time.monotonic()
+
+    def begin(self, n: int) -> None:
+        self.n = n
+
+    def submitted(self, job) -> None:
+        self.k += 1
+        self.live[job.run_id] = {"k": self.k, "label": job.label, "epochs": 0, "steps": 0, "done": 0,
+                                 "info": "starting"}
+
+    def held(self, job) -> None:
+        self._line(f"  [dim]{job.run_id}: held by another live process; waiting for it (taken over if it "
+                   "dies)[/]")
+
+    def eta(self) -> str:
+        if not self.durations:
+            return "ETA ?"
+        left = sum(1 - (j["done"] / j["total"] if j.get("total") else 0) for j in self.live.values())
+        left += self.n - sum(self.counts.values()) - len(self.live)
+        return "ETA " + _clock(sum(self.durations) / len(self.durations) * max(0.0, left) / self.slots)
+
+    def summary(self) -> str:
+        queued = self.n - sum(self.counts.values()) - len(self.live)
+        return f"{self.counts['failed']} failed · {len(self.live)} running · {queued} queued · {self.eta()}"
+
+    def progress(self, job, kind: str, payload) -> None:
+        j = self.live.get(job.run_id)
+        if j is None:
+            return
+        if kind == "start":
+            epochs, steps, start = payload
+            j.update(epochs=epochs, total=epochs * steps, done=(start - 1) * steps, info=f"ep {start}/{epochs}")
+        elif kind == "step":
+            j["done"] += payload
+        elif kind == "epoch":
+            epoch, row = payload
+            j["info"] = " ".join(b for b in (f"ep {epoch}/{j['epochs']}", f"loss {row.get('train_loss', 0):.3f}",
+                                              score(row)) if b)
+            self._epoch(job, j)
+
+    def done(self, job, outcome) -> None:
+        j = self.live.pop(job.run_id, None)
+        k = j["k"] if j else self.k
+        tag = f"\\[{k}/{self.n}]"
+        for note in outcome.notes:
+            self._line(f"  [yellow]{tag} {job.run_id}: {escape(note)}[/]")
+        if outcome.status == SKIPPED:
+            self.counts["done"] += 1
+            self._line(f"  [dim]{tag} {job.run_id}: already finished, skipped[/]")
+        elif outcome.status == FINISHED:
+            self.counts["done"] += 1
+            self.durations.append(outcome.seconds)
+            self._line(f"  [green]✓[/] {tag} {job.run_id}  {score(outcome.row)}  ({outcome.seconds:.1f}s)")
+        elif outcome.status == FAILED:
+            self.counts["failed"] += 1
+            self._line(f"  [red]✗ {tag} {job.run_id} failed: {escape(str(outcome.error))}[/]")
+        elif outcome.status == INTERRUPTED:
+            self._line(f"  [yellow]{tag} {job.run_id} interrupted[/]")
+        self._refresh()
+
+    def _line(self, text: str) -> None:
+        self.console.print(text, highlight=False, soft_wrap=True)
+
+    def _epoch(self, job, j) -> None: ...
+
+    def _refresh(self) -> None: ...
+
+    def end(self) -> None: ...
+
+
+class LiveDisplay(_Base):
+    """Rich bars on a terminal."""
+
+    def __init__(self, console: Console, slots: int) -> None:
+        super().__init__(console, slots)
+        self.p = Progress(TextColumn("{task.description}", table_column=Column(width=24, no_wrap=True,
+                                                                                overflow="ellipsis")),
+                          BarColumn(bar_width=10, table_column=Column(width=10, no_wrap=True)),
+                          TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
+                          console=console, transient=False, refresh_per_second=4)
+        self.tasks: dict[str, int] = {}
+
+    def begin(self, n: int) -> None:
+        super().begin(n)
+        self.p.start()
+        self.overall = self.p.add_task(f"sweep 0/{n} done", total=n, info=self.summary())
+
+    def submitted(self, job) -> None:
+        super().submitted(job)
+        j = self.live[job.run_id]
+        self.tasks[job.run_id] = self.p.add_task(f" {j['k']}. {escape(short_label(job))}", total=None,
+                                                 info="starting")
+        self._refresh()
+
+    def progress(self, job, kind: str, payload) -> None:
+        super().progress(job, kind, payload)
+        j, t = self.live.get(job.run_id), self.tasks.get(job.run_id)
+        if j is not None and t is not None:
+            self.p.update(t, total=j.get("total") or None, completed=j["done"], info=j["info"])
+        self._refresh()
+
+    def done(self, job, outcome) -> None:
+        t = self.tasks.pop(job.run_id, None)
+        if t is not None:
+            self.p.remove_task(t)
+        super().done(job, outcome)
+
+    def _line(self, text: str) -> None:
+        self.p.console.print(text, highlight=False, soft_wrap=True)
+
+    def _refresh(self) -> None:
+        n_done = sum(self.counts.values())
+        self.p.update(self.overall, completed=n_done, info=self.summary(),
+                      description=f"sweep {self.counts['done']}/{self.n} done")
+
+    def end(self) -> None:
+        self._refresh()
+        self.p.stop()
+
+
+class LogDisplay(_Base):
+    """One plain line per event, for logs."""
+
+    def submitted(self, job) -> None:
+        super().submitted(job)
+        self._line(f"  \\[{self.k}/{self.n}] start {job.run_id}  {escape(job.label)}")
+
+    def _epoch(self, job, j) -> None:
+        self._line(f"  \\[{j['k']}/{self.n}] {job.run_id}  {j['info']}")
+
+    def end(self) -> None:
+        self._line(f"  sweep: {self.summary()} ({_clock(time.monotonic() - self.t0)} elapsed)")
+
+
+def make_display(console: Console, slots: int):
+    return LiveDisplay(console, slots) if console.is_terminal else LogDisplay(console, slots)

@@ -1,0 +1,117 @@
+"""The scheduler: hands the jobs of a sweep to an executor, parents before the runs fine-tuned from them,
+waits for runs that another live process holds (taking them over if their holder dies), and collects one
+outcome per job. Executors (:mod:`.local`, :mod:`.ray_executor`) hide where a job runs; the scheduler never
+trains anything itself and never reads another process's in-flight state.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..store import Store
+from .worker import FAILED, FINISHED, HELD, INTERRUPTED, SKIPPED, Outcome
+
+HELD_RETRY_S = 2.0  # how often a run held by another process is looked at again
+
+
+@dataclass
+class Sweep:
+    outcomes: dict = field(default_factory=dict)   # run_id -> Outcome
+    by_others: set = field(default_factory=set)    # runs that another process finished while we waited
+
+    def of(self, status: str) -> list[Outcome]:
+        return [o for o in self.outcomes.values() if o.status == status]
+
+
+class Scheduler:
+    def __init__(self, jobs: list, executor, display, skip_failed: bool) -> None:
+        self.queue = list(jobs)
+        self.by_id = {j.run_id: j for j in jobs}
+        self.executor, self.display, self.skip_failed = executor, display, skip_failed
+        self.sweep = Sweep()
+        self.running: set[str] = set()
+        self.retry_at: dict[str, float] = {}   # runs held elsewhere -> when to look again
+        self.stores: dict[str, Store] = {}
+        executor.on_event = self.on_event
+
+    def store(self, job) -> Store:
+        key = str(job.out)
+        if key not in self.stores:
+            self.stores[key] = Store(job.out)
+        return self.stores[key]
+
+    def on_event(self, ev) -> None:
+        kind, rid, payload = ev
+        if kind == "done":
+            self.done(rid, payload)
+        else:
+            self.display.progress(self.by_id[rid], kind, payload)
+
+    def done(self, rid: str, outcome: Outcome) -> None:
+        self.running.discard(rid)
+        job = self.by_id[rid]
+        if outcome.status == HELD:
+            if rid not in self.retry_at:
+                self.display.held(job)
+            self.retry_at[rid] = time.monotonic() + HELD_RETRY_S
+            self.queue.append(job)
+            return
+        if self.retry_at.pop(rid, None) is not None and outcome.status == SKIPPED:
+            self.sweep.by_others.add(rid)
+        self.sweep.outcomes[rid] = outcome
+        self.display.done(job, outcome)
+
+    def next_job(self):
+        """The first queued job that may start now (not held elsewhere, its parent finished)."""
+        now = time.monotonic()
+        for k, job in enumerate(self.queue):
+            if self.retry_at.get(job.run_id, 0) > now:
+                continue
+            parent = job.parent
+            if parent is not None and parent.run_id in self.by_id:
+                po = self.sweep.outcomes.get(parent.run_id)
+                if po is None:
+                    continue  # the parent has not ended yet
+                if po.status not in (FINISHED, SKIPPED):
+                    self.queue.pop(k)
+                    self.done(job.run_id, Outcome(job.run_id, FAILED, error=f"its init_from parent "
+                                                  f"{parent.run_id} is {po.status}; not started"))
+                    return self.next_job()
+            return self.queue.pop(k)
+        return None
+
+    def dispatch(self, job) -> None:
+        store = self.store(job)
+        row = store.run_row(job.run_id)
+        status = (row or {}).get("status")
+        if status == FINISHED and not store.damaged(job.run_id):
+            self.done(job.run_id, Outcome(job.run_id, SKIPPED, row=row))
+        elif status == FAILED and self.skip_failed and job.run_id not in self.retry_at:
+            self.done(job.run_id, Outcome(job.run_id, FAILED, row=row, error=row.get("error"),
+                                          notes=["failed in an earlier sweep; not retried"]))
+        else:
+            self.running.add(job.run_id)
+            self.display.submitted(job)
+            self.executor.submit(job)
+
+    def run(self) -> Sweep:
+        self.display.begin(len(self.queue))
+        try:
+            while self.queue or self.running:
+                while self.executor.free() > 0 and (job := self.next_job()) is not None:
+                    self.dispatch(job)
+                if not self.running and self.queue:
+                    time.sleep(0.2)  # only runs held elsewhere (or waiting for a parent) remain
+                self.executor.poll(0.2 if self.running else 0.0)
+        finally:
+            self.display.end()
+        return self.sweep
+
+
+def run_sweep(jobs: list, executor, display, skip_failed: bool = True) -> Sweep:
+    """Run ``jobs`` (parents first) on ``executor``; ``display`` hears every event. With ``skip_failed``,
+    runs recorded ``failed`` by an earlier sweep are left alone (``--retry-failed`` reruns them)."""
+    return Scheduler(jobs, executor, display, skip_failed).run()
+
+
+__all__ = ["run_sweep", "Sweep", "FINISHED", "FAILED", "INTERRUPTED", "HELD", "SKIPPED"]

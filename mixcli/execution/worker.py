@@ -1,0 +1,216 @@
+"""Executing one job wherever it runs (this process, a pool worker, a Ray task): claim it, repair its
+result files, train it through the engine, and record how it ended. Nothing that happens inside a job
+escapes as an exception except an interruption: a diverging loss, a plugin raising (``PluginError``
+included) or calling ``sys.exit`` all end as a ``failed`` run with the reason, the plugin to blame and the
+epoch reached.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..api import PluginError
+from ..errors import MixcliError, RunFailed
+from ..jobs import Job
+from .claims import Claim
+
+#: outcomes of :func:`execute`
+FINISHED, FAILED, INTERRUPTED, HELD, SKIPPED = "finished", "failed", "interrupted", "held", "skipped"
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    status: str
+    row: dict | None = None
+    error: str | None = None
+    input_error: bool = False        # bad input found before training began (the sweep exits 2)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+class Tracker:
+    """Wraps the caller's progress display; remembers how far the job got and feeds the claim's heartbeat."""
+
+    def __init__(self, progress, claim: Claim | None) -> None:
+        self.progress, self.claim = progress, claim
+        self.started = False
+        self.done_epochs = 0
+
+    def start(self, job, epochs: int, steps: int, start_epoch: int) -> None:
+        self.started, self.done_epochs = True, start_epoch - 1
+        if self.claim is not None:
+            self.claim.update(epoch=start_epoch - 1, epochs=epochs)
+        if self.progress is not None:
+            self.progress.start(job, epochs, steps, start_epoch)
+
+    def step(self) -> None:
+        if self.progress is not None:
+            self.progress.step()
+
+    def epoch(self, epoch: int, row: dict) -> None:
+        self.done_epochs = epoch
+        if self.claim is not None:
+            self.claim.update(epoch=epoch)
+        if self.progress is not None:
+            self.progress.epoch(epoch, row)
+
+
+def blame(job: Job, tb) -> str | None:
+    """The plugin of ``job`` whose code raised: the innermost traceback frame in one of its modules."""
+    from ..registry import KINDS, REGISTRY, SINGULAR
+
+    modules = {}
+    for kind in KINDS:
+        spec = job.config.get(SINGULAR[kind])
+        name = spec.get("name") if isinstance(spec, dict) else None
+        entry = REGISTRY.entries(kind).get(name) if name else None
+        if entry is not None:
+            modules[entry.target.split(":")[0]] = f"{SINGULAR[kind]} '{name}' ({entry.package})"
+    for frame, _ in reversed(list(traceback.walk_tb(tb))):
+        mod = frame.f_globals.get("__name__", "")
+        for prefix, label in modules.items():
+            if mod == prefix or mod.startswith(prefix + "."):
+                return label
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"a plugin called sys.exit({exc.code!r})"
+    if isinstance(exc, (MixcliError, PluginError, RunFailed)):
+        return str(exc)
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return f"out of memory: {exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def record(job: Job, device, status: str, error: str, plugin: str | None = None, epochs: int | None = None) -> None:
+    """Write ``status`` (failed / interrupted) and its reason into the run's row, keeping what it had
+    (``epochs``: the epochs completed, when known)."""
+    from ..engine import identity_row
+    from ..store import Store
+
+    store = Store(job.out)
+    prev = store.run_row(job.run_id) or {}
+    store.write_run({**prev, **identity_row(job, device), "status": status, "error": error,
+                     "error_plugin": plugin, "host": prev.get("host"), "pid": prev.get("pid"),
+                     "attempts": prev.get("attempts"),
+                     "epochs": prev.get("epochs") if epochs is None else epochs})
+
+
+def record_lost(job: Job, device, reason: str) -> bool:
+    """Record ``job`` failed after the process training it died. Takes the claim first so that a process
+    which already took the run over is never overwritten; False when one did."""
+    claim = Claim(job.out, job.run_id)
+    if not claim.acquire():
+        return False
+    try:
+        record(job, device, FAILED, reason)
+    finally:
+        claim.release()
+    return True
+
+
+def _attempts(prev: dict | None, store, run_id: str) -> int:
+    n = (prev or {}).get("attempts")
+    if n is None or n != n or n < 0:
+        ckpt_n = None
+        ck = store.checkpoint_path(run_id)
+        if ck.exists():
+            state = store.load_checkpoint(run_id)
+            ckpt_n = state.get("attempts") if state else None
+        n = ckpt_n or 0
+    return int(n) + 1
+
+
+def execute(job: Job, device, progress=None) -> Outcome:
+    """Claim and run ``job``. Returns ``held`` at once when a live process holds its claim, ``skipped``
+    when it is already finished with readable results. ``KeyboardInterrupt`` (SIGINT, and SIGTERM turned
+    into it) is recorded as ``interrupted`` and re-raised."""
+    from ..engine import run_job
+    from ..store import Store
+
+    t0 = time.perf_counter()
+    claim = Claim(job.out, job.run_id)
+    if not claim.acquire():
+        return Outcome(job.run_id, HELD)
+    tracker = Tracker(progress, claim)
+    notes: list[str] = []
+    try:
+        store = Store(job.out)
+        store.remove_temporaries(job.run_id)
+        for p in store.damaged(job.run_id):
+            notes.append(f"{p.relative_to(job.out)} was damaged; rebuilt from the run's checkpoint")
+            p.unlink()
+        prev = store.run_row(job.run_id)
+        if prev is not None and prev.get("status") == FINISHED and not notes:
+            return Outcome(job.run_id, SKIPPED, row=prev)
+        row = run_job(job, store, device, tracker, attempt=_attempts(prev, store, job.run_id))
+        return Outcome(job.run_id, FINISHED, row=row, seconds=time.perf_counter() - t0, notes=notes)
+    except KeyboardInterrupt:
+        with _signals_held():  # a second Ctrl-C / SIGTERM must not cut the record short
+            _safe_record(job, device, INTERRUPTED, f"interrupted in epoch {tracker.done_epochs + 1}; "
+                         "`mixcli run` of the same file resumes it from its last finished epoch", None,
+                         tracker.done_epochs if tracker.started else None)
+        raise
+    except BaseException as exc:  # noqa: BLE001 - everything a job does is contained in the job
+        msg = describe(exc)
+        if tracker.started and not isinstance(exc, RunFailed):  # (RunFailed names its epoch itself)
+            msg += f" (in epoch {tracker.done_epochs + 1})"
+        plugin = blame(job, exc.__traceback__)
+        _save_traceback(job, exc)
+        _safe_record(job, device, FAILED, msg, plugin, tracker.done_epochs if tracker.started else None)
+        input_error = isinstance(exc, (MixcliError, PluginError)) and not tracker.started
+        return Outcome(job.run_id, FAILED, error=msg + (f" [{plugin}]" if plugin else ""),
+                       input_error=input_error, seconds=time.perf_counter() - t0, notes=notes)
+    finally:
+        claim.release()
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM wait (delivered on exit) while the block runs, in the main thread."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, ValueError, OSError):
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _save_traceback(job: Job, exc: BaseException) -> None:
+    try:
+        d = Path(job.out) / "jobs" / job.run_id
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "traceback.txt").write_text("".join(traceback.format_exception(exc)))
+    except OSError:
+        pass
+
+
+def _safe_record(job, device, status, error, plugin, epochs) -> None:
+    try:
+        record(job, device, status, error, plugin, epochs)
+    except OSError as exc:  # e.g. the disk is full: the claim's release still marks the run as not running
+        print(f"mixcli: could not record run {job.run_id} as {status}: {exc.strerror or exc}", flush=True)
+
+
+def set_threads(threads: int | None) -> None:
+    """Torch's intra-op threads for the jobs of this process (None: torch's default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
