@@ -295,8 +295,14 @@ def compare(
                                          "(best val epoch, else best test epoch) or median_last10 "
                                          "(default: the experiment's eval.selection)."),
     split: str = typer.Option("test", "--split", help="Evaluation split to report: test or val."),
+    against: Optional[str] = typer.Option(None, "--against", help="Baseline group label (e.g. erm): add each "
+                                          "group's difference to it paired by seed, with standard error, CI, "
+                                          "wins/ties/losses, paired t-test and Wilcoxon (Welch if seeds differ)."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of --against: differences with "
+                                "p >= alpha are marked ns; the CI level is 1 - alpha."),
 ) -> None:
-    """Compare the runs under DIRECTORIES: mean ± std over seeds per group, best value marked."""
+    """Compare the runs under DIRECTORIES: mean ± std over seeds per group, best value marked; with
+    --against, paired statistics against a baseline group."""
     from .report import compare as do_compare, render
 
     if fmt not in ("table", "markdown", "csv", "json", "latex"):
@@ -304,7 +310,7 @@ def compare(
     if split not in ("test", "val"):
         raise MixcliError(f"--split {split}: expected test or val")
     c = do_compare(directories or [Path("results")], by=by, metrics=metric, rule=select, split=split,
-                   within=within)
+                   within=within, against=against, alpha=alpha)
     out = render(c, fmt, width=console.width)
     if isinstance(out, str):
         sys.stdout.write(out if out.endswith("\n") else out + "\n")

@@ -303,7 +303,7 @@ def render_table(cv: Curves):
         sel_m, sel_s = c.selected
         t.add_row(c.label, str(c.runs), f"{s.best_epoch}/{s.last_epoch}", fmt_value(m, s.best),
                   fmt_value(m, s.final), fmt_value(m, s.drop), fmt_value(m, s.spread),
-                  f"{fmt_value(m, sel_m)}±{fmt_value(m, sel_s)}",
+                  fmt_value(m, sel_m) + ("" if pd.isna(sel_s) else f"±{fmt_value(m, sel_s)}"),
                   "[bold red]yes[/]" if s.u_shaped else "no")
     return t
 

@@ -47,8 +47,11 @@ def latex_table(c) -> str:
         vals = [escape(row[k]) for k in c.by] + [str(int(row["n"]))]
         for m in c.metrics:
             mean, std = fmt_value(m, row[f"{m}_mean"]), fmt_value(m, row[f"{m}_std"])
-            vals.append(rf"$\mathbf{{{mean}}} \pm \mathbf{{{std}}}$" if c.is_best(m, i) else
-                        rf"${mean} \pm {std}$")
+            one = int(row["n"]) == 1 or std == "-"  # a single run: its value alone, as in the other formats
+            if c.is_best(m, i):
+                vals.append(rf"$\mathbf{{{mean}}}$" if one else rf"$\mathbf{{{mean}}} \pm \mathbf{{{std}}}$")
+            else:
+                vals.append(f"${mean}$" if one else rf"${mean} \pm {std}$")
         lines.append(" & ".join(vals) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     lines += [f"% {n}" for n in c.notes]

@@ -26,23 +26,27 @@ device for reproducible draws.
 - :func:`sample_partners`: one C-Mixup partner per batch row.
 - :class:`PartnerSampler`: ``"random"`` (vanilla mixup) or ``"cmixup"`` partners behind one callable.
 - :func:`full_matrix`: the full ``N x N`` matrix, for tests and small data only.
+- :func:`uniform_partners`: partners drawn uniformly from the whole training set with replacement (the
+  C-Mixup reference's draw for its mixup and manifold-mixup baselines, ``partners: dataset``).
 """
 from __future__ import annotations
 
 import math
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from .api import PluginError
 
 __all__ = [
     "KERNELS", "MODES", "kernel_weights", "partner_probs", "iter_partner_probs", "sample_partners",
-    "full_matrix", "PartnerSampler",
+    "full_matrix", "PartnerSampler", "PARTNERS", "check_partners", "uniform_partners",
 ]
 
 KERNELS = ("gaussian", "tophat")
 MODES = ("random", "cmixup")
+PARTNERS = ("batch", "dataset")  # the ``partners`` option of mixup and manifold_mixup
 
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -225,3 +229,21 @@ class PartnerSampler:
             return f"PartnerSampler(mode='random', n={self.n})"
         return (f"PartnerSampler(mode='cmixup', n={self.n}, sigma={self.sigma}, kernel={self.kernel!r}, "
                 f"block_size={self.block_size})")
+
+
+# ------------------------------------------------------------------------- uniform partners (C-Mixup baselines)
+def check_partners(partners: str) -> str:
+    if partners not in PARTNERS:
+        raise PluginError(f"partners must be one of {', '.join(PARTNERS)} (batch: a random permutation of the "
+                          f"batch; dataset: uniform over the training set), got {partners!r}")
+    return partners
+
+
+def uniform_partners(rng: np.random.Generator, rows: int, n: int, device) -> torch.Tensor:
+    """``rows`` training-set indices drawn uniformly from ``0..n-1`` with replacement, on ``device``.
+
+    The C-Mixup reference (``src/algorithm.py``, ``mixtype random``) draws every batch row's partner with
+    ``np.random.choice(N)`` over the whole training set (the row itself included); this is that draw, from
+    the method's seeded host generator, so it never waits on the device. Fetch the inputs with ``ctx.fetch``.
+    """
+    return torch.from_numpy(rng.integers(0, n, rows)).to(device, non_blocking=True)

@@ -1,9 +1,16 @@
 """Results -> reports: the comparison table of ``mixcli compare`` (and the end of ``mixcli run``).
 
-One row per group (default: the method, plus every configuration key that varies between the runs), the
-mean +- standard deviation over seeds (sample std, ddof=1; 0 for a single run) and the number of runs, with
-the best mean of each column marked. Every number comes from one epoch-selection rule
-(:mod:`mixcli.selection`), named in the title.
+One row per group (default: the method, plus every configuration key that varies between the runs, plus the
+experiment when the directory holds several), the mean +- standard deviation over seeds (sample std, ddof=1;
+none for a single run, shown as the bare value next to ``n`` = 1) and the number of runs, with the best mean
+of each column marked. Every number comes from one epoch-selection rule (:mod:`mixcli.selection`), named in
+the title. When a group holds runs that differ in more than the seed (e.g. ``--by method`` over several data
+fractions), the title says "pooled over seeds and <keys>" instead of "over seeds". Two experiments are never
+averaged as if they were seeds of one: ``experiment`` is always a grouping key when there are several.
+
+``against=BASELINE`` adds, per group and metric, the paired statistics of :mod:`mixcli.stats` against the
+baseline group (the difference paired by seed, its standard error and confidence interval, wins/ties/losses,
+paired t-test and Wilcoxon signed-rank, Welch when the seeds do not match).
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import pandas as pd
 from .errors import MixcliError, did_you_mean
 from .metrics import METRICS, all_metrics, known_metric, metric_info
 from .selection import RULES, select
+from .stats import PairedRow, against_baseline
 from .store import read_table
 
 DEFAULT_METRICS = {
@@ -122,6 +130,11 @@ class Comparison:
     best: dict[str, list]    # metric -> the best rows' indices (one per block of ``within``, else one)
     notes: list[str]
     within: str | None = None  # the key whose values split the table into blocks (best marked per block)
+    values: pd.DataFrame | None = None  # one row per run: the grouping and pairing keys and each metric
+    pair_on: list[str] | None = None    # the pairing key of runs within a group: the seed plus pooled keys
+    against: str | None = None
+    alpha: float = 0.05
+    paired: list[PairedRow] | None = None  # the statistics against the baseline (when ``against`` is set)
 
     def is_best(self, m: str, i: int) -> bool:
         return i in self.best.get(m, ())
@@ -142,9 +155,10 @@ def _read_all(outs: list[Path], notes: list[str]) -> tuple[pd.DataFrame, pd.Data
 
 def compare(out: Path | str | list, by: list[str] | None = None, metrics: list[str] | None = None,
             rule: str | None = None, split: str = "test", run_ids: list[str] | None = None,
-            within: str | None = None) -> Comparison:
+            within: str | None = None, against: str | None = None, alpha: float = 0.05) -> Comparison:
     """Compare the runs under ``out`` (one output directory or a list of them). ``within``: a grouping key
-    whose values split the table into blocks; the best of each column is then marked within each block."""
+    whose values split the table into blocks; the best of each column is then marked within each block.
+    ``against``: a baseline group; each group's difference to it, paired by seed (:mod:`mixcli.stats`)."""
     if rule is not None and rule not in RULES:
         raise MixcliError(f"--select {rule}: expected one of {', '.join(RULES)}")
     outs = [Path(o) for o in out] if isinstance(out, (list, tuple)) else [Path(out)]
@@ -170,7 +184,12 @@ def compare(out: Path | str | list, by: list[str] | None = None, metrics: list[s
             raise MixcliError(f"{where}: these runs ask for different selection rules ({', '.join(rules)}); "
                               "pass --select final|best|median_last10")
         rule = rules[0] if rules else "final"
-    by = list(by) if by else varying_keys(runs)
+    default_keys = varying_keys(runs)
+    by = list(by) if by else list(default_keys)
+    if runs["experiment"].nunique() > 1:
+        default_keys.append("experiment")
+        if "experiment" not in by:  # never average two experiments as if they were seeds of one
+            by.insert(1 if by[:1] == ["method"] else 0, "experiment")
     if within is not None and within not in by:
         by.append(within)
     for key in by:
@@ -202,12 +221,16 @@ def compare(out: Path | str | list, by: list[str] | None = None, metrics: list[s
     if not metrics:
         raise MixcliError(f"no {split} metrics recorded for these runs" + (f" ({notes[-1]})" if missing else
                                                                              " (try --split test)"))
-    data = pd.concat([group_keys(runs, by), vals[metrics]], axis=1)
+    gk = group_keys(runs, by)
+    others = [k for k in default_keys if k not in by]
+    ok = group_keys(runs, others) if others else pd.DataFrame(index=runs.index)
+    pooled = [k for k in others if pd.concat([gk, ok[k]], axis=1).groupby(by, dropna=False)[k].nunique().max() > 1]
+    data = pd.concat([gk, vals[metrics]], axis=1)
     grouped = data.groupby(by, sort=False, dropna=False)
     table = grouped.size().rename("n").reset_index()
     for m in metrics:
         table[f"{m}_mean"] = grouped[m].mean().to_numpy()
-        table[f"{m}_std"] = grouped[m].std(ddof=1).fillna(0.0).to_numpy()
+        table[f"{m}_std"] = grouped[m].std(ddof=1).to_numpy()  # NaN for a single run
     if within is not None:  # blocks contiguous, in order of first appearance
         order = {v: k for k, v in enumerate(dict.fromkeys(table[within]))}
         table = table.sort_values(within, key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
@@ -219,8 +242,16 @@ def compare(out: Path | str | list, by: list[str] | None = None, metrics: list[s
             if col.notna().any():
                 best.setdefault(m, []).append(col.idxmax() if metric_info(m).higher_is_better else col.idxmin())
     names = ", ".join(dict.fromkeys(runs["experiment"].astype(str)))
-    title = f"{names}: {split} metrics at the {label}, mean ± std over seeds"
-    return Comparison(table, by, metrics, title, label, best, notes, within)
+    over = "over seeds" if not pooled else "pooled over seeds and " + ", ".join(pooled)
+    title = f"{names}: {split} metrics at the {label}, mean ± std {over}"
+    pair_on = ["seed", *pooled]
+    values = pd.concat([gk, ok[pooled], runs[["seed"]], vals[metrics]], axis=1)
+    c = Comparison(table, by, metrics, title, label, best, notes, within=within, values=values, pair_on=pair_on,
+                   against=against, alpha=alpha)
+    if against is not None:
+        labels = {tuple(r[k] for k in by): group_label({k: r[k] for k in by}) for _, r in table.iterrows()}
+        c.paired = against_baseline(values, by, pair_on, metrics, labels, against, alpha)
+    return c
 
 
 def fmt_value(metric: str, v: float) -> str:
@@ -244,7 +275,10 @@ def header(metric: str, short: bool = False) -> str:
 
 
 def cells(c: Comparison, i: int, m: str, sep: str = " ± ") -> str:
+    """``mean ± std``; a group of one run shows its value alone (its ``n`` column says 1)."""
     row = c.table.iloc[i]
+    if int(row["n"]) == 1 or pd.isna(row[f"{m}_std"]):
+        return fmt_value(m, row[f"{m}_mean"])
     return f"{fmt_value(m, row[f'{m}_mean'])}{sep}{fmt_value(m, row[f'{m}_std'])}"
 
 
@@ -253,26 +287,95 @@ def best_note(c: Comparison, how: str) -> str:
     return f"best mean per column{scope} {how}"
 
 
+def fmt_diff(metric: str, v) -> str:
+    return "-" if v is None else ("+" if v >= 0 else "") + fmt_value(metric, v)
+
+
+def fmt_p(p) -> str:
+    return "-" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def paired_title(c: Comparison) -> str:
+    level = f"{100 * (1 - c.alpha):g}%"
+    on = " and ".join(c.pair_on)
+    return (f"Δ = group − {c.against}, paired by {on}: mean difference ± standard error, {level} CI, "
+            f"wins/ties/losses, p-values of the paired t-test (t) and Wilcoxon signed-rank test (W); "
+            f"ns = not significant at α = {c.alpha:g}")
+
+
+PAIRED_CAPTION = "Welch = unpaired Welch t-test, the seeds differ (n = group vs baseline runs)"
+
+
+def paired_cells(c: Comparison, r: PairedRow) -> list[str]:
+    """group, metric, n, Δ ± SE, CI, W/T/L (or Welch), p (t), p (W)."""
+    m = r.metric
+    n = str(r.n) if r.test == "paired" else f"{r.n} vs {r.n_baseline}"
+    diff = fmt_diff(m, r.diff) + ("" if r.se is None else f" ± {fmt_value(m, r.se)}")
+    if r.significant is False:
+        diff += " ns"
+    ci = "-" if r.ci_low is None else f"[{fmt_diff(m, r.ci_low)}, {fmt_diff(m, r.ci_high)}]"
+    wtl = "Welch" if r.test == "Welch" else f"{r.wins}/{r.ties}/{r.losses}"
+    return [group_label(r.group), header(m), n, diff, ci, wtl, fmt_p(r.t_p), fmt_p(r.wilcoxon_p)]
+
+
+PAIRED_HEAD = ["group", "metric", "n", "Δ ± SE", "CI", "W/T/L", "p (t)", "p (W)"]
+
+
+def paired_json(r: PairedRow) -> dict:
+    return {"baseline": group_label(r.baseline), "test": r.test, "n": r.n, "n_baseline": r.n_baseline,
+            "mean": r.mean, "baseline_mean": r.baseline_mean, "diff": r.diff, "se": r.se, "ci_low": r.ci_low,
+            "ci_high": r.ci_high, "wins": r.wins, "ties": r.ties, "losses": r.losses, "t_p": r.t_p,
+            "wilcoxon_p": r.wilcoxon_p, "significant": r.significant}
+
+
+def _paired_by_group(c: Comparison) -> dict[tuple, dict[str, PairedRow]]:
+    out: dict[tuple, dict[str, PairedRow]] = {}
+    for r in c.paired or []:
+        out.setdefault(tuple(r.group[k] for k in c.by), {})[r.metric] = r
+    return out
+
+
 def render(c: Comparison, fmt: str = "table", width: int | None = None, color: bool | None = None):
     """A rich Table (``table``) or a string (``markdown``, ``csv``, ``json``, ``latex``).
 
     The table fits ``width`` columns (default: the terminal's): when the full table is wider, metric names
     are abbreviated (listed in the caption), ``mean±std`` loses its spaces, vertical rules go, and group
     labels wrap between words, never inside one or inside a number. The best cells are bold green with
-    ``color`` (default: whether stdout shows colour), else marked with a ``*``; the caption says which."""
+    ``color`` (default: whether stdout shows colour), else marked with a ``*``; the caption says which.
+    With ``against``, the paired statistics come as a second table (``table``, ``markdown``), as extra
+    columns per metric (``csv``: ``<metric>_diff``, ``_se``, ``_ci_low``, ``_ci_high``, ``_wins``, ``_ties``,
+    ``_losses``, ``_t_p``, ``_wilcoxon_p``, ``_test``, ``_significant``, and a ``baseline`` column) or under
+    ``vs_baseline`` of each metric (``json``)."""
+    by_group = _paired_by_group(c)
     if fmt == "json":
         rows = []
         for i in range(len(c.table)):
             row = {k: c.table.iloc[i][k] for k in c.by}
             row["n"] = int(c.table.iloc[i]["n"])
+            pr = by_group.get(tuple(row[k] for k in c.by), {})
             for m in c.metrics:
                 row[m] = {"mean": _num(c.table.iloc[i][f"{m}_mean"]), "std": _num(c.table.iloc[i][f"{m}_std"]),
                           "best": c.is_best(m, i)}
+                if c.against is not None:
+                    row[m]["vs_baseline"] = paired_json(pr[m]) if m in pr else None
             rows.append(row)
-        return json.dumps({"title": c.title, "selection": c.rule_label, "by": c.by, "within": c.within,
-                           "metrics": c.metrics, "groups": rows, "notes": c.notes}, indent=2)
+        doc = {"title": c.title, "selection": c.rule_label, "by": c.by, "within": c.within,
+               "metrics": c.metrics, "groups": rows, "notes": c.notes}
+        if c.against is not None:
+            doc.update(against=c.against, alpha=c.alpha, paired_on=c.pair_on, paired_title=paired_title(c))
+        return json.dumps(doc, indent=2)
     if fmt == "csv":
-        return c.table.to_csv(index=False)
+        table = c.table.copy()
+        if c.against is not None:
+            keys = [tuple(table.iloc[i][k] for k in c.by) for i in range(len(table))]
+            firsts = [next(iter(by_group[k].values()), None) if k in by_group else None for k in keys]
+            table["baseline"] = [group_label(r.baseline) if r else None for r in firsts]
+            for m in c.metrics:
+                rs = [by_group.get(k, {}).get(m) for k in keys]
+                for f in ("diff", "se", "ci_low", "ci_high", "wins", "ties", "losses", "t_p", "wilcoxon_p",
+                          "test", "significant"):
+                    table[f"{m}_{f}"] = pd.Series([getattr(r, f) if r else None for r in rs], dtype=object)
+        return table.to_csv(index=False)
     if fmt == "latex":
         from .latex import latex_table
 
@@ -285,6 +388,12 @@ def render(c: Comparison, fmt: str = "table", width: int | None = None, color: b
             vals += [f"**{cells(c, i, m)}**" if c.is_best(m, i) else cells(c, i, m) for m in c.metrics]
             lines.append("| " + " | ".join(vals) + " |")
         lines += [f"_{best_note(c, 'in bold')}_"] + [f"_{n}_" for n in c.notes]
+        if c.against is not None:
+            lines += ["", f"**{paired_title(c)}**", "", "| " + " | ".join(PAIRED_HEAD) + " |",
+                      "|" + "---|" * len(PAIRED_HEAD)]
+            lines += ["| " + " | ".join(paired_cells(c, r)) + " |" for r in c.paired]
+            if any(r.test == "Welch" for r in c.paired):
+                lines.append(f"_{PAIRED_CAPTION}_")
         return "\n".join(lines)
     from rich.console import Console
 
@@ -310,6 +419,7 @@ def _rich_table(c: Comparison, compact: bool, color: bool):
     """The terminal table. ``compact`` (narrow terminals): short metric names (listed in the caption),
     ``mean±std`` without spaces, no vertical rules, grouping keys by their last dotted part."""
     from rich import box
+    from rich.console import Group
     from rich.table import Table
 
     how = "in bold green" if color else "marked *"
@@ -354,7 +464,20 @@ def _rich_table(c: Comparison, compact: bool, color: bool):
                 v += " "  # keeps the columns aligned with the marked cells
             vals.append(v)
         t.add_row(*vals)
-    return t
+    if c.against is None:
+        return t
+    caption = "ns rows dimmed" + ("; " + PAIRED_CAPTION if any(r.test == "Welch" for r in c.paired) else "")
+    one = len(c.metrics) == 1  # the metric goes in the title, the numbers keep the width
+    p = Table(title=(f"{header(c.metrics[0])}: " if one else "") + paired_title(c), caption=caption,
+              box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
+    for k in PAIRED_HEAD:
+        if not (one and k == "metric"):
+            p.add_column(k, style="cyan" if k == "group" else None, justify="left" if k in ("group", "metric")
+                         else "right", overflow="fold", no_wrap=k not in ("group", "Δ ± SE"))
+    for r in c.paired:
+        cells_ = paired_cells(c, r)
+        p.add_row(*(cells_[:1] + cells_[2:] if one else cells_), style="dim" if r.significant is False else None)
+    return Group(t, p)
 
 
 def _num(v):

@@ -37,21 +37,24 @@ def resnet18_count(k):
     return total + 512 * k + k
 
 
-def preact_count(widths, blocks, k, stem):
-    """Pre-activation blocks (BN-conv-BN-conv, 1x1 conv projection without BN), final BN, linear head."""
-    total, cin = conv(3, stem), stem
+def preact_count(widths, blocks, k, stem, final_bn=True, stem_bn=False):
+    """Pre-activation blocks (BN-conv-BN-conv, 1x1 conv projection without BN), final BN (WRN; not the
+    PreAct ResNet-18 of the references), linear head."""
+    total, cin = conv(3, stem) + (bn(stem) if stem_bn else 0), stem
     for w in widths:
         for j in range(blocks):
             c = cin if j == 0 else w
             total += bn(c) + conv(c, w) + bn(w) + conv(w, w) + (conv(c, w, 1) if c != w else 0)
         cin = w
-    return total + bn(cin) + cin * k + k
+    return total + (bn(cin) if final_bn else 0) + cin * k + k
 
 
 @pytest.mark.parametrize("k", [10, 100])
 def test_parameter_counts(k):
     assert n_params(build("resnet18", k)) == resnet18_count(k)
-    assert n_params(build("preact_resnet18", k)) == preact_count((64, 128, 256, 512), 2, k, 64)
+    assert n_params(build("preact_resnet18", k)) == preact_count((64, 128, 256, 512), 2, k, 64, final_bn=False)
+    assert n_params(build("preact_resnet18", k, stem="conv_bn_relu")) == preact_count(
+        (64, 128, 256, 512), 2, k, 64, final_bn=False, stem_bn=True)
     assert n_params(build("wrn", k, depth=16, width=8)) == preact_count((128, 256, 512), 2, k, 16)
     assert n_params(build("wrn", k, depth=28, width=10)) == preact_count((160, 320, 640), 4, k, 16)
 
@@ -59,8 +62,8 @@ def test_parameter_counts(k):
 def test_published_sizes():
     # ResNet-18 (CIFAR stem) for CIFAR-10: 11,173,962, the count of the widely used CIFAR implementations
     assert resnet18_count(10) == 11_173_962
-    # PreAct ResNet-18: 11,171,146 without the final BN (kuangliu/pytorch-cifar) + 2 * 512 for it
-    assert preact_count((64, 128, 256, 512), 2, 10, 64) == 11_171_146 + 1024
+    # PreAct ResNet-18 of kuangliu/pytorch-cifar (and Manifold Mixup): 11,171,146 for CIFAR-10
+    assert preact_count((64, 128, 256, 512), 2, 10, 64, final_bn=False) == 11_171_146
     # Zagoruyko & Komodakis (BMVC 2016), Tables 4 and 5: WRN-28-10 36.5M, WRN-16-8 11.0M parameters
     assert round(preact_count((160, 320, 640), 4, 10, 16) / 1e6, 1) == 36.5
     assert round(preact_count((128, 256, 512), 2, 10, 16) / 1e6, 1) == 11.0
@@ -91,11 +94,69 @@ def test_shapes_and_positions_compose(name, opts, widths):
             torch.testing.assert_close(m.forward_from(h, pos), logits, rtol=1e-5, atol=1e-5)
 
 
-def test_preact_stages_end_activated():
-    """The last stage of a pre-activation net ends with the final BN-ReLU: its map is non-negative."""
-    for m in (build("preact_resnet18"), build("wrn", depth=10, width=1)):
-        h = m.forward_to(torch.randn(2, 3, 32, 32), m.num_stages)
-        assert (h >= 0).all() and (h > 0).any()
+def test_wrn_stages_end_activated():
+    """The last stage of a wide ResNet ends with the final BN-ReLU (as the reference WRN): non-negative."""
+    m = build("wrn", depth=10, width=1)
+    h = m.forward_to(torch.randn(2, 3, 32, 32), m.num_stages)
+    assert (h >= 0).all() and (h > 0).any()
+
+
+class RefPreActBlock(torch.nn.Module):
+    """The reference pre-activation block (kuangliu/pytorch-cifar, AlignMixup_CVPR22), written out here."""
+
+    def __init__(self, cin, planes, stride):
+        super().__init__()
+        nn = torch.nn
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(planes), nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.shortcut = nn.Conv2d(cin, planes, 1, stride, bias=False) if stride != 1 or cin != planes else None
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(x))
+        short = self.shortcut(out) if self.shortcut is not None else x
+        return self.conv2(torch.relu(self.bn2(self.conv1(out)))) + short
+
+
+class RefPreActResNet18(torch.nn.Module):
+    """conv stem (+ BN-ReLU for AlignMix), layer1-4, avg_pool2d(4), linear: no final BN-ReLU."""
+
+    def __init__(self, k, stem_bn):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64) if stem_bn else None
+        blocks, cin = [], 64
+        for w, s in zip((64, 128, 256, 512), (1, 2, 2, 2)):
+            blocks += [RefPreActBlock(cin, w, s), RefPreActBlock(w, w, 1)]
+            cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.linear = nn.Linear(512, k)
+
+    def forward(self, x):
+        out = self.conv1(x)
+        if self.bn1 is not None:
+            out = torch.relu(self.bn1(out))
+        out = torch.nn.functional.avg_pool2d(self.blocks(out), 4)
+        return self.linear(out.flatten(1))
+
+
+@pytest.mark.parametrize("stem", ["conv", "conv_bn_relu"])
+def test_preact_resnet18_computes_the_reference_function(stem):
+    m = build("preact_resnet18", 10, stem=stem)
+    ref = RefPreActResNet18(10, stem_bn=stem == "conv_bn_relu")
+    mine, theirs = list(m.parameters()) + list(m.buffers()), list(ref.parameters()) + list(ref.buffers())
+    assert [t.shape for t in mine] == [t.shape for t in theirs]  # same layers, in the same order
+    with torch.no_grad():
+        for a, b in zip(mine, theirs):
+            b.copy_(a)
+    x = torch.randn(4, 3, 32, 32)
+    for mode in ("train", "eval"):
+        m.train(mode == "train"), ref.train(mode == "train")
+        torch.testing.assert_close(m(x), ref(x), rtol=1e-4, atol=1e-5)
+    h = m.eval().forward_to(x, m.num_stages)
+    assert (h < 0).any()  # the last stage is not followed by a BN-ReLU
+    with pytest.raises(PluginError, match="stem must be one of conv, conv_bn_relu"):
+        build("preact_resnet18", stem="bn")
 
 
 def test_other_input_sizes_and_channels():

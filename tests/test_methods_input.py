@@ -386,7 +386,7 @@ def spot_images(n, h, spots, noise=0.05, seed=0):
 def test_saliency_peak_finds_a_small_object_in_each_image(h):
     g = torch.Generator().manual_seed(h)
     spots = torch.randint(h, (16, 2), generator=g).tolist()
-    r, c = saliency_peak(spot_images(16, h, spots))
+    r, c = saliency_peak(spot_images(16, h, spots), "spectral_residual")
     err = torch.maximum((r - torch.tensor(spots)[:, 0]).abs(), (c - torch.tensor(spots)[:, 1]).abs())
     assert err.max() <= (0 if h <= 64 else 2)           # images wider than 64 px are shrunk to 64 first
 
@@ -398,7 +398,7 @@ def test_saliencymix_box_is_centred_on_the_partners_salient_spot():
     spots = [(4 + 3 * i, 27 - 3 * i) for i in range(n)]
     x, y = spot_images(n, h, spots), torch.arange(n)
     for seed in range(10):
-        mixed, out = run(SaliencyMix(), x, y, n, seed=seed)
+        mixed, out = run(SaliencyMix(saliency="spectral_residual"), x, y, n, seed=seed)
         box = (mixed != x).any(1)
         box = box[(out.y_b != y)].any(0)
         if not box.any():
@@ -420,7 +420,7 @@ def test_saliencymix_box_size_follows_beta():
     x = spot_images(n, h, [(16, 16)] * n)
     y = torch.arange(n)
     ctx = make_ctx(x, y, n, seed=11)
-    m, model = SaliencyMix(alpha=alpha), Capture(n)
+    m, model = SaliencyMix(alpha=alpha, saliency="spectral_residual"), Capture(n)
     half = []
     for _ in range(1500):
         out = m(model, Batch(x, y, y), ctx)

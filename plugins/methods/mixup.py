@@ -6,6 +6,7 @@ import torch
 from mixcli_plugins.methods.cutmix import box_mask, check_images, check_minmax, cutmix_draw, paste
 
 from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, interpolate, lam_tensor
+from mixcli.partners import check_partners, uniform_partners
 
 LAM_MODES = ("batch", "pair", "elem")
 
@@ -40,7 +41,10 @@ class Mixup(Method):
     batch being a uniformly random subset, an in-batch partner is the row itself with probability 1/B (a
     fixed point of the permutation) and otherwise uniform over the other N - 1 examples: the same non-self
     distribution, but more self-pairs (1/B vs 1/N: 6.25% vs 0.1% at B = 16, N = 1003), which train unmixed,
-    and distinct partners within a batch. Label-aware partners over the whole training set: ``cmixup``.
+    and distinct partners within a batch. ``partners: dataset`` uses the reference's draw (uniform over the
+    training set, with replacement, the inputs fetched with ``ctx.fetch``; lambda as ``mode`` says, ``batch``
+    or ``elem``, no CutMix); ``partners: batch`` (default) is the permutation of the batch. Label-aware
+    partners over the whole training set: ``cmixup``.
     """
 
     family = "input"
@@ -48,7 +52,7 @@ class Mixup(Method):
 
     def __init__(self, alpha: float = 1.0, prob: float = 1.0, mode: str = "batch", label_smoothing: float = 0.0,
                  cutmix_alpha: float = 0.0, switch_prob: float = 0.5, cutmix_minmax: list | None = None,
-                 correct_lam: bool = True):
+                 correct_lam: bool = True, partners: str = "batch"):
         check_range("alpha", alpha, 0)
         check_range("prob", prob, 0, 1)
         if mode not in LAM_MODES:
@@ -59,6 +63,10 @@ class Mixup(Method):
         check_range("switch_prob", switch_prob, 0, 1)
         if cutmix_minmax is not None and cutmix_alpha <= 0:
             raise PluginError("cutmix_minmax is set but CutMix is off; set cutmix_alpha > 0 to use it")
+        self.partners = check_partners(partners)
+        if partners == "dataset" and (cutmix_alpha > 0 or mode == "pair"):
+            raise PluginError("partners: dataset draws each row's partner from the training set; it mixes by "
+                              "interpolation with mode batch or elem (set cutmix_alpha 0 and mode batch or elem)")
         self.alpha, self.prob, self.mode, self.smoothing = alpha, prob, mode, label_smoothing
         self.cutmix_alpha, self.switch_prob = cutmix_alpha, switch_prob
         self.minmax, self.correct = check_minmax(cutmix_minmax, "cutmix_minmax"), correct_lam
@@ -115,8 +123,12 @@ class Mixup(Method):
         x, n = batch.x, batch.x.shape[0]
         h, w = (x.shape[-2], x.shape[-1]) if x.dim() == 4 else (0, 0)
         perm, lam, cut, box = self.draw(ctx, n, h, w)
-        perm = torch.from_numpy(perm).to(x.device, non_blocking=True)
         lam_t = lam_tensor(float(lam[0]) if self.mode == "batch" else lam, n, x.device)
+        if self.partners == "dataset":  # the C-Mixup reference's partners: uniform over the training set
+            x2, y2 = ctx.fetch(uniform_partners(ctx.rng, n, len(ctx.train), x.device))
+            w = lam_t.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+            return MixOutput(model(w * x + (1 - w) * x2), batch.y, y2, lam_t, self.smoothing)
+        perm = torch.from_numpy(perm).to(x.device, non_blocking=True)
         if not cut.any():
             mixed = x if (lam == 1).all() else interpolate(x, perm, lam_t)
         elif self.mode == "batch":

@@ -12,20 +12,24 @@ class RegMixup(Method):
     Out-of-Distribution Robustness", NeurIPS 2022 (reference: ``FrancescoPinto/RegMixup``).
 
         lam ~ Beta(alpha, alpha) per batch;  x~ = lam x + (1 - lam) x[perm]
-        L = CE(f(x), y) + eta * [lam CE(f(x~), y) + (1 - lam) CE(f(x~), y[perm])]
+        L_sum = CE(f(x), y) + eta * [lam CE(f(x~), y) + (1 - lam) CE(f(x~), y[perm])]   (the paper, eq. 2)
+        L     = L_sum / (1 + eta)                                           (default: the reference code)
 
     One forward over the concatenated batch [x; x~] (BatchNorm sees both, as in the reference). Defaults:
-    alpha 20 (the paper's CIFAR-10 value; use 10 for CIFAR-100), eta 1. The reference code averages the
-    loss over the 2B concatenated rows, i.e. it minimises L / 2 at eta = 1; ``average: true`` divides L by
-    (1 + eta) to match it. The method sets ``MixOutput.loss`` itself (the configured loss plugin is not
-    used) and reports the clean logits, with the unmixed labels.
+    alpha 20 (the paper's CIFAR-10 value; use 10 for CIFAR-100), eta 1. The reference code takes one mean
+    cross-entropy over the 2B concatenated rows (targets [y; y] and [y; y[perm]] weighted lam, 1 - lam), i.e.
+    L_sum / 2 at eta = 1 (it has no eta). That is the default, ``average: true`` (L_sum / (1 + eta) for any
+    eta), so that RegMixup trains at the same effective learning rate as every other method. ``average:
+    false`` is the paper's sum, twice the reference's loss and gradient at eta = 1. The method sets
+    ``MixOutput.loss`` itself (the configured loss plugin is not used) and reports the clean logits, with
+    the unmixed labels.
     """
 
     family = "loss"
     tasks = ("classification",)
     paper = "Pinto et al., Using Mixup as a Regularizer, NeurIPS 2022"
 
-    def __init__(self, alpha: float = 20.0, eta: float = 1.0, average: bool = False, label_smoothing: float = 0.0):
+    def __init__(self, alpha: float = 20.0, eta: float = 1.0, average: bool = True, label_smoothing: float = 0.0):
         check_range("alpha", alpha, 0, low_open=True)
         check_range("eta", eta, 0)
         check_range("label_smoothing", label_smoothing, 0, 1, high_open=True)

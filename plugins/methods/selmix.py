@@ -38,10 +38,42 @@ Defaults are the paper's (CIFAR-10 configs): ``temperature`` (DistTemp) 0.1, ``l
 (backbone lr = classifier lr / 10, frozen BatchNorm, 10k iterations, batch 64) is set in the experiment's
 ``train:`` (``optimizer.classifier_lr``, ``freeze_bn``, ``iterations``).
 
-Not copied from the reference code: the ``<mu_i, mu_q>`` stand-in for ``<z_ij, mu_q>`` in the gain, the
-1e-8 floor that gives masked pairs non-zero probability, the pair sampler's unnormalised epsilon smoothing,
-and its partner draw by the unlabelled set's true labels. Not implemented: the reference's early stop on
-flat maximum gains (training runs for the configured iterations).
+Two protocols. ``protocol: paper`` (the method's default) is the algorithm above as the paper writes it.
+``protocol: reference`` (the default of the SelMix experiment files) is the reference code's procedure
+(``val-iisc/SelMix``: ``MetricOptimisation/``, ``dataloaders/sampler.py``, ``trainMetricOpt.py``,
+``train_utils.get_finetune_SGD``); it differs in:
+
+- the pair distribution: ``P = softmax(G / T)`` masked to positive gains, then ``(P + 1e-8)`` renormalised,
+  and the joint sampler adds ``eps = 1/K^3`` to every pair, so the pairs are drawn from
+  ``(P + eps) / (1 + 1/K)``: a mixture with ``1/(K + 1)`` uniform mass (9.1% at K = 10). The paper's
+  protocol samples only pairs of positive gain;
+- the gain's feature term: the reference's logit-change rate uses the class mean of i, ``<mu_i, mu_q>``,
+  where the positive term of the paper's gain has the mixed centroid ``<z_ij, mu_q>``::
+
+      G_ref_ij = sum_q <mu_i, mu_q> D[q, i] - sum_q <z_ij, mu_q> <D[q, :], p_ij>
+
+  and its min-recall, min-HT-recall and coverage optimisers build ``z_ij`` with their own default
+  ``lambda_min`` 0.8 (lbar = 0.9) while training mixes with ``lam_min`` (0.6);
+- BatchNorm: the reference fine-tunes in train mode, so BatchNorm normalises with the batch statistics,
+  with its running statistics frozen (momentum 0) and its affine parameters not trained. With this protocol
+  the method sets every BatchNorm's momentum to 0 and stops its affine parameters' gradients; the run must
+  keep ``train.freeze_bn: false`` (the paper protocol's recipe, ``freeze_bn: true``, keeps BatchNorm in eval
+  mode instead);
+- momentum: the reference builds plain SGD (no momentum) although its configs list 0.9; set
+  ``train.optimizer.momentum: 0`` (the experiment files do).
+
+Measured on long-tailed digits (``experiments/selmix_digits_lt_protocols.yaml``: min recall, 1000
+iterations from the mixup pre-training, 3 seeds, test metrics at the final epoch, paired by seed, mean
+difference +- standard error): reference minus paper protocol (each with its recipe): worst-class recall
+-8.70 +- 3.04 points (worse on 3/3 seeds, p = 0.10), mean recall -0.20 +- 0.48, accuracy -0.19 +- 0.46. Of
+that, the momentum alone (reference protocol with momentum 0.9 minus 0): worst-class recall +4.74 +- 1.92
+(3/3 seeds), mean recall -3.23 +- 0.53 (p = 0.03); the other differences together (reference with momentum
+0.9 minus paper): worst-class recall -3.97 +- 1.14, mean recall -3.43 +- 0.10 (p < 0.001). Three seeds do
+not separate the BatchNorm, smoothing and gain-term differences from each other; they were not measured
+one by one (the shared 2-core CPU did not allow it).
+
+Not implemented in either protocol: the early stop on flat maximum gains (training runs for the
+configured iterations), and the reference's gain refresh every 5 iterations (``refresh`` sets it).
 
 At every refresh the method writes ``OUT/jobs/<run_id>/selmix/gains_<step>.npz`` (``G``, ``P``, ``C``,
 ``recall``, ``weights``, ``multipliers``, ``objective``, ``step``); ``mixcli selmix-gains RUN_DIR --png F``
@@ -60,7 +92,10 @@ from torch import nn
 from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, lam_tensor
 
 OBJECTIVES = ("mean_recall", "min_recall", "min_ht_recall", "gmean", "hmean", "mean_recall_min_coverage")
+PROTOCOLS = ("paper", "reference")
 CLIP = 1e-7
+REFERENCE_FLOOR = 1e-8  # the reference's floor on every pair probability before renormalising
+REFERENCE_GAIN_LAM_MIN = {"min_recall": 0.8, "min_ht_recall": 0.8, "mean_recall_min_coverage": 0.8}
 
 
 # ------------------------------------------------------------------------------------------ objectives
@@ -138,17 +173,21 @@ def gain_rates(C: np.ndarray, w: np.ndarray, cov_mult: np.ndarray | None = None)
     return D
 
 
-def gain_matrix(mu: np.ndarray, logits_mu: np.ndarray, D: np.ndarray, lbar: float) -> np.ndarray:
+def gain_matrix(mu: np.ndarray, logits_mu: np.ndarray, D: np.ndarray, lbar: float,
+                class_mean_term: bool = False) -> np.ndarray:
     """``G_ij = sum_q <z_ij, mu_q> (D[q, i] - <D[q, :], p_ij>)`` for an affine classifier, where
     ``logits_mu`` (K, K) are the classifier's logits at the prototypes ``mu`` (K, d), so the logits at
     ``z_ij`` are ``lbar a_i + (1 - lbar) a_j``. With ``H = (mu mu^T) D``:
-    ``G_ij = lbar H_ii + (1 - lbar) H_ji - sum_l p_ijl (lbar H_il + (1 - lbar) H_jl)``."""
+    ``G_ij = lbar H_ii + (1 - lbar) H_ji - sum_l p_ijl (lbar H_il + (1 - lbar) H_jl)``.
+    ``class_mean_term``: the reference's positive term ``sum_q <mu_i, mu_q> D[q, i] = H_ii`` instead."""
     H = (mu @ mu.T) @ D
     z = lbar * logits_mu[:, None, :] + (1 - lbar) * logits_mu[None, :, :]
     z = z - z.max(-1, keepdims=True)
     p = np.exp(z)
     p /= p.sum(-1, keepdims=True)
     mixed_h = lbar * H[:, None, :] + (1 - lbar) * H[None, :, :]
+    if class_mean_term:
+        return np.diag(H)[:, None] - (p * mixed_h).sum(-1)
     return lbar * np.diag(H)[:, None] + (1 - lbar) * H.T - (p * mixed_h).sum(-1)
 
 
@@ -160,6 +199,19 @@ def pair_distribution(G: np.ndarray, temperature: float) -> np.ndarray:
     s = np.where(pos, G / temperature, -np.inf)
     e = np.exp(s - s[pos].max())
     return e / e.sum()
+
+
+def reference_pair_distribution(G: np.ndarray, temperature: float) -> np.ndarray:
+    """The pair distribution the reference code samples from: ``P1 = softmax(G / T)`` over all pairs times
+    the mask ``G > 0``, ``P2 = (P1 + 1e-8) / sum(P1 + 1e-8)``, then its joint sampler's smoothing
+    ``(P2 + eps) / sum(P2 + eps)`` with ``eps = 1 / K^3`` (``K^2`` pairs: ``1/(K + 1)`` uniform mass)."""
+    k = G.shape[0]
+    z = G / temperature
+    e = np.exp(z - z.max())
+    p = e / e.sum() * (G > 0)
+    p = (p + REFERENCE_FLOOR) / (p + REFERENCE_FLOOR).sum()
+    eps = 1.0 / k ** 3
+    return (p + eps) / (p + eps).sum()
 
 
 def sample_pairs(P: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -186,7 +238,10 @@ class SelMix(Method):
     def __init__(self, objective: str = "mean_recall", refresh: int = 50, temperature: float = 0.1,
                  lam_min: float = 0.6, lagrange_lr: float = 50.0, beta: float = 0.0,
                  coverage_alpha: float = 0.95, coverage_tau: float = 0.1, lambda_max: float = 100.0,
-                 head_fraction: float = 0.9, save_gains: bool = True):
+                 head_fraction: float = 0.9, save_gains: bool = True, protocol: str = "paper"):
+        if protocol not in PROTOCOLS:
+            raise PluginError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        self.protocol = protocol
         if objective not in OBJECTIVES:
             raise PluginError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         if not isinstance(refresh, int) or isinstance(refresh, bool) or refresh < 1:
@@ -233,6 +288,13 @@ class SelMix(Method):
         self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         self.counts = counts
         self.head = head_mask(counts, self.head_fraction)
+        if self.protocol == "reference":  # BatchNorm on batch statistics, running statistics and affine frozen
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = 0.0
+                    for p in m.parameters(recurse=False):
+                        p.requires_grad_(False)
+                        p.grad = None
         if self.mult is None:  # multipliers start uniform
             m = 2 if self.objective == "min_ht_recall" else k
             self.mult = np.full(m, 1.0 / m)
@@ -286,8 +348,13 @@ class SelMix(Method):
             cov_mult = coverage_multipliers(C, self.alpha, self.tau, self.lambda_max)
         w = recall_weights(C, self.objective, self.mult, self.head)
         D = gain_rates(C, w, cov_mult)
-        G = gain_matrix(mu, logits_mu, D, (self.lam_min + 1.0) / 2.0)
-        self.P = pair_distribution(G, self.temperature)
+        if self.protocol == "reference":
+            lbar = (REFERENCE_GAIN_LAM_MIN.get(self.objective, self.lam_min) + 1.0) / 2.0
+            G = gain_matrix(mu, logits_mu, D, lbar, class_mean_term=True)
+            self.P = reference_pair_distribution(G, self.temperature)
+        else:
+            G = gain_matrix(mu, logits_mu, D, (self.lam_min + 1.0) / 2.0)
+            self.P = pair_distribution(G, self.temperature)
         record = {"G": G, "P": self.P, "C": C, "recall": r, "weights": w,
                   "multipliers": cov_mult if cov_mult is not None else self.mult
                   if self.objective in ("min_recall", "min_ht_recall") else np.zeros(0),
@@ -304,6 +371,10 @@ class SelMix(Method):
         return self.order[self.starts[classes] + offset]
 
     def __call__(self, model: Model, batch: Batch, ctx: Context) -> MixOutput:
+        if self.protocol == "reference" and self.P is None and model.training and any(
+                not m.training for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+            raise PluginError("selmix protocol: reference trains BatchNorm on batch statistics (as the reference "
+                              "code); set train.freeze_bn: false")
         if self.P is None or ctx.step % self.refresh == 0:
             self.update_gains(model, ctx)
         n = batch.y.shape[0]

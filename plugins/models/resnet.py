@@ -80,31 +80,45 @@ class PreActBlock(nn.Module):
         return out + short
 
 
+STEMS = ("conv", "conv_bn_relu")
+
+
 class PreActResNet18(Model):
     """Pre-activation ResNet-18, CIFAR variant (the backbone of Manifold Mixup, PuzzleMix and AlignMixup).
 
-    He, Zhang, Ren, Sun, "Identity Mappings in Deep Residual Networks", ECCV 2016. Stem: one 3x3 stride-1
-    convolution (no BN, no max-pool); four stages of two :class:`PreActBlock` (64, 128, 256, 512 channels,
-    strides 1, 2, 2, 2); the final BN-ReLU closes the last stage, so every stage output the methods see is a
-    complete representation; then global average pooling and a linear classifier. 11,172,170 parameters for
-    10 classes (11.17M; the variant without the final BN has 11,171,146).
+    He, Zhang, Ren, Sun, "Identity Mappings in Deep Residual Networks", ECCV 2016. The reference
+    architecture of the mixup literature's CIFAR code (``kuangliu/pytorch-cifar`` ``PreActResNet18``, which
+    ``vikasverma1077/manifold_mixup`` uses unchanged): a 3x3 stride-1 convolution stem (no max-pool), four
+    stages of two :class:`PreActBlock` (64, 128, 256, 512 channels, strides 1, 2, 2, 2), then global average
+    pooling of the last block's output and a linear classifier. There is no BN-ReLU after the last block,
+    so the last stage's map (what AlignMix aligns) is the raw sum of the residual branch and the shortcut,
+    as in the references. Parameters: 11,171,146 for 10 classes.
+
+    ``stem: conv`` (default) is kuangliu's and Manifold Mixup's stem, a plain convolution;
+    ``stem: conv_bn_relu`` is ``shashankvkt/AlignMixup_CVPR22``'s (``models/resnet.py``), convolution then
+    BatchNorm and ReLU (+128 parameters). Weights keep PyTorch's default initialization, as in the
+    references. The stem belongs to stage 1 (position 1 = after the stem and layer1, as Manifold Mixup's
+    ``layer_mix`` 1).
     """
 
     paper = "He et al., Identity Mappings in Deep Residual Networks, ECCV 2016"
 
-    def __init__(self, in_shape, out_dim):
+    def __init__(self, in_shape, out_dim, stem: str = "conv"):
         super().__init__()
         c = image_channels("preact_resnet18", in_shape)
+        if stem not in STEMS:
+            raise PluginError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
         widths, strides = (64, 128, 256, 512), (1, 2, 2, 2)
         stages, cin = [], 64
         for i, (w, s) in enumerate(zip(widths, strides)):
-            layers = [nn.Conv2d(c, 64, 3, stride=1, padding=1, bias=False)] if i == 0 else []
+            layers = []
+            if i == 0:
+                layers.append(nn.Conv2d(c, 64, 3, stride=1, padding=1, bias=False))
+                if stem == "conv_bn_relu":
+                    layers += [nn.BatchNorm2d(64), nn.ReLU(inplace=True)]
             layers += [PreActBlock(cin, w, s), PreActBlock(w, w, 1)]
             stages.append(nn.Sequential(*layers))
             cin = w
-        stages[-1].append(nn.BatchNorm2d(512))
-        stages[-1].append(nn.ReLU(inplace=True))
         self.stages = nn.ModuleList(stages)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.classifier = nn.Linear(512, out_dim)
-        init_conv(self)
