@@ -575,4 +575,5 @@ def test_ctrl_c_while_importing_prints_one_line(tmp_path):
         if "init_import_site" in err:  # still in the interpreter's own start-up, before any mixcli code
             continue
         assert "Traceback" not in err, err
-        assert p.returncode in (0, 1, 2, 130), (p.returncode, err)
+        # -SIGINT: the signal landed while the interpreter was already shutting down (nothing left to report)
+        assert p.returncode in (0, 1, 2, 130, -signal.SIGINT), (p.returncode, err)
