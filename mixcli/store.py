@@ -137,25 +137,32 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _frame(rows: list[dict], columns: dict[str, str]) -> pd.DataFrame:
-    data = {}
-    for col in columns:
-        vals = [r.get(col) for r in rows]
-        if col in _STRINGS:
-            data[col] = pd.Series([None if v is None else str(v) for v in vals], dtype="object")
-        elif col in _INTS:
-            data[col] = pd.Series([-1 if v is None else int(v) for v in vals], dtype="int64")
-        elif col in _BOOLS:
-            data[col] = pd.Series([None if v is None or v != v else bool(v) for v in vals], dtype="object")
-        elif col.endswith(LIST_METRICS):
-            data[col] = pd.Series([[float(x) for x in v] if v is not None else [] for v in vals], dtype="object")
-        else:
-            data[col] = pd.Series([float("nan") if v is None else float(v) for v in vals], dtype="float64")
-    return pd.DataFrame(data)
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+def _column(col: str, vals: list) -> list:
+    """The values of one column coerced to its fixed type (see :func:`_arrow_type`)."""
+    if col in _STRINGS:
+        return [None if _missing(v) else str(v) for v in vals]
+    if col in _INTS:
+        return [-1 if _missing(v) else int(v) for v in vals]
+    if col in _BOOLS:
+        return [None if _missing(v) else bool(v) for v in vals]
+    if col.endswith(LIST_METRICS):
+        return [[float(x) for x in v] if v is not None else [] for v in vals]
+    return [float("nan") if v is None else float(v) for v in vals]
+
+
+def arrow_table(rows: list[dict], table: str) -> pa.Table:
+    """``rows`` as an Arrow table with the table's fixed schema (built column by column, no pandas)."""
+    sch = schema(table)
+    return pa.Table.from_arrays([pa.array(_column(f.name, [r.get(f.name) for r in rows]), type=f.type)
+                                 for f in sch], schema=sch)
 
 
 def _write_table(path: Path, rows: list[dict], table: str) -> None:
-    arrow = pa.Table.from_pandas(_frame(rows, columns(table)), schema=schema(table), preserve_index=False)
+    arrow = arrow_table(rows, table)
     atomic_write(path, lambda f: pq.write_table(arrow, f))
 
 
