@@ -20,10 +20,12 @@ warning.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -188,12 +190,24 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, Exception) and _disk_full(exc, path.parent):
+            # (torch.save reports a full disk as an obscure RuntimeError: say what happened)
+            raise OSError(errno.ENOSPC, "no space left on device while writing", str(path)) from None
         raise
+
+
+def _disk_full(exc: Exception, folder: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
 
 
 class Store:

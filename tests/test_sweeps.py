@@ -323,3 +323,23 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_a_full_disk_is_reported_as_such_and_leaves_no_temporary(tmp_path, monkeypatch):
+    """torch.save reports a full disk as an obscure RuntimeError; the store names the disk and the file."""
+    import shutil as sh
+    from collections import namedtuple
+
+    from mixcli.store import atomic_write
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(sh, "disk_usage", lambda p: usage(10 << 20, 10 << 20, 0))
+
+    def write(f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 334080 vs 334032")
+
+    with pytest.raises(OSError, match="no space left on device") as info:
+        atomic_write(tmp_path / "checkpoint.pt", write)
+    assert info.value.filename == str(tmp_path / "checkpoint.pt")
+    assert list(tmp_path.iterdir()) == []
