@@ -26,6 +26,9 @@ err = Console(stderr=True)
 
 # options shared by the report commands (compare, curves)
 ResultsDir = Annotated[Path, typer.Argument(help="An output directory holding runs/ and epochs/.")]
+SetOption = Annotated[Optional[List[str]], typer.Option(
+    "--set", help="Override a key before validation, e.g. --set train.epochs=5 (repeatable; values are YAML; "
+                  "a grid entry whole: --set grid.KEY=LIST).")]
 ByOption = Annotated[Optional[List[str]], typer.Option(
     "--by", help="Group by this column or dotted config key (repeatable; default: method plus the keys that vary).")]
 
@@ -47,8 +50,7 @@ def user_errors(fn):
 @user_errors
 def run(
     experiment: Path = typer.Argument(..., help="The experiment YAML file."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key before validation, e.g. "
-                                             "--set train.epochs=5 (repeatable; values are YAML)."),
+    set_: SetOption = None,
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: the file's 'out:' key, "
                                        "else results/<name>)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
@@ -191,7 +193,7 @@ def device_label(ex) -> str:
 def status(
     target: Path = typer.Argument(..., help="An experiment file (shows its pending jobs too) or an output "
                                   "directory."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Overrides, as given to `mixcli run`."),
+    set_: SetOption = None,
     out: Optional[Path] = typer.Option(None, "--out", help="The output directory, as given to `mixcli run`."),
 ) -> None:
     """Where a sweep stands: runs by status, who trains each running run and how far, and an ETA."""
@@ -245,8 +247,7 @@ def export(
 @user_errors
 def show(
     experiment: Path = typer.Argument(..., help="The experiment YAML file."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key, as given to `mixcli run` "
-                                             "(a grid entry too, whole: --set grid.KEY=LIST)."),
+    set_: SetOption = None,
     job: Optional[str] = typer.Option(None, "--job", help="Only this job: its number (1-based, in the "
                                       "order of `run --dry-run`) or its run id (a unique prefix will do)."),
 ) -> None:
@@ -450,8 +451,7 @@ def _empty():
 @user_errors
 def validate(
     experiment: Path = typer.Argument(..., help="The experiment YAML file."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key before validation, e.g. "
-                                             "--set train.epochs=5 (repeatable)."),
+    set_: SetOption = None,
 ) -> None:
     """Check an experiment file (keys, types, ranges, plugins and their options) without running it."""
     from .jobs import expand
