@@ -133,12 +133,13 @@ def _seed_all(seed: int) -> None:
 
 
 def run_job(job: Job, store: Store, device: torch.device, progress: Progress | None = None,
-            attempt: int = 1) -> dict:
+            prior_attempts: int | None = None) -> dict:
     """Train ``job`` to completion (resuming from its checkpoint), record it, and return its runs row.
 
-    The caller holds the run's claim (:mod:`mixcli.execution`). ``attempt`` counts the training starts of
-    this run (recorded as ``attempts``). A checkpoint of the last epoch rebuilds the result files without
-    training. A loss that is not finite raises :class:`RunFailed`."""
+    The caller holds the run's claim (:mod:`mixcli.execution`). ``prior_attempts``: the training starts
+    recorded in the run's row (None when it has none: the checkpoint's count is used); this start is
+    recorded as one more (``attempts``). A checkpoint of the last epoch rebuilds the result files without
+    training (and without counting a start). A loss that is not finite raises :class:`RunFailed`."""
     progress = progress or _Quiet()
     cfg = job.config
     task, train_cfg, seed = cfg["task"], cfg["train"], cfg["seed"]
@@ -188,8 +189,9 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
         rows = json.loads(ckpt["rows"])
         start, wall, started_at = ckpt["epoch"] + 1, ckpt["wall"], ckpt["started_at"]
         ctx.step = ckpt["step"]
-        if start > n_epochs:  # all epochs done: only the result files are rebuilt, nothing trains
-            attempt = int(ckpt.get("attempts", attempt - 1))
+    before = int(prior_attempts if prior_attempts is not None else (ckpt or {}).get("attempts", 0))
+    # all epochs done: only the result files are rebuilt, nothing trains (no new start)
+    attempt = before if ckpt is not None and start > n_epochs else before + 1
     method.setup(ctx)
     if ckpt is not None and hasattr(method, "load_state_dict") and "method" in ckpt:
         method.load_state_dict(ckpt["method"])

@@ -25,7 +25,7 @@ def cores() -> int:
 
 def make_executor(kind: str, device: str, jobs: int | None, threads: int | None, gpus: str | None,
                   jobs_per_gpu: int, ray_address: str | None):
-    """The executor for ``mixcli run``'s options (``on_event`` is set by the scheduler)."""
+    """The executor for ``mixcli run``'s options (its ``on_event`` is set by the scheduler)."""
     from ..engine import pick_device
 
     if kind not in ("local", "ray"):
@@ -66,11 +66,11 @@ def make_executor(kind: str, device: str, jobs: int | None, threads: int | None,
         from .ray_executor import RayExecutor
 
         per_gpu = 1.0 / jobs_per_gpu if dev.type == "cuda" else 0.0
-        return RayExecutor(device, threads, None, ray_address, per_gpu, slots=jobs)
+        return RayExecutor(device, threads, ray_address, per_gpu, slots=jobs)
     if ray_address is not None:
         raise MixcliError("--ray-address is only used with --executor ray")
     from .local import InlineExecutor, ProcessPool
 
     if n == 1 and gpus is None:
-        return InlineExecutor(device, threads, None)
-    return ProcessPool(n, device, threads, None, gpus=gpu_list, jobs_per_gpu=jobs_per_gpu)
+        return InlineExecutor(device, threads)
+    return ProcessPool(n, device, threads, gpus=gpu_list, jobs_per_gpu=jobs_per_gpu)

@@ -15,7 +15,7 @@ import signal
 import time
 from multiprocessing.connection import wait
 
-from .worker import FAILED, Outcome, execute, record_lost, set_threads
+from .worker import FAILED, HELD, Outcome, execute, record_lost, set_threads
 
 STEP_EVERY_S = 0.25  # how often a worker reports training steps
 
@@ -85,12 +85,14 @@ class Events:
 
 
 class InlineExecutor:
-    """One job at a time in this process (``--jobs 1``)."""
+    """One job at a time in this process (``--jobs 1``). ``on_event`` is set by the scheduler."""
 
-    def __init__(self, device: str, threads: int | None, on_event) -> None:
+    on_event = None
+
+    def __init__(self, device: str, threads: int | None) -> None:
         from ..engine import pick_device
 
-        self.device, self.on_event = pick_device(device), on_event
+        self.device = pick_device(device)
         self.slots, self._queue = 1, []
         set_threads(threads)
 
@@ -158,14 +160,17 @@ def _worker_main(conn, env: dict, device: str, threads: int | None, parent_pid: 
 
 
 class ProcessPool:
-    """``workers`` persistent worker processes; ``gpus`` (CUDA): worker i uses gpus[i // jobs_per_gpu]."""
+    """``workers`` persistent worker processes; ``gpus`` (CUDA): worker i uses gpus[i // jobs_per_gpu].
+    ``on_event`` is set by the scheduler."""
 
-    def __init__(self, workers: int, device: str, threads: int | None, on_event,
-                 gpus: list[int] | None = None, jobs_per_gpu: int = 1) -> None:
+    on_event = None
+
+    def __init__(self, workers: int, device: str, threads: int | None, gpus: list[int] | None = None,
+                 jobs_per_gpu: int = 1) -> None:
         from ..engine import pick_device
 
         self.dev = pick_device(device)
-        self.device, self.threads, self.on_event = device, threads, on_event
+        self.device, self.threads = device, threads
         self.gpus, self.per_gpu = gpus, jobs_per_gpu
         self.slots = workers
         self._ctx = mp.get_context("spawn")
@@ -229,7 +234,7 @@ class ProcessPool:
             if record_lost(job, self.dev, reason):
                 self.on_event(("done", job.run_id, Outcome(job.run_id, FAILED, error=reason)))
             else:
-                self.on_event(("done", job.run_id, Outcome(job.run_id, "held")))
+                self.on_event(("done", job.run_id, Outcome(job.run_id, HELD)))
         self._spawn(i)
 
     def close(self, interrupted: bool = False) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from ..errors import MixcliError
-from .worker import FAILED, Outcome, execute, record_lost, set_threads
+from .worker import FAILED, HELD, Outcome, execute, record_lost, set_threads
 
 MAX_RETRIES = 3
 
@@ -25,7 +25,11 @@ def _task(job, device: str, threads: int | None):
 
 
 class RayExecutor:
-    def __init__(self, device: str, threads: int | None, on_event, address: str | None = None,
+    """Jobs as Ray tasks. ``on_event`` is set by the scheduler."""
+
+    on_event = None
+
+    def __init__(self, device: str, threads: int | None, address: str | None = None,
                  gpus_per_job: float = 0.0, slots: int | None = None) -> None:
         try:
             import ray
@@ -33,7 +37,7 @@ class RayExecutor:
             raise MixcliError('--executor ray needs Ray, an optional extra: pip install "mixcli[ray]"') from None
         from ..engine import pick_device
 
-        self.ray, self.on_event, self.dev = ray, on_event, pick_device(device)
+        self.ray, self.dev = ray, pick_device(device)
         self.started_here = not ray.is_initialized()
         if self.started_here:
             try:
@@ -73,7 +77,7 @@ class RayExecutor:
                 outcome = self.ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - the task died MAX_RETRIES + 1 times
                 reason = f"the Ray task died {MAX_RETRIES + 1} times: {type(exc).__name__}: {str(exc)[:300]}"
-                status = FAILED if record_lost(job, self.dev, reason) else "held"
+                status = FAILED if record_lost(job, self.dev, reason) else HELD
                 outcome = Outcome(job.run_id, status, error=reason)
             self.on_event(("done", job.run_id, outcome))
 

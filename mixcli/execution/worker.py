@@ -102,9 +102,7 @@ def record(job: Job, device, status: str, error: str, plugin: str | None = None,
     store = Store(job.out)
     prev = store.run_row(job.run_id) or {}
     store.write_run({**prev, **identity_row(job, device), "status": status, "error": error,
-                     "error_plugin": plugin, "host": prev.get("host"), "pid": prev.get("pid"),
-                     "attempts": prev.get("attempts"),
-                     "epochs": prev.get("epochs") if epochs is None else epochs})
+                     "error_plugin": plugin, "epochs": prev.get("epochs") if epochs is None else epochs})
 
 
 def record_lost(job: Job, device, reason: str) -> bool:
@@ -118,18 +116,6 @@ def record_lost(job: Job, device, reason: str) -> bool:
     finally:
         claim.release()
     return True
-
-
-def _attempts(prev: dict | None, store, run_id: str) -> int:
-    n = (prev or {}).get("attempts")
-    if n is None or n != n or n < 0:
-        ckpt_n = None
-        ck = store.checkpoint_path(run_id)
-        if ck.exists():
-            state = store.load_checkpoint(run_id)
-            ckpt_n = state.get("attempts") if state else None
-        n = ckpt_n or 0
-    return int(n) + 1
 
 
 def execute(job: Job, device, progress=None) -> Outcome:
@@ -154,7 +140,8 @@ def execute(job: Job, device, progress=None) -> Outcome:
         prev = store.run_row(job.run_id)
         if prev is not None and prev.get("status") == FINISHED and not notes:
             return Outcome(job.run_id, SKIPPED, row=prev)
-        row = run_job(job, store, device, tracker, attempt=_attempts(prev, store, job.run_id))
+        n = (prev or {}).get("attempts")
+        row = run_job(job, store, device, tracker, prior_attempts=n if n is not None and n >= 0 else None)
         return Outcome(job.run_id, FINISHED, row=row, seconds=time.perf_counter() - t0, notes=notes)
     except KeyboardInterrupt:
         with _signals_held():  # a second Ctrl-C / SIGTERM must not cut the record short
