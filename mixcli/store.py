@@ -143,15 +143,15 @@ def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and v != v)
 
 
-def _column(col: str, vals: list) -> list:
-    """The values of one column coerced to its fixed type (see :func:`_arrow_type`)."""
-    if col in _STRINGS:
+def _column(t: pa.DataType, vals: list) -> list:
+    """The values of one column coerced to its fixed Arrow type ``t`` (from :func:`_arrow_type`)."""
+    if pa.types.is_string(t):
         return [None if _missing(v) else str(v) for v in vals]
-    if col in _INTS:
+    if pa.types.is_integer(t):
         return [-1 if _missing(v) else int(v) for v in vals]
-    if col in _BOOLS:
+    if pa.types.is_boolean(t):
         return [None if _missing(v) else bool(v) for v in vals]
-    if col.endswith(LIST_METRICS):
+    if pa.types.is_list(t):
         return [[float(x) for x in v] if v is not None else [] for v in vals]
     return [float("nan") if v is None else float(v) for v in vals]
 
@@ -159,7 +159,7 @@ def _column(col: str, vals: list) -> list:
 def arrow_table(rows: list[dict], table: str) -> pa.Table:
     """``rows`` as an Arrow table with the table's fixed schema (built column by column, no pandas)."""
     sch = schema(table)
-    return pa.Table.from_arrays([pa.array(_column(f.name, [r.get(f.name) for r in rows]), type=f.type)
+    return pa.Table.from_arrays([pa.array(_column(f.type, [r.get(f.name) for r in rows]), type=f.type)
                                  for f in sch], schema=sch)
 
 
