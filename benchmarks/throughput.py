@@ -4,7 +4,7 @@ Both paths train the same model (same initial weights), with the same batch size
 momentum 0.9, weight decay 5e-4, nesterov), mixed precision setting and *the same method plugin*; only the
 data path differs:
 
-(a) mixcli: the uint8 images live on the device (:class:`mixcli.data.DeviceData`); crop with 4-pixel
+(a) mixcli: the uint8 images live on the device (:class:`mixcli.data.device.DeviceData`); crop with 4-pixel
     reflect padding, flip and normalization run batched on the device.
 (b) DataLoader: ``RandomCrop(32, padding=4, padding_mode='reflect')``, ``RandomHorizontalFlip``,
     ``ToTensor``, ``Normalize`` per PIL image in ``--workers`` worker processes, then a (pinned) copy to
@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mixcli.api import Batch, Context, DataBundle, Split
-from mixcli.data import DeviceData
+from mixcli.data.device import DeviceData
 from mixcli.engine import autocast_for, compile_stages, pick_device, train_step
 from mixcli.errors import MixcliError
 from mixcli.registry import REGISTRY

@@ -1,17 +1,22 @@
 """The public plugin API of mixcli.
 
 Everything the engine runs comes through this module's types; the built-in plugins in ``plugins/`` use
-nothing else, exactly as a third-party package would. Five kinds of plugins exist, one entry-point group each:
+nothing else, exactly as a third-party package would. Six kinds of plugins exist, one entry-point group each:
 
-============  ======================  ==========================================================
-group         base class              what it provides
-============  ======================  ==========================================================
-mixcli.datasets  :class:`Dataset`     ``load() -> DataBundle`` (tensors for train / val / test)
-mixcli.models    :class:`Model`       an ``nn.Module`` made of ``stages`` + ``pool`` + ``classifier``
-mixcli.methods   :class:`Method`      one training forward pass: ``__call__(model, batch, ctx) -> MixOutput``
-mixcli.losses    :class:`Loss`        ``__call__(out: MixOutput, ctx) -> scalar loss``
-mixcli.evaluators :class:`Evaluator`  ``__call__(model, ctx: EvalContext) -> {metric: float}``
-============  ======================  ==========================================================
+=================  ======================  ==========================================================
+group              base class              what it provides
+=================  ======================  ==========================================================
+mixcli.datasets    :class:`Dataset`        ``load() -> DataBundle`` (tensors for train / val / test)
+mixcli.models      :class:`Model`          an ``nn.Module`` made of ``stages`` + ``pool`` + ``classifier``
+mixcli.methods     :class:`Method`         one training forward pass: ``__call__(model, batch, ctx) -> MixOutput``
+mixcli.losses      :class:`Loss`           ``__call__(out: MixOutput, ctx) -> scalar loss``
+mixcli.evaluators  :class:`Evaluator`      ``__call__(model, ctx: EvalContext) -> {metric: float}``
+mixcli.loggers     :class:`Logger`         ``start`` / ``epoch`` / ``steps`` / ``end``: results sent elsewhere
+=================  ======================  ==========================================================
+
+The plugin author's surface is this module and two helper packages, nothing else of mixcli:
+:mod:`mixcli.mixing` (partners, boxes, the mixup / CutMix draw: what methods share) and :mod:`mixcli.data`
+(long-tail and stratified subsets, tabular readers, the device data path: what datasets share).
 
 A plugin's options are the keyword arguments of its ``__init__``; their defaults are what ``mixcli list``
 shows and what the experiment file may override. The first line of the class docstring is its description.
@@ -27,13 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .metrics import MetricInfo
+from .metrics import MetricInfo, adaptive_ece, aupr, auroc, confidences, ece, fit_temperature, fpr_at_tpr
 
 __all__ = [
     "Plugin", "Split", "DataBundle", "Dataset", "Model", "Batch", "MixOutput", "Context", "Method", "Loss",
     "soft_targets", "sample_lam", "PluginError", "permutation", "lam_tensor", "interpolate",
     "soft_cross_entropy", "mixed_regression_target", "check_range", "file_fingerprint", "Evaluator",
-    "EvalContext", "metric", "dataset_class", "MetricInfo",
+    "EvalContext", "metric", "dataset_class", "MetricInfo", "Logger", "scalars",
+    # metric functions evaluator plugins build on (defined in mixcli.metrics, one definition each)
+    "ece", "adaptive_ece", "confidences", "fit_temperature", "auroc", "aupr", "fpr_at_tpr",
 ]
 
 
@@ -309,6 +316,15 @@ class Method(Plugin):
     def start_epoch(self, epoch: int, ctx: Context) -> None:
         pass
 
+    def state_dict(self) -> dict:
+        """What the method must keep to resume exactly (learned parts, their optimizers, counters). Saved in
+        every checkpoint and handed to :meth:`load_state_dict` after :meth:`setup` when a run resumes. A
+        method whose only state is ``ctx.rng`` (which the engine keeps) returns nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (nothing to do for a method that keeps nothing)."""
+
     def check_model(self, model: Model, input_shape: tuple[int, ...]) -> None:
         """Raise :class:`PluginError` when the options do not fit ``model`` (e.g. a stage it does not have),
         whose inputs have ``input_shape`` (one example). Called by ``mixcli validate`` and ``run --dry-run``
@@ -566,3 +582,20 @@ def interpolate(h: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> torch
     """``lam * h + (1 - lam) * h[perm]`` with one lambda per row (``lam`` of shape (B,))."""
     lam = lam.view(-1, *([1] * (h.dim() - 1))).to(h.dtype)
     return lam * h + (1 - lam) * h[perm]
+
+
+def scalars(row: dict, skip: tuple = ("epoch", "run_id")) -> dict[str, float]:
+    """The finite numbers of a row (metrics, loss, lr), without ``skip`` and list-valued metrics."""
+    import math
+
+    out = {}
+    for k, v in row.items():
+        if k in skip or isinstance(v, (bool, str)) or v is None:
+            continue
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(f):
+            out[k] = f
+    return out

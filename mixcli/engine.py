@@ -2,7 +2,7 @@
 
 The engine knows no method, dataset or model by name: it builds them from the registry and talks to them
 through :mod:`mixcli.api`. The hot loop does no host-device synchronization (losses are summed on the
-device and read once per epoch); batches come from :class:`mixcli.data.DeviceData`.
+device and read once per epoch); batches come from :class:`mixcli.data.device.DeviceData`.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch
 from . import __version__, finetune, loggers
 from .api import Context, DataBundle, MixOutput, PluginError
 from .checkpoints import Keeper, StepLog
-from .data import DeviceData, check_bundle
+from .data.device import DeviceData, check_bundle
 from .errors import MixcliError, RunFailed
 from .evaluate import Evaluations
 from .jobs import Job

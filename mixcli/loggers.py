@@ -74,23 +74,6 @@ def open_loggers(specs: dict[str, str | None], out: Path) -> list:
     return found
 
 
-def scalars(row: dict, skip: tuple = ("epoch", "run_id")) -> dict[str, float]:
-    """The finite numbers of a row (metrics, loss, lr), without ``skip`` and list-valued metrics."""
-    import math
-
-    out = {}
-    for k, v in row.items():
-        if k in skip or isinstance(v, (bool, str)) or v is None:
-            continue
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(f):
-            out[k] = f
-    return out
-
-
 def run_files(job_dir: Path) -> list[Path]:
     """A run's artifacts: its config.yaml and every PNG under its job directory."""
     cfg = job_dir / "config.yaml"

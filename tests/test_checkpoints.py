@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from mixcli.data import DeviceData
+from mixcli.data.device import DeviceData
 from mixcli.engine import _plugin, autocast_for, evaluate
 
 from conftest import TINY

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mixcli.api import DataBundle, Split
-from mixcli.data import DeviceData
+from mixcli.data.device import DeviceData
 from mixcli_plugins.datasets.digits import Digits
 
 

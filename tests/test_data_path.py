@@ -1,4 +1,4 @@
-"""The device data path (mixcli.data.DeviceData) against an independent per-image reference, and
+"""The device data path (mixcli.data.device.DeviceData) against an independent per-image reference, and
 ``train.compile`` through the engine on CPU."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from mixcli.api import DataBundle, PluginError, Split
-from mixcli.data import DeviceData
+from mixcli.data.device import DeviceData
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 

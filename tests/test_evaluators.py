@@ -12,7 +12,7 @@ from torch import nn
 
 from mixcli import engine
 from mixcli.api import DataBundle, Model
-from mixcli.data import DeviceData
+from mixcli.data.device import DeviceData
 from mixcli.engine import autocast_for
 from mixcli.evaluate import Evaluations, all_metrics
 from mixcli.metrics import adaptive_ece, aupr, auroc, fit_temperature, fpr_at_tpr

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mixcli.api import Context
-from mixcli.data import DeviceData
+from mixcli.data.device import DeviceData
 from mixcli.registry import REGISTRY
 
 from test_data_path import bundle

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from mixcli.api import Batch, Context, PluginError, Split, soft_targets
 from mixcli.cli import app
 from mixcli_plugins.methods import fmix as fm
-from mixcli_plugins.methods.cutmix import CutMix, box_lam
+from mixcli.mixing.boxes import box_lam
+from mixcli_plugins.methods.cutmix import CutMix
 from mixcli_plugins.methods.fmix import FMix
 from mixcli_plugins.methods.mixup import Mixup
 from mixcli_plugins.methods.resizemix import ResizeMix

@@ -1,4 +1,4 @@
-"""Behaviour of mixcli.partners: C-Mixup partner distributions, limits, block-wise equality, validation."""
+"""Behaviour of mixcli.mixing.partners: C-Mixup partner distributions, limits, block-wise equality, validation."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 from scipy.stats import chisquare
 
 from mixcli.api import PluginError
-from mixcli.partners import (
+from mixcli.mixing.partners import (
     PartnerSampler, full_matrix, iter_partner_probs, kernel_weights, partner_probs, sample_partners,
 )
 

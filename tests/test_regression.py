@@ -153,7 +153,7 @@ def test_csv_bad_inputs_give_one_clear_error(tmp_path, case):
 
 def test_split_per_seed_is_the_reference_split_of_each_run_seed(tmp_path, monkeypatch):
     """split_per_seed: run seed s gets np.random.seed(s); np.random.permutation(N) (the C-Mixup protocol)."""
-    import mixcli.tabular as tab
+    import mixcli.data.tabular as tab
 
     seen = []
     real = tab.split_rows

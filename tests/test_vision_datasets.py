@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mixcli.api import DataBundle, Dataset, PluginError
-from mixcli.subsets import long_tail_counts
+from mixcli.data.subsets import long_tail_counts
 from mixcli_plugins.datasets import vision
 from mixcli_plugins.datasets.vision import CIFAR10, CIFAR100, MNIST, SVHN, FashionMNIST, ImageFolder
 
@@ -279,7 +279,7 @@ def test_long_tail_counts_reference():
     assert sum(long_tail_counts(5000, 10, 100)) == 12406
     assert sum(long_tail_counts(500, 100, 100)) == 10847
     # on a CIFAR-10-shaped label vector, through the shared subset code
-    from mixcli.subsets import long_tail
+    from mixcli.data.subsets import long_tail
     labels = balanced_labels(10, 5000)
     keep = long_tail(labels, 100)
     assert len(keep) == 12406

@@ -2,7 +2,7 @@
 import numpy as np
 
 from mixcli.api import DataBundle, Dataset, PluginError
-from mixcli.subsets import build_classification, stratified_fraction
+from mixcli.data.subsets import build_classification, stratified_fraction
 
 
 class Digits(Dataset):

@@ -1,10 +1,10 @@
 """Regression datasets: UCI Airfoil Self-Noise, any CSV/TSV file, scikit-learn's diabetes set, and a
-synthetic 1-D set with multi-modal labels. Reading, splitting and scaling live in :mod:`mixcli.tabular`.
+synthetic 1-D set with multi-modal labels. Reading, splitting and scaling live in :mod:`mixcli.data.tabular`.
 
 Every loader splits with a seeded shuffle that depends on ``split_seed`` only (identical data for every run
 seed). The C-Mixup reference code shuffles with the *run* seed instead (``np.random.seed(seed)`` then
 ``np.random.permutation(N)``), so its three seeds are three different splits; ``split_per_seed: true``
-reproduces exactly that (see :func:`mixcli.tabular.build_regression`).
+reproduces exactly that (see :func:`mixcli.data.tabular.build_regression`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import urllib.request
 import numpy as np
 
 from mixcli.api import DataBundle, Dataset, PluginError, file_fingerprint
-from mixcli.tabular import (DELIMITERS, SCALINGS, build_regression, check_split, numeric_columns, read_header,
+from mixcli.data.tabular import (DELIMITERS, SCALINGS, build_regression, check_split, numeric_columns, read_header,
                             read_table)
 
 DEFAULT_ROOT = "~/.cache/mixcli/data"
@@ -134,7 +134,7 @@ class CSV(Dataset):
       ``worst_domain_rmse`` (the max over test domains of the per-domain rmse). The split stays a random
       row split (in-distribution).
     - ``split`` ([0.7, 0.1, 0.2], the C-Mixup ratio), ``split_seed``, ``split_per_seed``, ``scaling`` (see
-      mixcli.tabular).
+      mixcli.data.tabular).
     - ``delimiter``: auto (tab if the first line has one, else comma, else semicolon, else whitespace),
       comma, tab, semicolon, whitespace, or any single character.
 

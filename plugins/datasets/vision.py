@@ -11,7 +11,7 @@ sums of the official release (those torchvision publishes) every time they are l
 skips that check for files of your own (the safe unpickler is always used).
 
 Images come back as ``uint8`` tensors of shape (N, C, H, W), labels as int64; the validation split, the
-long-tail profile and the stratified fraction are applied by :func:`mixcli.subsets.build_classification`,
+long-tail profile and the stratified fraction are applied by :func:`mixcli.data.subsets.build_classification`,
 seeded by ``split_seed``.
 """
 import gzip
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mixcli.api import DataBundle, Dataset, PluginError, file_fingerprint
-from mixcli.subsets import build_classification
+from mixcli.data.subsets import build_classification
 
 __all__ = ["CIFAR10", "CIFAR100", "SVHN", "MNIST", "FashionMNIST", "ImageFolder"]
 

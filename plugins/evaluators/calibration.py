@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from mixcli.api import EvalContext, Evaluator, PluginError, metric
-from mixcli.metrics import adaptive_ece, confidences, ece, fit_temperature
+from mixcli.api import adaptive_ece, confidences, ece, fit_temperature
 
 ARTIFACT = "calibration.json"
 

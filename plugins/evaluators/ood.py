@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from mixcli.api import EvalContext, Evaluator, PluginError, check_range, dataset_class, metric
-from mixcli.metrics import aupr, auroc, fpr_at_tpr
+from mixcli.api import aupr, auroc, fpr_at_tpr
 
 SYNTHETIC = ("uniform_noise", "gaussian_noise")
 SCORES = ("msp", "energy")

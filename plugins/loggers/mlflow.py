@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from mixcli.api import Logger, PluginError
-from mixcli.loggers import scalars
+from mixcli.api import scalars
 
 SUMMARY = ("final_", "best_")  # runs-row columns logged once at the end
 PROVENANCE = ("git_commit", "git_dirty", "host", "gpu", "device", "torch_version", "cuda_version",

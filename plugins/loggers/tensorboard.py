@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from mixcli.api import Logger, PluginError
-from mixcli.loggers import scalars
+from mixcli.api import scalars
 
 
 def tag_of(column: str) -> str:

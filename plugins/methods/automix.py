@@ -10,7 +10,7 @@ from torch import nn
 
 from mixcli.api import (Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation,
                         soft_cross_entropy, soft_targets)
-from mixcli_plugins.methods.cutmix import check_images
+from mixcli.mixing.boxes import check_images
 
 UPSAMPLING = ("nearest", "bilinear", "bicubic")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, lam_tensor
-from mixcli.partners import KERNELS, PartnerSampler, draw_partners
+from mixcli.mixing.partners import KERNELS, PartnerSampler, draw_partners
 
 
 class CMixup(Method):
@@ -27,14 +27,14 @@ class CMixup(Method):
     - ``sigma`` (1.0, the reference code's command-line default): kernel bandwidth in RAW label units
       (labels are not standardised), dataset-specific: Airfoil 1.75 (dB), NO2 1.2, Crime 4.0, SkillCraft 1.0.
       A tiny sigma makes every row its own partner (ERM); a huge one gives uniform partners (vanilla mixup).
-    - ``kernel`` (gaussian): gaussian or tophat (sklearn ``KernelDensity`` conventions, see mixcli.partners).
+    - ``kernel`` (gaussian): gaussian or tophat (sklearn ``KernelDensity`` conventions, see mixcli.mixing.partners).
     - ``position`` (0): where the pair is mixed; 0 = the inputs (the paper's Algorithm 1, and the
       reference's ``use_manifold 0`` for NO2 / SkillCraft / Electricity); 1 = after the first hidden layer
       (the reference's ``use_manifold 1``, used for Airfoil, Exchange-Rate, Crime); k = after model stage k.
     - ``block_size`` (1024): probability rows are built at most this many rows at a time (memory
       ``block_size x N`` float32, never ``N x N``).
 
-    The kernel rows of the batch come from :func:`mixcli.partners.kernel_weights`, a block of rows at a
+    The kernel rows of the batch come from :func:`mixcli.mixing.partners.kernel_weights`, a block of rows at a
     time; the draw is inverse-CDF sampling with uniforms from the run's seeded host generator ``ctx.rng``
     (what the reference's ``np.random.choice(N, p=row)`` does), so runs are reproducible and resumable and
     the step never waits on the device. The partners' inputs come from ``ctx.fetch``.
@@ -72,7 +72,7 @@ class CMixup(Method):
 
     def partners(self, index: torch.Tensor, ctx: Context) -> torch.Tensor:
         """Training-set indices of the partners of the training rows ``index`` (B,), one draw per row, by
-        inverse-CDF sampling (:func:`mixcli.partners.draw_partners`) with uniforms from ``ctx.rng``. Every
+        inverse-CDF sampling (:func:`mixcli.mixing.partners.draw_partners`) with uniforms from ``ctx.rng``. Every
         row's total weight is >= 1 (its own label is at distance 0), so no check (and no sync) is needed."""
         u = torch.from_numpy(ctx.rng.random(index.shape[0]))
         return draw_partners(index, self.sampler.y_all, self.sigma, self.kernel, u, self.block_size)

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from mixcli.api import (Batch, Context, Method, MixOutput, Model, PluginError, check_range, interpolate, lam_tensor,
                         permutation, soft_targets)
-from mixcli.partners import check_partners, uniform_partners
+from mixcli.mixing.partners import check_partners, uniform_partners
 
 CRITERIA = ("soft_ce", "bce_softmax")
 

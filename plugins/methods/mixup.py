@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from mixcli_plugins.methods.cutmix import box_mask, check_images, check_minmax, cutmix_draw, paste
 
 from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, interpolate, lam_tensor
-from mixcli.partners import check_partners, uniform_partners
+from mixcli.mixing.boxes import box_mask, mix_rows, paste
+from mixcli.mixing.partners import check_partners, uniform_partners
+from mixcli.mixing.switch import LAM_MODES, MixCutSwitch  # noqa: F401 (LAM_MODES: the mode option's values)
 
-LAM_MODES = ("batch", "pair", "elem")
 
-
-class Mixup(Method):
+class Mixup(MixCutSwitch, Method):
     """Mixup: train on convex combinations of pairs of inputs and their labels (optionally CutMix instead).
 
     Zhang, Cisse, Dauphin, Lopez-Paz, "mixup: Beyond Empirical Risk Minimization", ICLR 2018.
@@ -53,71 +52,17 @@ class Mixup(Method):
     def __init__(self, alpha: float = 1.0, prob: float = 1.0, mode: str = "batch", label_smoothing: float = 0.0,
                  cutmix_alpha: float = 0.0, switch_prob: float = 0.5, cutmix_minmax: list | None = None,
                  correct_lam: bool = True, partners: str = "batch"):
-        check_range("alpha", alpha, 0)
-        check_range("prob", prob, 0, 1)
-        if mode not in LAM_MODES:
-            raise PluginError(f"mode must be one of {', '.join(LAM_MODES)}, got {mode!r}")
+        MixCutSwitch.__init__(self, alpha=alpha, prob=prob, mode=mode, cutmix_alpha=cutmix_alpha,
+                              switch_prob=switch_prob, cutmix_minmax=cutmix_minmax, correct_lam=correct_lam)
         check_range("label_smoothing", label_smoothing, 0, 1, high_open=True)
-        if cutmix_alpha < 0:
-            raise PluginError(f"cutmix_alpha must be >= 0 (0 = no CutMix), got {cutmix_alpha}")
-        check_range("switch_prob", switch_prob, 0, 1)
-        if cutmix_minmax is not None and cutmix_alpha <= 0:
-            raise PluginError("cutmix_minmax is set but CutMix is off; set cutmix_alpha > 0 to use it")
         self.partners = check_partners(partners)
         if partners == "dataset" and (cutmix_alpha > 0 or mode == "pair"):
             raise PluginError("partners: dataset draws each row's partner from the training set; it mixes by "
                               "interpolation with mode batch or elem (set cutmix_alpha 0 and mode batch or elem)")
-        self.alpha, self.prob, self.mode, self.smoothing = alpha, prob, mode, label_smoothing
-        self.cutmix_alpha, self.switch_prob = cutmix_alpha, switch_prob
-        self.minmax, self.correct = check_minmax(cutmix_minmax, "cutmix_minmax"), correct_lam
+        self.smoothing = label_smoothing
 
     def setup(self, ctx: Context) -> None:
-        if self.cutmix_alpha > 0:
-            check_images(ctx, "mixup with cutmix_alpha > 0")
-
-    def params(self, rng: np.random.Generator, units: int):
-        """(lam, use_cutmix) for ``units`` batches / pairs / elements (timm's ``_params_per_*``): arrays of
-        ``units``; lam = 1 where a unit is not mixed (probability 1 - prob)."""
-        a, ca = self.alpha, self.cutmix_alpha
-        mixed = rng.random(units) < self.prob if self.prob < 1 else np.ones(units, dtype=bool)
-        if a > 0 and ca > 0:
-            cut = rng.random(units) < self.switch_prob
-        else:
-            cut = np.full(units, ca > 0)
-        lam = np.ones(units)
-        if (~cut).any() and a > 0:
-            lam[~cut] = rng.beta(a, a, int((~cut).sum()))
-        if cut.any():
-            lam[cut] = rng.beta(ca, ca, int(cut.sum()))
-        lam = np.where(mixed, lam, 1.0)
-        return lam, cut & mixed
-
-    def draw(self, ctx: Context, n: int, h: int = 0, w: int = 0):
-        """(perm, lam, cut, box) for a batch of ``n`` images of ``h`` x ``w``, all on the host: the partner
-        permutation; the label weight of each row (the box area for CutMix rows when corrected); whether a
-        row uses CutMix; its box as four arrays (y1, y2, x1, x2) of ``n`` (empty boxes for the other rows).
-        Rows of one batch (``batch`` mode) or one pair share lambda, the mixup/CutMix choice and the box."""
-        rng = ctx.rng
-        if self.mode == "pair":
-            order = rng.permutation(n)
-            a, b = order[0:n - 1:2], order[1:n:2]
-            perm = np.arange(n)
-            perm[a], perm[b] = b, a
-            units = len(a)
-            unit = np.full(n, units)  # an odd row out points at the extra, unmixed unit
-            unit[a] = unit[b] = np.arange(units)
-        else:
-            perm = rng.permutation(n)
-            units = 1 if self.mode == "batch" else n
-            unit = np.zeros(n, dtype=np.int64) if self.mode == "batch" else np.arange(n)
-        lam, cut = self.params(rng, units)
-        box = [np.zeros(units, dtype=np.int64) for _ in range(4)]
-        if cut.any():
-            drawn, lam[cut] = cutmix_draw(rng, lam[cut], h, w, self.minmax, self.correct)
-            for full, part in zip(box, drawn):
-                full[cut] = part
-        lam, cut = np.append(lam, 1.0)[unit], np.append(cut, False)[unit]
-        return perm, lam, cut, tuple(np.append(b, 0)[unit] for b in box)
+        self.check_inputs(ctx, "mixup with cutmix_alpha > 0")
 
     def __call__(self, model: Model, batch: Batch, ctx: Context) -> MixOutput:
         x, n = batch.x, batch.x.shape[0]
@@ -137,11 +82,3 @@ class Mixup(Method):
             lam_interp = lam_tensor(np.where(cut, 1.0, lam), n, x.device)
             mixed = mix_rows(x, perm, lam_interp, box_mask(box, h, w, x.device))
         return MixOutput(model(mixed), batch.y, batch.y[perm], lam_t, self.smoothing)
-
-
-def mix_rows(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per row: the partner ``x[perm]`` where ``mask`` (B, 1, H, W) is True, else ``lam x + (1 - lam) x[perm]``
-    (``lam`` of shape (B,); 1 for the CutMix rows, whose mask holds their box)."""
-    xp = x[perm]
-    mixed = torch.lerp(xp, x, lam.view(-1, *[1] * (x.dim() - 1)).to(x.dtype))
-    return torch.where(mask, xp, mixed)

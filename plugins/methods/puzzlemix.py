@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation
-from mixcli_plugins.methods.cutmix import check_images
+from mixcli.mixing.boxes import check_images
 
 SOLVERS = ("auto", "gco", "exact")
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-from mixcli_plugins.methods.cutmix import box_lam, check_images
+from mixcli.mixing.boxes import box_lam, check_images
 
 from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation
 

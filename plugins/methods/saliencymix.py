@@ -10,7 +10,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from mixcli_plugins.methods.cutmix import box_at, box_lam, box_mask, check_images
+from mixcli.mixing.boxes import box_at, box_lam, box_mask, check_images
 
 from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation
 

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation
-from mixcli_plugins.methods.cutmix import check_images
+from mixcli.mixing.boxes import check_images
 
 LABELS = ("paper", "openmixup")
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mixcli.api import Batch, Context, Method, MixOutput, Model, check_range, permutation
-from mixcli_plugins.methods.cutmix import check_images, cut_box
+from mixcli.mixing.boxes import check_images, cut_box
 
 
 def semantic_maps(fmap: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,

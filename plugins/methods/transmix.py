@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mixcli.api import Batch, Context, MixOutput, Model, PluginError, interpolate, lam_tensor
-from mixcli_plugins.methods.cutmix import paste
-from mixcli_plugins.methods.mixup import Mixup
+from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, interpolate, lam_tensor
+from mixcli.mixing.boxes import paste
+from mixcli.mixing.switch import MixCutSwitch
 
 
 def transmix_lam(attn: torch.Tensor, box, h: int, w: int) -> torch.Tensor:
@@ -26,7 +26,7 @@ def transmix_lam(attn: torch.Tensor, box, h: int, w: int) -> torch.Tensor:
     return (lam_area + inside / (inside + outside)) / 2
 
 
-class TransMix(Mixup):
+class TransMix(MixCutSwitch, Method):
     """TransMix: timm's mixup / CutMix switch, with CutMix labels mixed by the class token's attention.
 
     Chen, Sun, Wang, Yuille, Bai, "TransMix: Attend to Mix for Vision Transformers", CVPR 2022; defaults of
@@ -51,14 +51,15 @@ class TransMix(Mixup):
 
     def __init__(self, alpha: float = 0.8, cutmix_alpha: float = 1.0, switch_prob: float = 0.8,
                  label_smoothing: float = 0.1, prob: float = 1.0, cutmix_minmax: list | None = None):
-        super().__init__(alpha=alpha, prob=prob, mode="batch", label_smoothing=label_smoothing,
-                         cutmix_alpha=cutmix_alpha, switch_prob=switch_prob, cutmix_minmax=cutmix_minmax,
-                         correct_lam=True)
+        MixCutSwitch.__init__(self, alpha=alpha, prob=prob, mode="batch", cutmix_alpha=cutmix_alpha,
+                              switch_prob=switch_prob, cutmix_minmax=cutmix_minmax, correct_lam=True)
+        check_range("label_smoothing", label_smoothing, 0, 1, high_open=True)
+        self.smoothing = label_smoothing
         if cutmix_alpha <= 0:
             raise PluginError("cutmix_alpha must be > 0: TransMix re-weights CutMix labels")
 
     def setup(self, ctx: Context) -> None:
-        super().setup(ctx)
+        self.check_inputs(ctx, "transmix")
         with torch.no_grad():
             ctx.model.class_attention(ctx.train.x[:2].float().to(ctx.device))  # fails early without attention
 

@@ -37,7 +37,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .api import PluginError
+from ..api import PluginError
 
 __all__ = [
     "KERNELS", "MODES", "kernel_weights", "partner_probs", "iter_partner_probs", "sample_partners",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .api import Batch, DataBundle, PluginError, Split
+from ..api import Batch, DataBundle, PluginError, Split
 
 
 def check_bundle(data: DataBundle, name: str) -> None:

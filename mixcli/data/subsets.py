@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from .api import PluginError
+from ..api import PluginError
 
 
 def long_tail_counts(n_max: int, num_classes: int, rho: float) -> list[int]:
@@ -98,7 +98,7 @@ def build_classification(train_x, train_y, test_x, test_y, *, num_classes: int, 
     every run seed, so methods and seeds are compared on identical data."""
     import torch
 
-    from .api import DataBundle, Split
+    from ..api import DataBundle, Split
 
     train_y = np.asarray(train_y, dtype=np.int64)
     rng = np.random.default_rng(split_seed)

@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from .api import DataBundle, PluginError, Split
+from ..api import DataBundle, PluginError, Split
 
 SCALINGS = ("minmax_train", "minmax_all", "none")
 DELIMITERS = {"auto": None, "comma": ",", "tab": "\t", "semicolon": ";", "whitespace": r"\s+"}
