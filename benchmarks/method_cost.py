@@ -36,7 +36,7 @@ import torch
 import yaml
 
 from mixcli.api import Batch, Context, DataBundle, Split
-from mixcli.engine import autocast_for, pick_device, train_step
+from mixcli.training.engine import autocast_for, pick_device, train_step
 from mixcli.errors import MixcliError
 from mixcli.registry import REGISTRY
 

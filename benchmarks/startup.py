@@ -41,7 +41,7 @@ def extract(rev: str, dest: Path) -> Path:
 def synthetic_results(out: Path) -> Path:
     """A results directory of 3 methods x 3 seeds, one epoch each, written through the store."""
     sys.path.insert(0, str(ROOT))
-    from mixcli.store import Store
+    from mixcli.results.store import Store
 
     store = Store(out)
     for i, m in enumerate(("erm", "mixup", "cutmix")):

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from mixcli.api import Batch, Context, DataBundle, Split
 from mixcli.data.device import DeviceData
-from mixcli.engine import autocast_for, compile_stages, pick_device, train_step
+from mixcli.training.engine import autocast_for, compile_stages, pick_device, train_step
 from mixcli.errors import MixcliError
 from mixcli.registry import REGISTRY
 

@@ -359,7 +359,7 @@ class Logger(Plugin):
     ``out`` is the experiment's output directory (the default place for local stores) and ``uri`` the
     user's destination (a tracking URI, a directory), None for the default. A missing optional dependency
     raises :class:`PluginError` naming the extra to install. ``run`` is a runs row (see
-    ``mixcli.store.RUN_COLUMNS``; ``config`` is JSON) and ``tags`` the run's descriptive tags (experiment,
+    ``mixcli.results.store.RUN_COLUMNS``; ``config`` is JSON) and ``tags`` the run's descriptive tags (experiment,
     method, seed, run id and the grid values)."""
 
     def __init__(self, out: Path, uri: str | None = None) -> None:

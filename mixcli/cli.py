@@ -78,25 +78,13 @@ def run(
 
     Any number of `mixcli run` processes may share one output directory: each run is claimed before it
     trains and trains exactly once. A failing job is recorded failed and the sweep goes on (exit code 1)."""
-    from .execution import make_executor
     from .execution.display import make_display
-    from .execution.local import sigterm_interrupts
-    from .execution.sweep import run_sweep
-    from .finetune import with_parents
-    from .jobs import expand
-    from .loggers import open_loggers, parse_cli
-    from .report import compare, render
-    from .spec import load_experiment
-    from .store import Store
+    from .execution.experiment import plan, run_experiment
+    from .results.compare import compare
+    from .results.render import render
 
-    exp = load_experiment(experiment, set_ or [])
-    if out is not None:
-        exp.out = out
-    if log:
-        exp.log = parse_cli(log)
-    open_loggers(exp.log, exp.out)  # a logger's missing extra fails here, before anything trains
-    targets = expand(exp)
-    jobs = with_parents(targets)  # jobs fine-tuned from another experiment's runs need those first
+    p = plan(experiment, set_ or [], out, log)
+    exp, jobs = p.exp, p.jobs
     if dry_run:
         t = Table(title=f"{exp.name}: {len(jobs)} job(s) -> {exp.out}")
         for col in ("#", "run_id", "method", "dataset", "model", "seed", "grid values"):
@@ -108,33 +96,25 @@ def run(
                       ("" if j.out == exp.out else f" (init_from parent -> {j.out})"))
         console.print(t)
         return
-    from .engine import pick_device
+    def on_start(todo, ex) -> None:
+        where = f"{ex.slots} at once" if ex.slots > 1 else "one at a time"
+        console.print(f"[bold]{exp.name}[/]: {len(todo.jobs)} job(s) on {device_label(ex)}, {where} -> {exp.out}")
 
-    pick_device(device)  # a bad --device is refused before anything is written
-    for o in dict.fromkeys(j.out for j in jobs):
-        Store(o)  # refuses an unwritable output directory before anything starts
-    check_stale(jobs, rerun_stale)
-    if retry_failed:
-        failed_ids = {j.run_id for j in jobs if (Store(j.out).run_row(j.run_id) or {}).get("status") == "failed"}
-        if not failed_ids:
-            console.print(f"[bold]{exp.name}[/]: no failed runs to retry under {exp.out}")
-            return
-        jobs = [j for j in jobs if j.run_id in failed_ids]
-    ex = make_executor(executor, device, jobs_n, threads, gpus, jobs_per_gpu, ray_address)
-    where = f"{ex.slots} at once" if ex.slots > 1 else "one at a time"
-    console.print(f"[bold]{exp.name}[/]: {len(jobs)} job(s) on {device_label(ex)}, {where} -> {exp.out}")
-    display = make_display(console, ex.slots)
     try:
-        with sigterm_interrupts():
-            sweep = run_sweep(jobs, ex, display, skip_failed=not retry_failed)
+        result = run_experiment(p, device=device, jobs=jobs_n, threads=threads, gpus=gpus,
+                                jobs_per_gpu=jobs_per_gpu, executor=executor, ray_address=ray_address,
+                                retry_failed=retry_failed, rerun_stale=rerun_stale, display=lambda ex: make_display(console, ex.slots),
+                                on_start=on_start, warn=_warn_line)
     except KeyboardInterrupt:
-        ex.close(interrupted=True)
         err.print("[yellow]interrupted; the runs in progress are recorded interrupted. Run the same command "
                   "again to resume them from their last finished epoch.[/]")
         raise typer.Exit(130) from None
-    ex.close()
+    if result.sweep is None:
+        console.print(f"[bold]{exp.name}[/]: no failed runs to retry under {exp.out}")
+        return
+    sweep = result.sweep
     try:  # the final table is read from the store, after every job has ended
-        cmp = compare(exp.out, run_ids=[j.run_id for j in targets])
+        cmp = compare(exp.out, run_ids=[j.run_id for j in p.targets])
         console.print(render(cmp, "table"))
     except MixcliError as exc:
         console.print(f"[yellow]no table: {escape(str(exc))}[/]")
@@ -158,25 +138,12 @@ def run(
         raise typer.Exit(1)
 
 
-def check_stale(jobs: list, rerun: bool) -> None:
-    """Warn about finished runs made by other plugin package versions; with ``rerun``, forget them so the
-    sweep retrains them (mixcli.provenance)."""
-    from .provenance import forget, stale_runs
-
-    stale = stale_runs(jobs)
-    if not stale:
-        return
-    if not rerun:
-        err.print(f"[yellow]warning:[/] {len(stale)} finished run(s) were produced by other versions of "
-                  "plugin packages this experiment uses; their results are reused (--rerun-stale "
-                  "retrains them):", soft_wrap=True)
-    for job in jobs:
-        if job.run_id in stale:
-            kept = not rerun or not forget(job)
-            verb = "held by another process, not retrained" if rerun and kept else \
-                "retrained" if rerun else "reused"
-            err.print(f"  {job.run_id}: {stale[job.run_id]} ({verb})", highlight=False, markup=False,
-                      soft_wrap=True)
+def _warn_line(line: str) -> None:
+    """A warning of the sweep (stale runs), in the style of the CLI's own."""
+    if line.startswith("warning: "):
+        err.print(f"[yellow]warning:[/] {escape(line.removeprefix('warning: '))}", soft_wrap=True)
+    else:
+        err.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def device_label(ex) -> str:
@@ -235,7 +202,7 @@ def export(
 ) -> None:
     """Send the runs already under DIRECTORY (with their epochs, config and PNGs) to MLflow or TensorBoard.
     Runs the destination already holds are skipped."""
-    from .loggers import export as do_export
+    from .results.export import export as do_export
 
     done, skipped = do_export(directory, to, uri)
     console.print(f"exported {done} run(s) to {to}" + (f" ({uri})" if uri else "") +
@@ -252,9 +219,9 @@ def show(
                                       "order of `run --dry-run`) or its run id (a unique prefix will do)."),
 ) -> None:
     """Print the resolved configuration of each job as YAML (what jobs/<run_id>/config.yaml will hold)."""
-    from .jobs import expand
-    from .spec import load_experiment
-    from .store import config_yaml
+    from .config.jobs import expand
+    from .config.spec import load_experiment
+    from .results.store import config_yaml
 
     jobs = expand(load_experiment(experiment, set_ or []))
     if job is not None:
@@ -304,7 +271,8 @@ def compare(
 ) -> None:
     """Compare the runs under DIRECTORIES: mean ± std over seeds per group, best value marked; with
     --against, paired statistics against a baseline group."""
-    from .report import compare as do_compare, render
+    from .results.compare import compare as do_compare
+    from .results.render import render
 
     if fmt not in ("table", "markdown", "csv", "json", "latex"):
         raise MixcliError(f"--format {fmt}: expected table, markdown, csv, json or latex")
@@ -335,8 +303,8 @@ def curves(
     height: int = typer.Option(4, "--height", min=1, max=20, help="Rows of text per group's chart."),
 ) -> None:
     """Generalization curves: the metric per epoch for each group (mean over seeds), its best epoch, the drop
-    from best to final and whether the curve is U-shaped (rule in `mixcli.curves` and under the table)."""
-    from .curves import load_curves, plot_png, render_chart, render_table
+    from best to final and whether the curve is U-shaped (rule in `mixcli.results.curves` and under the table)."""
+    from .results.curves import load_curves, plot_png, render_chart, render_table
 
     cv = load_curves(directory, metric=metric, by=by, split=split, rule=select)
     width = min(console.width, 100)
@@ -360,7 +328,7 @@ def reliability(
 ) -> None:
     """Calibration per group from the runs that had the 'calibration' evaluator (eval.extra): the fitted
     temperature and the ECE before and after scaling, and with --png a reliability diagram per group."""
-    from .reliability import load_reliability, plot_png, render_table
+    from .results.reliability import load_reliability, plot_png, render_table
 
     experiment, groups = load_reliability(directory, by=by)
     console.print(render_table(experiment, groups))
@@ -382,9 +350,8 @@ def inspect(
     png: Optional[Path] = typer.Option(None, "--png", help="Also write a figure (PNG) here."),
 ) -> None:
     """Show what a run's method recorded while training (e.g. SelMix's gain matrix and pair distribution)."""
+    from .config.init_from import read_run_config
     from .registry import REGISTRY
-
-    from .finetune import read_run_config
 
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
@@ -454,8 +421,8 @@ def validate(
     set_: SetOption = None,
 ) -> None:
     """Check an experiment file (keys, types, ranges, plugins and their options) without running it."""
-    from .jobs import expand
-    from .spec import load_experiment
+    from .config.jobs import expand
+    from .config.spec import load_experiment
 
     exp = load_experiment(experiment, set_ or [])
     jobs = expand(exp)

@@ -376,6 +376,31 @@ def evaluator_metrics() -> dict[str, MetricInfo]:
     return out
 
 
+def metric_clashes(name: str, cls) -> str | None:
+    """Why evaluator ``name`` cannot record its metrics (a bad or clashing declaration), or None."""
+    from .errors import MixcliError
+    from .registry import REGISTRY
+
+    infos = getattr(cls, "metrics", ())
+    if not infos or not all(isinstance(i, MetricInfo) for i in infos):
+        return f"evaluator '{name}' declares no metrics (a tuple of mixcli.api.metric(...) in 'metrics')"
+    owners = {}
+    for other in REGISTRY.names("evaluators"):
+        if other == name:
+            continue
+        try:
+            ocls = REGISTRY.get("evaluators", other)
+        except MixcliError:
+            continue
+        owners.update({i.name: other for i in getattr(ocls, "metrics", ()) if isinstance(i, MetricInfo)})
+    for info in infos:
+        if info.name in METRICS:
+            return f"evaluator '{name}' declares metric '{info.name}', which is a built-in metric"
+        if info.name in owners and evaluator_metrics().get(info.name) is not info:
+            return f"evaluator '{name}' declares metric '{info.name}', already declared by '{owners[info.name]}'"
+    return None
+
+
 def all_metrics() -> dict[str, MetricInfo]:
     """The built-in metrics (:data:`mixcli.metrics.METRICS`) and every installed evaluator's."""
     return {**METRICS, **evaluator_metrics()}

@@ -1,5 +1,8 @@
 """How jobs are executed: the layer between the jobs of an experiment and the engine (which trains one job).
 
+- :mod:`.experiment`: :func:`~.experiment.run_experiment`, a whole sweep of an experiment file in one call
+  (what ``mixcli run`` does; for a notebook, a test or a script).
+- :mod:`.executors`: the :class:`~.executors.Executor` contract, and the executor for ``run``'s options.
 - :mod:`.claims`: a run is claimed (an OS lock released when its holder dies) before it trains, so any
   number of ``mixcli run`` processes share one output directory and train every run exactly once.
 - :mod:`.worker`: run one job wherever it executes; every failure inside a job is recorded, never raised.
@@ -8,69 +11,5 @@
 - :mod:`.sweep`: the scheduler (parents first, waits for runs held elsewhere, one outcome per job).
 - :mod:`.display`: live bars on a terminal, one line per event in a log.
 - :mod:`.status`: what ``mixcli status`` reports.
+- :mod:`.stale`: finished runs that other plugin versions produced (``--rerun-stale``).
 """
-from __future__ import annotations
-
-import os
-
-from ..errors import MixcliError
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def make_executor(kind: str, device: str, jobs: int | None, threads: int | None, gpus: str | None,
-                  jobs_per_gpu: int, ray_address: str | None):
-    """The executor for ``mixcli run``'s options (its ``on_event`` is set by the scheduler)."""
-    from ..engine import pick_device
-
-    if kind not in ("local", "ray"):
-        raise MixcliError(f"--executor {kind}: expected local or ray")
-    if jobs is not None and jobs < 1:
-        raise MixcliError(f"--jobs {jobs}: expected a positive number of jobs at once")
-    if jobs_per_gpu < 1:
-        raise MixcliError(f"--jobs-per-gpu {jobs_per_gpu}: expected a positive integer")
-    if threads is not None and threads < 1:
-        raise MixcliError(f"--threads {threads}: expected a positive integer")
-    dev = pick_device(device)
-    gpu_list = None
-    if dev.type == "cuda":
-        import torch
-
-        visible = list(range(torch.cuda.device_count()))
-        if gpus is not None:
-            try:
-                gpu_list = [int(g) for g in gpus.split(",") if g.strip()]
-            except ValueError:
-                raise MixcliError(f"--gpus {gpus}: expected comma-separated GPU indices, e.g. 0,1") from None
-            bad = [g for g in gpu_list if g not in visible]
-            if bad or not gpu_list:
-                raise MixcliError(f"--gpus {gpus}: GPU {bad[0] if bad else '?'} is not visible here "
-                                  f"(visible: {','.join(map(str, visible)) or 'none'})")
-        else:
-            gpu_list = visible
-        n = jobs or len(gpu_list) * jobs_per_gpu
-        if n > len(gpu_list) * jobs_per_gpu:
-            raise MixcliError(f"--jobs {n}: more than {len(gpu_list)} GPU(s) x --jobs-per-gpu {jobs_per_gpu}; "
-                              "raise --jobs-per-gpu to pack jobs onto a GPU")
-    else:
-        if gpus is not None:
-            raise MixcliError(f"--gpus {gpus}: the jobs run on the CPU here (--device {device})")
-        n = jobs or 1
-        threads = threads or max(1, cores() // n)
-    if kind == "ray":
-        from .ray_executor import RayExecutor
-
-        per_gpu = 1.0 / jobs_per_gpu if dev.type == "cuda" else 0.0
-        return RayExecutor(device, threads, ray_address, per_gpu, slots=jobs)
-    if ray_address is not None:
-        raise MixcliError("--ray-address is only used with --executor ray")
-    from .local import InlineExecutor, ProcessPool
-
-    if n == 1 and gpus is None:
-        return InlineExecutor(device, threads)
-    return ProcessPool(n, device, threads, gpus=gpu_list, jobs_per_gpu=jobs_per_gpu)

@@ -74,7 +74,7 @@ class Claim:
         self.info.update(fields)
 
     def _write(self) -> None:
-        from ..store import atomic_write
+        from ..results.store import atomic_write
 
         text = json.dumps(self.info).encode()
         try:

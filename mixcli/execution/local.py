@@ -85,12 +85,10 @@ class Events:
 
 
 class InlineExecutor:
-    """One job at a time in this process (``--jobs 1``). ``on_event`` is set by the scheduler."""
-
-    on_event = None
+    """One job at a time in this process (``--jobs 1``); an :class:`~mixcli.execution.executors.Executor`."""
 
     def __init__(self, device: str, threads: int | None) -> None:
-        from ..engine import pick_device
+        from ..training.engine import pick_device
 
         self.device = pick_device(device)
         self.slots, self._queue = 1, []
@@ -102,16 +100,16 @@ class InlineExecutor:
     def busy(self) -> int:
         return len(self._queue)
 
-    def submit(self, job) -> None:
-        self._queue.append(job)
+    def submit(self, job, on_event) -> None:
+        self._queue.append((job, on_event))
 
     def poll(self, timeout: float) -> None:
         if not self._queue:
             time.sleep(timeout)
             return
-        job = self._queue.pop(0)
-        outcome = execute(job, self.device, Events(job.run_id, self.on_event))
-        self.on_event(("done", job.run_id, outcome))
+        job, on_event = self._queue.pop(0)
+        outcome = execute(job, self.device, Events(job.run_id, on_event))
+        on_event(("done", job.run_id, outcome))
 
     def close(self, interrupted: bool = False) -> None:
         pass
@@ -145,7 +143,7 @@ def _worker_main(conn, env: dict, device: str, threads: int | None, parent_pid: 
     _die_with_parent(parent_pid)
     try:
         set_threads(threads)
-        from ..engine import pick_device
+        from ..training.engine import pick_device
 
         dev = pick_device(device)
         while True:
@@ -160,14 +158,12 @@ def _worker_main(conn, env: dict, device: str, threads: int | None, parent_pid: 
 
 
 class ProcessPool:
-    """``workers`` persistent worker processes; ``gpus`` (CUDA): worker i uses gpus[i // jobs_per_gpu].
-    ``on_event`` is set by the scheduler."""
-
-    on_event = None
+    """``workers`` persistent worker processes; ``gpus`` (CUDA): worker i uses gpus[i // jobs_per_gpu]. An
+    :class:`~mixcli.execution.executors.Executor`."""
 
     def __init__(self, workers: int, device: str, threads: int | None, gpus: list[int] | None = None,
                  jobs_per_gpu: int = 1) -> None:
-        from ..engine import pick_device
+        from ..training.engine import pick_device
 
         self.dev = pick_device(device)
         self.device, self.threads = device, threads
@@ -177,6 +173,7 @@ class ProcessPool:
         self._procs: list = [None] * workers
         self._conns: list = [None] * workers
         self._jobs: list = [None] * workers
+        self._sinks: list = [None] * workers  # where the events of worker i's job go
         for i in range(workers):
             self._spawn(i)
 
@@ -197,9 +194,9 @@ class ProcessPool:
     def busy(self) -> int:
         return self.slots - self.free()
 
-    def submit(self, job) -> None:
+    def submit(self, job, on_event) -> None:
         i = self._jobs.index(None)
-        self._jobs[i] = job
+        self._jobs[i], self._sinks[i] = job, on_event
         self._conns[i].send(job)
 
     def poll(self, timeout: float) -> None:
@@ -209,9 +206,10 @@ class ProcessPool:
                 try:
                     while conn.poll():
                         msg = conn.recv()
+                        sink = self._sinks[i]
                         if msg[0] == "done":
-                            self._jobs[i] = None
-                        self.on_event(msg)
+                            self._jobs[i] = self._sinks[i] = None
+                        sink(msg)
                 except (EOFError, OSError):
                     pass  # the worker died: handled below
         for i, p in enumerate(self._procs):
@@ -231,10 +229,11 @@ class ProcessPool:
             else:
                 why = f"exited with code {code}"
             reason = f"the worker process training it died: {why}"
+            sink = self._sinks[i]
             if record_lost(job, self.dev, reason):
-                self.on_event(("done", job.run_id, Outcome(job.run_id, FAILED, error=reason)))
+                sink(("done", job.run_id, Outcome(job.run_id, FAILED, error=reason)))
             else:
-                self.on_event(("done", job.run_id, Outcome(job.run_id, HELD)))
+                sink(("done", job.run_id, Outcome(job.run_id, HELD)))
         self._spawn(i)
 
     def close(self, interrupted: bool = False) -> None:

@@ -18,16 +18,14 @@ MAX_RETRIES = 3
 
 
 def _task(job, device: str, threads: int | None):
-    from ..engine import pick_device
+    from ..training.engine import pick_device
 
     set_threads(threads)
     return execute(job, pick_device(device))
 
 
 class RayExecutor:
-    """Jobs as Ray tasks. ``on_event`` is set by the scheduler."""
-
-    on_event = None
+    """Jobs as Ray tasks; an :class:`~mixcli.execution.executors.Executor`."""
 
     def __init__(self, device: str, threads: int | None, address: str | None = None,
                  gpus_per_job: float = 0.0, slots: int | None = None) -> None:
@@ -35,7 +33,7 @@ class RayExecutor:
             import ray
         except ImportError:
             raise MixcliError('--executor ray needs Ray, an optional extra: pip install "mixcli[ray]"') from None
-        from ..engine import pick_device
+        from ..training.engine import pick_device
 
         self.ray, self.dev = ray, pick_device(device)
         self.started_here = not ray.is_initialized()
@@ -63,23 +61,23 @@ class RayExecutor:
     def busy(self) -> int:
         return len(self._refs)
 
-    def submit(self, job) -> None:
-        self._refs[self.remote.remote(job, self.device, self.threads)] = job
-        self.on_event(("start", job.run_id, (0, 0, 1)))
+    def submit(self, job, on_event) -> None:
+        self._refs[self.remote.remote(job, self.device, self.threads)] = (job, on_event)
+        on_event(("start", job.run_id, (0, 0, 1)))
 
     def poll(self, timeout: float) -> None:
         if not self._refs:
             return
         ready, _ = self.ray.wait(list(self._refs), num_returns=len(self._refs), timeout=max(timeout, 0.01))
         for ref in ready:
-            job = self._refs.pop(ref)
+            job, on_event = self._refs.pop(ref)
             try:
                 outcome = self.ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - the task died MAX_RETRIES + 1 times
                 reason = f"the Ray task died {MAX_RETRIES + 1} times: {type(exc).__name__}: {str(exc)[:300]}"
                 status = FAILED if record_lost(job, self.dev, reason) else HELD
                 outcome = Outcome(job.run_id, status, error=reason)
-            self.on_event(("done", job.run_id, outcome))
+            on_event(("done", job.run_id, outcome))
 
     def close(self, interrupted: bool = False) -> None:
         if interrupted:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MixcliError
-from ..store import read_table
+from ..results.store import read_table
 from .claims import heartbeat_age, holder
 
 ORDER = ("finished", "running", "interrupted", "failed", "pending")
@@ -73,9 +73,9 @@ def sweep_status(outs: list[Path], expected: dict[str, tuple[Path, str]] | None 
 def status_of(target: Path, overrides: list[str], out: Path | None = None) -> tuple[str, Status]:
     """(title, status) of an experiment file or an output directory."""
     if target.is_file():
-        from ..finetune import with_parents
-        from ..jobs import expand
-        from ..spec import load_experiment
+        from ..config.init_from import with_parents
+        from ..config.jobs import expand
+        from ..config.spec import load_experiment
 
         exp = load_experiment(target, overrides)
         if out is not None:

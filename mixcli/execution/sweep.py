@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..store import Store
+from ..results.store import Store
+from .executors import Executor
 from .worker import FAILED, FINISHED, HELD, INTERRUPTED, SKIPPED, Outcome
 
 HELD_RETRY_S = 2.0  # how often a run held by another process is looked at again
@@ -24,7 +25,7 @@ class Sweep:
 
 
 class Scheduler:
-    def __init__(self, jobs: list, executor, display, skip_failed: bool) -> None:
+    def __init__(self, jobs: list, executor: Executor, display, skip_failed: bool) -> None:
         self.queue = list(jobs)
         self.by_id = {j.run_id: j for j in jobs}
         self.executor, self.display, self.skip_failed = executor, display, skip_failed
@@ -32,7 +33,6 @@ class Scheduler:
         self.running: set[str] = set()
         self.retry_at: dict[str, float] = {}   # runs held elsewhere -> when to look again
         self.stores: dict[str, Store] = {}
-        executor.on_event = self.on_event
 
     def store(self, job) -> Store:
         key = str(job.out)
@@ -92,7 +92,7 @@ class Scheduler:
         else:
             self.running.add(job.run_id)
             self.display.submitted(job)
-            self.executor.submit(job)
+            self.executor.submit(job, self.on_event)
 
     def run(self) -> Sweep:
         self.display.begin(len(self.queue))
@@ -108,7 +108,7 @@ class Scheduler:
         return self.sweep
 
 
-def run_sweep(jobs: list, executor, display, skip_failed: bool = True) -> Sweep:
+def run_sweep(jobs: list, executor: Executor, display, skip_failed: bool = True) -> Sweep:
     """Run ``jobs`` (parents first) on ``executor``; ``display`` hears every event. With ``skip_failed``,
     runs recorded ``failed`` by an earlier sweep are left alone (``--retry-failed`` reruns them)."""
     return Scheduler(jobs, executor, display, skip_failed).run()

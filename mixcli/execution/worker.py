@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..api import PluginError
 from ..errors import MixcliError, RunFailed
-from ..jobs import Job
+from ..config.jobs import Job
 from .claims import Claim
 
 #: outcomes of :func:`execute`
@@ -96,8 +96,8 @@ def describe(exc: BaseException) -> str:
 def record(job: Job, device, status: str, error: str, plugin: str | None = None, epochs: int | None = None) -> None:
     """Write ``status`` (failed / interrupted) and its reason into the run's row, keeping what it had
     (``epochs``: the epochs completed, when known)."""
-    from ..engine import identity_row
-    from ..store import Store
+    from ..training.engine import identity_row
+    from ..results.store import Store
 
     store = Store(job.out)
     prev = store.run_row(job.run_id) or {}
@@ -122,8 +122,8 @@ def execute(job: Job, device, progress=None) -> Outcome:
     """Claim and run ``job``. Returns ``held`` at once when a live process holds its claim, ``skipped``
     when it is already finished with readable results. ``KeyboardInterrupt`` (SIGINT, and SIGTERM turned
     into it) is recorded as ``interrupted`` and re-raised."""
-    from ..engine import run_job
-    from ..store import Store
+    from ..training.engine import run_job
+    from ..results.store import Store
 
     t0 = time.perf_counter()
     claim = Claim(job.out, job.run_id)

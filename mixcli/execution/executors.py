@@ -1,0 +1,91 @@
+"""The executor contract, and the executor that ``mixcli run``'s options ask for."""
+from __future__ import annotations
+
+import os
+
+from typing import Any, Callable, Protocol
+
+from ..errors import MixcliError
+
+Event = tuple  # (kind, run_id, payload): see Executor
+
+
+class Executor(Protocol):
+    """Where jobs train: this process, worker processes, Ray tasks. The scheduler (:mod:`.sweep`) is the
+    only caller.
+
+    ``submit(job, on_event)`` hands a job over (only while ``free() > 0``); everything that happens to it is
+    reported to ``on_event`` as ``(kind, run_id, payload)`` events, from within :meth:`poll`:
+    ``("start", id, (epochs, steps, start_epoch))``, ``("step", id, n_steps)``, ``("epoch", id, (epoch,
+    row))`` and, exactly once per submitted job, ``("done", id, Outcome)`` (:class:`.worker.Outcome`).
+    ``poll(timeout)`` waits at most about ``timeout`` seconds for events (an in-process executor trains the
+    job inside it). ``close(interrupted)`` stops the workers (``interrupted``: the runs in progress record
+    themselves interrupted)."""
+
+    slots: int   # jobs it trains at once
+
+    def free(self) -> int: ...
+    def busy(self) -> int: ...
+    def submit(self, job: Any, on_event: Callable[[Event], None]) -> None: ...
+    def poll(self, timeout: float) -> None: ...
+    def close(self, interrupted: bool = False) -> None: ...
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def make_executor(kind: str, device: str, jobs: int | None, threads: int | None, gpus: str | None,
+                  jobs_per_gpu: int, ray_address: str | None) -> Executor:
+    """The executor for ``mixcli run``'s options."""
+    from ..training.engine import pick_device
+
+    if kind not in ("local", "ray"):
+        raise MixcliError(f"--executor {kind}: expected local or ray")
+    if jobs is not None and jobs < 1:
+        raise MixcliError(f"--jobs {jobs}: expected a positive number of jobs at once")
+    if jobs_per_gpu < 1:
+        raise MixcliError(f"--jobs-per-gpu {jobs_per_gpu}: expected a positive integer")
+    if threads is not None and threads < 1:
+        raise MixcliError(f"--threads {threads}: expected a positive integer")
+    dev = pick_device(device)
+    gpu_list = None
+    if dev.type == "cuda":
+        import torch
+
+        visible = list(range(torch.cuda.device_count()))
+        if gpus is not None:
+            try:
+                gpu_list = [int(g) for g in gpus.split(",") if g.strip()]
+            except ValueError:
+                raise MixcliError(f"--gpus {gpus}: expected comma-separated GPU indices, e.g. 0,1") from None
+            bad = [g for g in gpu_list if g not in visible]
+            if bad or not gpu_list:
+                raise MixcliError(f"--gpus {gpus}: GPU {bad[0] if bad else '?'} is not visible here "
+                                  f"(visible: {','.join(map(str, visible)) or 'none'})")
+        else:
+            gpu_list = visible
+        n = jobs or len(gpu_list) * jobs_per_gpu
+        if n > len(gpu_list) * jobs_per_gpu:
+            raise MixcliError(f"--jobs {n}: more than {len(gpu_list)} GPU(s) x --jobs-per-gpu {jobs_per_gpu}; "
+                              "raise --jobs-per-gpu to pack jobs onto a GPU")
+    else:
+        if gpus is not None:
+            raise MixcliError(f"--gpus {gpus}: the jobs run on the CPU here (--device {device})")
+        n = jobs or 1
+        threads = threads or max(1, cores() // n)
+    if kind == "ray":
+        from .ray_executor import RayExecutor
+
+        per_gpu = 1.0 / jobs_per_gpu if dev.type == "cuda" else 0.0
+        return RayExecutor(device, threads, ray_address, per_gpu, slots=jobs)
+    if ray_address is not None:
+        raise MixcliError("--ray-address is only used with --executor ray")
+    from .local import InlineExecutor, ProcessPool
+
+    if n == 1 and gpus is None:
+        return InlineExecutor(device, threads)
+    return ProcessPool(n, device, threads, gpus=gpu_list, jobs_per_gpu=jobs_per_gpu)

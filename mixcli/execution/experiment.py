@@ -1,0 +1,136 @@
+"""One call for a whole sweep: an experiment file -> validated jobs -> executor -> one outcome per job.
+
+``mixcli run`` is this function plus printing; a notebook, a test or a script calls it directly::
+
+    from mixcli.execution.experiment import run_experiment
+
+    result = run_experiment("experiments/quickstart.yaml", overrides=["train.epochs=3"], device="cpu")
+    result.sweep.of("failed")          # the outcomes (mixcli.execution.worker.Outcome) by status
+    # the results are in result.plan.exp.out: pandas.read_parquet(out / "runs"), or mixcli.results.compare
+
+Bad input raises :class:`mixcli.errors.MixcliError` (one line) before anything is written; a failing job
+never raises (it is recorded failed, see :mod:`.worker`); Ctrl-C / SIGTERM raises ``KeyboardInterrupt``
+after the executor has stopped and the runs in progress are recorded interrupted.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..config.init_from import with_parents
+from ..config.jobs import Job, expand
+from ..config.loggers import parse_cli
+from ..config.spec import Experiment, load_experiment
+from ..results.loggers import open_loggers
+from ..results.store import Store
+from .executors import Executor, make_executor
+from .stale import forget, stale_runs
+from .sweep import Sweep, run_sweep
+
+
+@dataclass
+class Plan:
+    """What a sweep will train: the experiment, its own jobs (``targets``) and every job to run (``jobs``:
+    the targets preceded by the parent runs they fine-tune from)."""
+
+    exp: Experiment
+    targets: list[Job]
+    jobs: list[Job]
+
+
+@dataclass
+class SweepResult:
+    plan: Plan
+    sweep: Sweep | None          # None when nothing was started (``retry_failed`` with no failed run)
+    executor: Executor | None = None
+
+    @property
+    def failed(self) -> list:
+        return self.sweep.of("failed") if self.sweep else []
+
+
+def plan(experiment: str | Path, overrides: list[str] = (), out: str | Path | None = None,
+         log: list[str] | None = None) -> Plan:
+    """Read and check an experiment file (with ``--set``-style ``overrides``, another output directory
+    ``out`` and ``--log``-style ``log`` options) and expand it into jobs. Nothing is written."""
+    exp = load_experiment(experiment, list(overrides))
+    if out is not None:
+        exp.out = Path(out)
+    if log:
+        exp.log = parse_cli(log)
+    open_loggers(exp.log, exp.out)  # a logger's missing extra fails here, before anything trains
+    targets = expand(exp)
+    return Plan(exp, targets, with_parents(targets))  # fine-tunes of another experiment's runs need those first
+
+
+def _warn(line: str) -> None:
+    sys.stderr.write(line + "\n")
+
+
+def check_stale(jobs: list[Job], rerun: bool, warn: Callable[[str], None] = _warn) -> None:
+    """Warn about finished runs made by other plugin package versions; with ``rerun``, forget them so the
+    sweep retrains them (:mod:`.stale`)."""
+    stale = stale_runs(jobs)
+    if not stale:
+        return
+    if not rerun:
+        warn(f"warning: {len(stale)} finished run(s) were produced by other versions of plugin packages this "
+             "experiment uses; their results are reused (--rerun-stale retrains them):")
+    for job in jobs:
+        if job.run_id in stale:
+            kept = not rerun or not forget(job)
+            verb = "held by another process, not retrained" if rerun and kept else \
+                "retrained" if rerun else "reused"
+            warn(f"  {job.run_id}: {stale[job.run_id]} ({verb})")
+
+
+class _Silent:
+    """A display that shows nothing (library use)."""
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+def run_experiment(experiment: str | Path | Plan, overrides: list[str] = (), *, out: str | Path | None = None,
+                   log: list[str] | None = None, device: str = "auto", jobs: int | None = None,
+                   threads: int | None = None, gpus: str | None = None, jobs_per_gpu: int = 1,
+                   executor: str = "local", ray_address: str | None = None, retry_failed: bool = False,
+                   rerun_stale: bool = False, display: Callable[[Executor], object] | None = None,
+                   on_start: Callable[[Plan, Executor], None] | None = None,
+                   warn: Callable[[str], None] = _warn) -> SweepResult:
+    """Run every job of ``experiment`` (a file, or a :func:`plan`), skipping finished runs and resuming
+    interrupted ones; the options are ``mixcli run``'s. ``display(executor)`` makes what hears every
+    event of the sweep (:func:`.display.make_display`; default: nothing is shown), ``on_start(plan,
+    executor)`` is called once the executor is up, before the first job, and ``warn`` receives the warning
+    lines (stale runs)."""
+    from ..training.engine import pick_device
+
+    p = experiment if isinstance(experiment, Plan) else plan(experiment, overrides, out, log)
+    todo = p.jobs
+    pick_device(device)  # a bad --device is refused before anything is written
+    for o in dict.fromkeys(j.out for j in todo):
+        Store(o)  # refuses an unwritable output directory before anything starts
+    check_stale(todo, rerun_stale, warn)
+    if retry_failed:
+        failed_ids = {j.run_id for j in todo if (Store(j.out).run_row(j.run_id) or {}).get("status") == "failed"}
+        if not failed_ids:
+            return SweepResult(p, None)
+        todo = [j for j in todo if j.run_id in failed_ids]
+    ex = make_executor(executor, device, jobs, threads, gpus, jobs_per_gpu, ray_address)
+    if on_start is not None:
+        on_start(Plan(p.exp, p.targets, todo), ex)
+    from .local import sigterm_interrupts
+
+    try:
+        with sigterm_interrupts():
+            sweep = run_sweep(todo, ex, display(ex) if display else _Silent(), skip_failed=not retry_failed)
+    except KeyboardInterrupt:
+        ex.close(interrupted=True)
+        raise
+    ex.close()
+    return SweepResult(p, sweep, ex)
+
+
+__all__ = ["run_experiment", "plan", "Plan", "SweepResult", "check_stale"]

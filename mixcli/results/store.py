@@ -1,0 +1,338 @@
+"""The result store: parquet files under the output directory, each written atomically.
+
+Layout of ``OUT``::
+
+    runs/<run_id>.parquet      one row per run (``pandas.read_parquet(OUT / "runs")`` reads them all)
+    epochs/<run_id>.parquet    one row per evaluated epoch (``pandas.read_parquet(OUT / "epochs")``)
+    jobs/<run_id>/config.yaml  the fully resolved configuration of the run
+    jobs/<run_id>/checkpoint.pt  the last epoch's training state (model, optimizer, RNGs), for resuming
+
+Every file is written to a hidden temporary file in the same directory and renamed over the target, so a
+crash never leaves a half-written file (pyarrow ignores the hidden temporaries when reading a directory;
+temporaries left by a kill mid-write are removed by the next ``run`` that claims the run). Files get the
+permissions of the user's umask, like any file the user creates.
+
+All files of a table share one fixed Arrow schema, whatever the task or the run's status (a column that is
+empty in one run is typed, never ``null``), so ``pandas.read_parquet(OUT / "runs")`` reads a directory mixing
+finished, failed, interrupted and running runs. A file that cannot be read (truncated, garbage) is reported
+by :func:`check_files` and rebuilt by the next ``run`` from the run's checkpoint; the reports skip it with a
+warning.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from ..errors import MixcliError
+from ..metrics import METRICS, evaluator_metrics
+
+SPLITS = ("val", "test")
+LIST_METRICS = ("per_class_recall", "per_class_coverage")
+SCALARS = tuple(METRICS)
+
+#: the columns of a runs row, in order, with their meaning (documented in the README)
+_RUN_BASE: dict[str, str] = {
+    "run_id": "stable id: method, seed and a hash of the resolved configuration",
+    "experiment": "the experiment's name",
+    "method": "method plugin name", "dataset": "dataset plugin name", "model": "model plugin name",
+    "loss": "loss plugin name", "task": "classification or regression", "seed": "the run's seed",
+    "status": "running, finished, failed or interrupted (a run whose holder died also reads running until "
+              "the next run or `mixcli status` finds its claim free)",
+    "error": "why a failed or interrupted run stopped",
+    "error_plugin": "the plugin whose code raised, for a failed run (e.g. method 'mixup')",
+    "attempts": "how many times training of this run was started (1 for a run trained in one go)",
+    "host": "the host that last trained the run", "pid": "the process id that last trained the run",
+    "config": "the fully resolved configuration, as JSON",
+    "selection": "the epoch selection rule the experiment asks reports to use (eval.selection)",
+    "epochs": "epochs completed", "best_epoch": "the epoch selected by the best-epoch rule",
+    "best_on": "the split the best epoch was selected on (val when the dataset has one, else test)",
+    "wall_time_s": "training wall time in seconds (summed over resumed sessions)",
+    "device": "the device the run trained on", "mixcli_version": "the mixcli version that ran it",
+    "started_at": "UTC time of the first start", "finished_at": "UTC time of completion",
+}
+# provenance (mixcli.training.provenance)
+_RUN_BASE.update({
+    "git_commit": "HEAD of the experiment file's git repository (empty outside one)",
+    "git_dirty": "whether that repository's tracked files differed from HEAD (or the file was untracked)",
+    "torch_version": "the torch version", "cuda_version": "torch's CUDA version (empty for a CPU build)",
+    "gpu": "the GPU's name when the run trained on CUDA",
+    "plugin_versions": "JSON {package: version} of the packages whose plugins the run used",
+})
+for _rule in ("final", "best"):
+    for _s in SPLITS:
+        for _m in SCALARS:
+            _RUN_BASE[f"{_rule}_{_s}_{_m}"] = f"{_m} on {_s} at the {_rule} epoch"
+
+_EPOCH_BASE: dict[str, str] = {
+    "run_id": "the run", "epoch": "epoch number (1-based)", "train_loss": "mean training loss over the epoch",
+    "lr": "learning rate at the end of the epoch", "time_s": "wall time of the epoch in seconds",
+}
+for _s in SPLITS:
+    for _m in SCALARS + LIST_METRICS:
+        _EPOCH_BASE[f"{_s}_{_m}"] = f"{_m} on {_s}"
+
+_STRINGS = {"run_id", "experiment", "method", "dataset", "model", "loss", "task", "status", "error", "config",
+            "best_on", "selection", "device", "mixcli_version", "started_at", "finished_at"}
+_INTS = {"seed", "epochs", "best_epoch", "epoch", "attempts", "pid"}
+_STRINGS |= {"error_plugin", "host"}
+_STRINGS |= {"git_commit", "torch_version", "cuda_version", "gpu", "plugin_versions"}
+_BOOLS = {"git_dirty"}
+
+
+def _arrow_type(col: str) -> pa.DataType:
+    if col in _STRINGS:
+        return pa.string()
+    if col in _INTS:
+        return pa.int64()
+    if col in _BOOLS:
+        return pa.bool_()
+    if col.endswith(LIST_METRICS):
+        return pa.list_(pa.float64())
+    return pa.float64()
+
+
+TABLES = ("runs", "epochs")
+
+
+@functools.lru_cache(maxsize=None)
+def columns(table: str) -> dict[str, str]:
+    """The columns of ``runs`` or ``epochs`` with their meaning: the built-in ones, and one ``test_<name>``
+    (``{final,best}_test_<name>`` in runs) per metric declared by an installed evaluator plugin. Computed on
+    first use, so that reading results never imports the plugins (nor torch)."""
+    cols = dict(_RUN_BASE if table == "runs" else _EPOCH_BASE)
+    for m in evaluator_metrics():
+        if table == "runs":
+            for rule in ("final", "best"):
+                cols[f"{rule}_test_{m}"] = f"{m} (evaluator) on test at the {rule} epoch"
+        else:
+            cols[f"test_{m}"] = f"{m} (evaluator) on test"
+    return cols
+
+
+@functools.lru_cache(maxsize=None)
+def schema(table: str) -> pa.Schema:
+    """The fixed Arrow schema of a table: every file of the table has exactly this schema."""
+    return pa.schema([(c, _arrow_type(c)) for c in columns(table)])
+
+
+def __getattr__(name: str):
+    """``RUN_COLUMNS``, ``EPOCH_COLUMNS`` and ``SCHEMAS`` (documented names), computed on first access."""
+    if name == "RUN_COLUMNS":
+        return columns("runs")
+    if name == "EPOCH_COLUMNS":
+        return columns("epochs")
+    if name == "SCHEMAS":
+        return {t: schema(t) for t in TABLES}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+def _column(t: pa.DataType, vals: list) -> list:
+    """The values of one column coerced to its fixed Arrow type ``t`` (from :func:`_arrow_type`)."""
+    if pa.types.is_string(t):
+        return [None if _missing(v) else str(v) for v in vals]
+    if pa.types.is_integer(t):
+        return [-1 if _missing(v) else int(v) for v in vals]
+    if pa.types.is_boolean(t):
+        return [None if _missing(v) else bool(v) for v in vals]
+    if pa.types.is_list(t):
+        return [[float(x) for x in v] if v is not None else [] for v in vals]
+    return [float("nan") if v is None else float(v) for v in vals]
+
+
+def arrow_table(rows: list[dict], table: str) -> pa.Table:
+    """``rows`` as an Arrow table with the table's fixed schema (built column by column, no pandas)."""
+    sch = schema(table)
+    return pa.Table.from_arrays([pa.array(_column(f.type, [r.get(f.name) for r in rows]), type=f.type)
+                                 for f in sch], schema=sch)
+
+
+def _write_table(path: Path, rows: list[dict], table: str) -> None:
+    arrow = arrow_table(rows, table)
+    atomic_write(path, lambda f: pq.write_table(arrow, f))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+TMP_SUFFIX = ".tmp"
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
+    """Write via a hidden temporary file in the same directory, fsync, then rename over ``path``. The file
+    gets the umask's permissions (``mkstemp`` alone would make it private to its owner)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        os.fchmod(fd, _FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, Exception) and _disk_full(exc, path.parent):
+            # (torch.save reports a full disk as an obscure RuntimeError: say what happened)
+            raise OSError(errno.ENOSPC, "no space left on device while writing", str(path)) from None
+        raise
+
+
+def _disk_full(exc: Exception, folder: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
+class Store:
+    def __init__(self, out: Path | str) -> None:
+        self.out = Path(out)
+        try:
+            for sub in ("runs", "epochs", "jobs"):
+                (self.out / sub).mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=self.out / "runs", prefix=".probe", delete=True)
+            probe.close()
+        except OSError as exc:
+            raise MixcliError(f"output directory {self.out}: not writable ({exc.strerror or exc}); "
+                              "choose another with --out or the 'out:' key") from None
+
+    def job_dir(self, run_id: str) -> Path:
+        return self.out / "jobs" / run_id
+
+    # ------------------------------------------------------------------------------------------------ runs
+    def run_row(self, run_id: str) -> dict | None:
+        path = self.out / "runs" / f"{run_id}.parquet"
+        if not path.exists():
+            return None
+        try:
+            return pq.read_table(path).to_pandas().iloc[0].to_dict()
+        except Exception:  # noqa: BLE001 - an unreadable file is treated as absent and rewritten
+            return None
+
+    def write_run(self, row: dict) -> None:
+        _write_table(self.out / "runs" / f"{row['run_id']}.parquet", [row], "runs")
+
+    def write_epochs(self, run_id: str, rows: list[dict]) -> None:
+        _write_table(self.out / "epochs" / f"{run_id}.parquet", [{**r, "run_id": run_id} for r in rows], "epochs")
+
+    def table_path(self, table: str, run_id: str) -> Path:
+        return self.out / table / f"{run_id}.parquet"
+
+    def damaged(self, run_id: str) -> list[Path]:
+        """The result files of ``run_id`` that exist but cannot be read back (truncated, garbage)."""
+        return [p for p in (self.table_path(t, run_id) for t in TABLES) if p.exists() and not readable(p)]
+
+    def remove_temporaries(self, run_id: str) -> int:
+        """Delete the temporary files a killed writer of ``run_id`` left behind (call while holding its claim,
+        so no live writer owns them). Returns how many were removed."""
+        pats = [(self.out / t, f".{run_id}.parquet.*{TMP_SUFFIX}") for t in TABLES]
+        pats += [(self.job_dir(run_id), f".*{TMP_SUFFIX}"), (self.out / "claims", f".{run_id}.json.*{TMP_SUFFIX}")]
+        n = 0
+        for d, pat in pats:
+            for p in d.glob(pat) if d.is_dir() else ():
+                try:
+                    p.unlink()
+                    n += 1
+                except OSError:
+                    pass
+        return n
+
+    def write_config(self, run_id: str, cfg: dict) -> None:
+        text = config_yaml(cfg).encode()
+        atomic_write(self.job_dir(run_id) / "config.yaml", lambda f: f.write(text))
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def checkpoint_path(self, run_id: str) -> Path:
+        return self.job_dir(run_id) / "checkpoint.pt"
+
+    def save_checkpoint(self, run_id: str, state: dict) -> None:
+        import torch
+
+        atomic_write(self.checkpoint_path(run_id), lambda f: torch.save(state, f))
+
+    def load_checkpoint(self, run_id: str) -> dict | None:
+        path = self.checkpoint_path(run_id)
+        if not path.exists():
+            return None
+        import torch
+
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a corrupt checkpoint means starting over, not crashing
+            return None
+
+
+def config_yaml(cfg: dict) -> str:
+    """A resolved configuration as YAML, as saved in ``jobs/<run_id>/config.yaml`` and printed by ``show``."""
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def readable(path: Path) -> bool:
+    """Whether ``path`` is a complete parquet file (footer and every column chunk decode)."""
+    try:
+        pq.read_table(path)
+        return True
+    except Exception:  # noqa: BLE001 - any decoding failure means damaged
+        return False
+
+
+def _warn_stderr(msg: str) -> None:
+    sys.stderr.write(f"warning: {msg}\n")
+
+
+_KEY_COLUMNS = {"runs": ("run_id", "status", "config"), "epochs": ("run_id", "epoch")}
+
+
+def read_table(out: Path | str, table: str, warn: Callable[[str], None] = _warn_stderr) -> pd.DataFrame:
+    """All rows of ``runs`` or ``epochs`` under ``out`` (empty frame if none). A damaged file is skipped
+    and reported through ``warn`` (default: a line on stderr; the next ``mixcli run`` of its experiment
+    rebuilds it)."""
+    d = Path(out) / table
+    files = sorted(p for p in d.glob("*.parquet")) if d.is_dir() else []
+    frames = []
+    for p in files:
+        try:
+            frames.append(pq.read_table(p).to_pandas())
+        except FileNotFoundError:
+            continue  # replaced or removed between the listing and the read
+        except Exception as exc:  # noqa: BLE001 - a damaged file must not take the report down
+            warn(f"skipped damaged result file {p} ({type(exc).__name__}); `mixcli run` of its "
+                     "experiment rebuilds it")
+            continue
+        missing = [c for c in _KEY_COLUMNS[table] if c not in frames[-1].columns]
+        if missing:  # issue 12: a foreign parquet file (not written by mixcli) is skipped alike
+            frames.pop()
+            warn(f"skipped {p}: not a mixcli {table} file (no column {', '.join(missing)})")
+    if not frames:
+        return pd.DataFrame(columns=list(columns(table)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def config_of(row: Any) -> dict:
+    return json.loads(row["config"]) if isinstance(row["config"], str) else {}
