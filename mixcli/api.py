@@ -300,8 +300,8 @@ class Context:
 
 
 #: the values of :attr:`Method.needs`
-NEEDS = ("images", "train", "val", "normalization", "epochs", "class_labels", "stages", "class_activation",
-         "class_attention")
+NEEDS = ("images", "train", "index", "val", "normalization", "epochs", "class_labels", "stages",
+         "class_activation", "class_attention")
 
 
 class Method(Plugin):
@@ -316,7 +316,7 @@ class Method(Plugin):
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
     #: What the method needs besides a batch and a model that runs it, from this vocabulary (:data:`NEEDS`):
     #: ``images`` (inputs (N, C, H, W)), ``train`` (the training split: partners drawn from it, or its
-    #: size), ``val`` (a validation split), ``normalization`` (the inputs' per-channel mean/std), ``epochs``
+    #: size), ``index`` (each batch row's index in the training split), ``val`` (a validation split), ``normalization`` (the inputs' per-channel mean/std), ``epochs``
     #: (the length of the run), ``class_labels`` (int64 class ids, not soft labels: the method reads them),
     #: ``stages`` (the model's ``forward_to`` / ``forward_from`` positions), ``class_activation`` and
     #: ``class_attention`` (those model hooks). The engine always provides the data; ``mixcli.mixing.Mixer``
@@ -333,7 +333,7 @@ class Method(Plugin):
         """Raise :class:`PluginError` when inputs of ``input_shape`` (one example, e.g. ``(3, 32, 32)``)
         cannot be mixed: not images for a method that needs them, an image side below :attr:`min_side`.
         Cheap (no tensors): ``mixcli validate`` calls it with the dataset's shape, ``Mixer`` on each batch."""
-        name = type(self).__name__
+        name = getattr(self, "name", None) or type(self).__name__
         input_shape = tuple(int(v) for v in input_shape)
         if "images" in self.requires():
             if len(input_shape) != 3:
