@@ -18,7 +18,7 @@ _LAZY = {
     "Mixer": "mixer", "soft_rows": "mixer",
     "MixTransform": "transforms", "INPUT_METHODS": "transforms",
     "adapt": "adapters",
-    "MixerCallback": "lightning",
+    "MixerCallback": "lightning", "MixerModule": "lightning",
 }
 
 __all__ = sorted(_LAZY)

@@ -10,8 +10,8 @@ would give it.
             opt.zero_grad(); loss.backward(); opt.step()
 
 For the same seed, the same model, the same batches and the same optimizer, the steps are the engine's: the
-method's host generator is ``np.random.default_rng(seed)`` (the engine's ``ctx.rng``), ``setup`` runs before
-the first epoch when the training set is given (else on the first batch), and ``ctx.step`` / ``ctx.epoch``
+method's host generator is ``np.random.default_rng(seed)`` (the engine's ``ctx.rng``), ``setup`` runs at the
+first ``start_epoch`` (before any batch, as in the engine; without the training set, on the first batch), and ``ctx.step`` / ``ctx.epoch``
 count as in the engine. ``state_dict`` / ``load_state_dict`` resume exactly (generator, counters, the
 method's own state).
 """
@@ -115,10 +115,7 @@ class Mixer:
         self.task, self.num_classes, self.off_after = task, num_classes, off_after_epoch
         self.user_model = model
         self.model = adapt(model, f"method '{name}'") if needs & MODEL_NEEDS else model
-        if device is None:
-            p = next(iter(model.parameters()), None)
-            device = p.device if p is not None else torch.device("cpu")
-        self.device = torch.device(device)
+        self._device = torch.device(device) if device is not None else None
         train, val = _split(train, "train"), _split(val, "val")
         missing = []
         if "train" in needs and train is None:
@@ -151,8 +148,15 @@ class Mixer:
         self._rng = np.random.default_rng(int(seed))
         self._step, self._epoch = 0, 1
         self._checked_range = False
-        if train is not None:
-            self._setup(train)
+
+    @property
+    def device(self) -> torch.device:
+        """The device the method runs on: ``device=`` when given, else where the model's weights are now (a
+        model moved after the Mixer was made, e.g. by Lightning, is followed)."""
+        if self._device is not None:
+            return self._device
+        p = next(iter(self.user_model.parameters()), None)
+        return p.device if p is not None else torch.device("cpu")
 
     # ------------------------------------------------------------------------------------------ context
     def _loss_plugin(self, loss):
@@ -221,10 +225,12 @@ class Mixer:
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
             raise PluginError(f"start_epoch: epoch must be an integer >= 1 (epochs count from 1), got {epoch!r}")
         self._epoch = epoch
+        if self.ctx is None and self._train is not None:  # set up now, on the model's device (the engine's order)
+            self._setup(self._train)
         if self.ctx is None:  # set up on the first batch; the epoch starts then
             self._pending_epoch = epoch
             return
-        self.ctx.epoch = epoch
+        self.ctx.epoch, self.ctx.device = epoch, self.device
         if self._mixing():
             self.method.start_epoch(epoch, self.ctx)
 
@@ -262,7 +268,8 @@ class Mixer:
         if index is None:
             index = torch.arange(x.shape[0], device=x.device)
         if self.ctx is None:
-            self._setup(Split(x[:2].detach(), y[:2].detach()))
+            self._setup(self._train if self._train is not None else Split(x[:2].detach(), y[:2].detach()))
+        self.ctx.device = self.device
         labels = torch.arange(x.shape[0], device=y.device) if soft else (
             y.long() if self.task == "classification" else y)
         if self._mixing():
