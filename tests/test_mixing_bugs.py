@@ -152,3 +152,23 @@ def test_cut_box_minmax_includes_the_upper_side_bound_that_timm_excludes():
     np.random.seed(0)
     timm_sides = {int(np.subtract(*tm.rand_bbox_minmax((h, w), (0.2, 0.5))[1::-1])) for _ in range(400)}
     assert timm_sides == {2, 3, 4}
+
+
+# ------------------------------------------------------------------------------------------------ validate
+@pytest.mark.parametrize("dataset, method, message", [
+    ("{name: mnist}", "{name: puzzlemix, block_num: [3, 5]}", "no grid side divides the image width 28"),
+    ("{name: diabetes}", "cutmix", "needs image inputs"),
+    ("{name: diabetes}", "{name: mixup, cutmix_alpha: 1.0}", "needs image inputs"),
+])
+def test_validate_refuses_what_the_method_declares_it_cannot_mix(cli, write, dataset, method, message):
+    task = "regression" if "diabetes" in dataset else "classification"
+    model = "{name: mlp}" if "diabetes" in dataset else "{name: cnn}"
+    p = write(f"name: v\ntask: {task}\ndataset: {dataset}\nmodel: {model}\nmethod: {method}\n")
+    code, text = cli("validate", p)
+    assert code == 2 and message in " ".join(text.split())
+
+
+def test_validate_accepts_puzzlemix_on_28x28(cli, write):
+    p = write("name: v\ndataset: {name: mnist}\nmodel: {name: cnn}\nmethod: puzzlemix\n")
+    code, text = cli("validate", p)
+    assert code == 0, text
