@@ -114,9 +114,10 @@ def test_mixer_state_dict_resumes_exactly(name):
 
 # ------------------------------------------------------------------------------------------------ create
 def test_create_builds_every_registered_method_with_its_defaults():
+    from mixcli.api import NEEDS
     for name in REGISTRY.names("methods"):
         m = create(name)
-        assert m.name == name and isinstance(m.requires(), frozenset)
+        assert m.name == name and isinstance(m.requires(), frozenset) and m.requires() <= set(NEEDS)
 
 
 @pytest.mark.parametrize("call, message", [
@@ -199,3 +200,26 @@ def test_mixer_off_after_epoch_trains_plainly():
     out = m(x, y)
     assert torch.equal(out.y_a, y) and torch.equal(out.lam, torch.ones(4))
     assert torch.equal(out.logits, model(x))
+
+
+def test_mixer_runs_selmix_cmixup_and_regmixup_with_what_they_need():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+    x, y = torch.rand(40, 1, 8, 8), torch.arange(40) % 4
+    m = Mixer("selmix", net, 4, seed=0, train=(x, y), val=(x[:20], y[:20]), refresh=2)
+    m.start_epoch(1)
+    for i in range(0, 40, 8):
+        loss = m.loss(m(x[i:i + 8], y[i:i + 8], index=torch.arange(i, i + 8)))
+        assert torch.isfinite(loss)
+    reg = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 1))
+    xr, yr = torch.randn(30, 5), torch.randn(30, 1)
+    m = Mixer("cmixup", reg, task="regression", seed=0, train=(xr, yr))
+    m.start_epoch(1)
+    out = m(xr[:8], yr[:8], index=torch.arange(8))
+    assert m.targets(out).shape == (8, 1) and torch.isfinite(m.loss(out))
+    with pytest.raises(PluginError, match=r"call mixer\(x, y, index=...\)"):
+        m(xr[:8], yr[:8])
+    m = Mixer("regmixup", net, 4, seed=0)
+    assert torch.isfinite(m.loss(m(x[:8], y[:8])))
+    with pytest.raises(PluginError, match="reads the class ids"):
+        m(x[:8], torch.eye(4)[y[:8]])

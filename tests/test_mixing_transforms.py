@@ -239,3 +239,35 @@ def test_bad_batches_are_refused_in_one_line(name, x, y, message):
     with pytest.raises(PluginError) as e:
         MixTransform(name, 10)(x, y)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["cutmix", "mixup"])
+def test_input_structures_of_a_dataloader_batch(name):
+    """torchvision's TestCutMixMixUp structure check, on this API: unpacked, packed and collate_fn use."""
+    from torch.utils.data import default_collate
+
+    n, k = 32, 100
+
+    class Unique(torch.utils.data.Dataset):  # all labels of a batch distinct: every row's sources are visible
+        def __len__(self):
+            return n
+
+        def __getitem__(self, i):
+            return torch.rand(3, 20, 20), i
+
+    mix = MixTransform(name, k, seed=0)
+
+    def check(img, target):
+        out = mix.last
+        assert img.shape == (n, 3, 20, 20) and target.shape == (n, k)
+        torch.testing.assert_close(target.sum(-1), torch.ones(n))
+        mixed = (out.y_b != torch.arange(n)) & (out.lam < 1)
+        assert ((target != 0).sum(-1) == torch.where(mixed, 2, 1)).all()  # own partner or lam 1: one label
+
+    dl = DataLoader(Unique(), batch_size=n)
+    check(*mix(*next(iter(dl))))
+    packed = next(iter(dl))
+    assert isinstance(packed, list)
+    check(*mix(packed))
+    for collate in (lambda b: mix(default_collate(b)), lambda b: mix(*default_collate(b)), mix):
+        check(*next(iter(DataLoader(Unique(), batch_size=n, collate_fn=collate))))

@@ -10,6 +10,8 @@ a stand-in model that returns its input, so what it would feed the network is th
 labels ``lam y_a + (1 - lam) y_b`` (label smoothing included) become the soft rows returned. Images keep
 their shape, dtype (uint8 images are mixed in float and rounded back) and memory format (channels-last
 stays channels-last); the soft labels are float32 (or the dtype of the soft labels given), rows summing to 1.
+Partners come from a random permutation of the batch, so a row can be its own partner (then unmixed: one
+label), where torchvision pairs row i with row i - 1 and timm with row B - 1 - i.
 """
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ class AutoMix(Method):
 
     family = "input"
     paper = "Liu et al., AutoMix: Unveiling the Power of Mixup for Stronger Classifiers, ECCV 2022"
-    needs = ("images", "train", "epochs", "stages")
+    needs = ("images", "train", "epochs", "class_labels", "stages")
     tasks = ("classification",)
 
     def __init__(self, alpha: float = 2.0, mask_position: int | None = None, mask_loss: float = 0.1,

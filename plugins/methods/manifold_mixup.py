@@ -78,7 +78,8 @@ class ManifoldMixup(Method):
 
     def requires(self) -> frozenset[str]:
         return frozenset({"stages"} if any(p > 0 for p in self.positions) else set()) | (
-            {"train"} if self.partners == "dataset" else set())
+            {"train"} if self.partners == "dataset" else set()) | (
+            {"class_labels"} if self.criterion != "soft_ce" else set())  # its own loss reads the class ids
 
     def setup(self, ctx: Context) -> None:
         self.usable = self.usable_positions(ctx.model)
