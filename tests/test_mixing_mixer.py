@@ -167,6 +167,7 @@ def test_mixer_refuses_what_a_method_cannot_run_with(make, message):
     ("cutmix", torch.rand(4, 12), torch.tensor([0, 1, 2, 3]), "needs image inputs (N, C, H, W)"),
     ("snapmix", torch.rand(4, 3, 8, 8), torch.eye(4), "reads the class ids"),
     ("mixup", torch.rand(4, 3, 8, 8).bool(), torch.tensor([0, 1, 2, 3]), "floating point or uint8"),
+    ("cutmix", torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1, 2, 3]), "mixer.prepare(x)"),
     ("mixup", np.zeros((4, 3)), torch.tensor([0, 1, 2, 3]), "must be torch tensors"),
 ])
 def test_mixer_checks_each_batch(name, x, y, message):

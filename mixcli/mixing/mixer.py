@@ -255,6 +255,9 @@ class Mixer:
                 raise PluginError(f"method '{self.name}': class ids must be in [0, {self.num_classes}), got "
                                   f"{lo}..{hi}")
             self._checked_range = True
+        if not x.dtype.is_floating_point:
+            raise PluginError(f"method '{self.name}' feeds x to the model, which takes floats; got {x.dtype} inputs "
+                              "(uint8 images: x = mixer.prepare(x) scales and normalizes them, or use MixTransform)")
         if x.device != self.device or y.device != self.device:
             raise PluginError(f"method '{self.name}': the batch is on {x.device} / {y.device}, the model on "
                               f"{self.device}; move the batch to the model's device")
