@@ -172,3 +172,27 @@ def test_validate_accepts_puzzlemix_on_28x28(cli, write):
     p = write("name: v\ndataset: {name: mnist}\nmodel: {name: cnn}\nmethod: puzzlemix\n")
     code, text = cli("validate", p)
     assert code == 0, text
+
+
+def test_puzzlemix_neighbourhood_is_the_reference_s_wherever_the_reference_runs(monkeypatch):
+    import mixcli_plugins.methods.puzzlemix as pm
+
+    ours = pm.neigh_for
+    changed = 0
+    for w in range(2, 100, 2):
+        for n in (2, 4, 8, 16):
+            if w % n or n > w:
+                continue
+            x, sal = torch.rand(1, 1, w, w), torch.rand(1, w, w)
+            monkeypatch.setattr(pm, "neigh_for", lambda width, n, size: min(size, width // n))  # the reference
+            try:
+                pm.graph_terms(x, sal, torch.tensor([0]), n, 1.2, 0.5, 4)
+                runs = True
+            except RuntimeError:
+                runs = False
+            monkeypatch.setattr(pm, "neigh_for", ours)
+            pm.graph_terms(x, sal, torch.tensor([0]), n, 1.2, 0.5, 4)  # ours always runs
+            if runs:
+                assert ours(w, n, 4) == min(4, w // n)
+            changed += not runs
+    assert changed > 0

@@ -38,6 +38,18 @@ def divisor_at_most(n: int, k: int) -> int:
     return next(d for d in range(max(1, min(k, n)), 0, -1) if n % d == 0)
 
 
+def neigh_for(width: int, n: int, neigh_size: int) -> int:
+    """The pooling size of the smoothness terms for grid side ``n``: the reference's ``min(neigh_size, block)``
+    wherever its pooled block borders give the (n - 1, n) terms, else (where the reference crashes with a
+    shape error, e.g. 28x28 images) the largest size <= it that divides the block."""
+    block = width // n
+    neigh = min(neigh_size, block)
+    m, k = width // neigh, block // neigh
+    if m // k == n and len(range(k - 1, m - 1, k)) == n - 1:
+        return neigh
+    return divisor_at_most(block, neigh)
+
+
 def cost_matrix(n: int, device=None) -> torch.Tensor:
     """Transport cost between the n x n blocks: squared grid distance / (n - 1)^2, (n^2, n^2)."""
     r = torch.arange(n * n, device=device)
@@ -63,9 +75,7 @@ def graph_terms(x: torch.Tensor, sal: torch.Tensor, perm: torch.Tensor, n: int, 
     and horizontal block edges, beta normalised as ``beta / n / 16``, and the normalised block saliency."""
     b, _, _, width = x.shape
     block = width // n
-    # the reference's min(neigh_size, block); its pooled borders only line up when neigh divides the block
-    # (it crashes otherwise, e.g. 28x28 images): the largest such size, equal to the reference's wherever it runs
-    neigh = divisor_at_most(block, neigh_size)
+    neigh = neigh_for(width, n, neigh_size)
     beta_n = beta / n / 16
     pool = F.avg_pool2d(sal.unsqueeze(1), block).squeeze(1)
     u1 = pool / pool.reshape(b, -1).sum(1).reshape(b, 1, 1)
