@@ -96,7 +96,8 @@ def test_cutmix_equals_torchvision_cutmix_given_its_draws(seed, h, w):
 
 
 # ------------------------------------------------------------------------------------------------ invariants
-METHODS = [m for m in INPUT_METHODS if m != "erm"]
+CLASSIFY = [m for m in INPUT_METHODS if m != "cmixup"]  # cmixup is for regression (tested below)
+METHODS = [m for m in CLASSIFY if m != "erm"]
 
 
 def distinct_rows(n, c, h, w, dtype=torch.float32):
@@ -124,7 +125,7 @@ def test_lam_is_in_range_and_equals_the_partner_free_pixel_share(name, h, w):
         assert (ys >= 0).all()
 
 
-@pytest.mark.parametrize("name", INPUT_METHODS)
+@pytest.mark.parametrize("name", CLASSIFY)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.uint8])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_shape_dtype_and_memory_format_are_kept(name, dtype, channels_last):
@@ -148,7 +149,7 @@ def test_uint8_images_mix_like_their_float_pixels(name):
     torch.testing.assert_close(y8, yf)
 
 
-@pytest.mark.parametrize("name", INPUT_METHODS)
+@pytest.mark.parametrize("name", CLASSIFY)
 @pytest.mark.parametrize("n, h, w", [(1, 8, 8), (2, 1, 1), (3, 1, 7), (5, 13, 3)])
 def test_batch_size_one_and_odd_sizes(name, n, h, w):
     x, y = batch(n=n, h=h, w=w)
@@ -208,10 +209,13 @@ def test_features_mix_with_mixup():
 
 @pytest.mark.parametrize("make, message", [
     (lambda: MixTransform("snapmix", 10), "needs class_activation, class_labels"),
-    (lambda: MixTransform("manifold_mixup", 10), "needs stages"),
-    (lambda: MixTransform("mixup", 10, partners="dataset"), "needs train"),
+    (lambda: MixTransform("manifold_mixup", 10), "is a feature-level method"),
+    (lambda: MixTransform("mixup", 10, partners="dataset"), "draws partners from the training set: give train="),
     (lambda: MixTransform("regmixup", 10), "is a loss-level method"),
-    (lambda: MixTransform("cmixup", 10), "cannot run as a batch transform"),
+    (lambda: MixTransform("cmixup", 10), "supports task regression, not classification"),
+    (lambda: MixTransform("cmixup"), "give train=(x, y)"),
+    (lambda: MixTransform("cmixup", position=1, train=(torch.rand(4, 2), torch.rand(4))), "needs stages"),
+    (lambda: MixTransform("snapmix"), "needs class_activation"),
     (lambda: MixTransform("mixup", 0), "num_classes must be a positive integer"),
     (lambda: MixTransform("mixup", 10, mean=(0.5,)), "give both mean and std"),
     (lambda: MixTransform("mixup", 10, alpah=1.0), "did you mean 'alpha'"),
@@ -271,3 +275,41 @@ def test_input_structures_of_a_dataloader_batch(name):
     check(*mix(packed))
     for collate in (lambda b: mix(default_collate(b)), lambda b: mix(*default_collate(b)), mix):
         check(*next(iter(DataLoader(Unique(), batch_size=n, collate_fn=collate))))
+
+
+def test_cmixup_as_a_transform_is_the_mixer_on_an_identity_network():
+    """Regression: partners drawn from the training set by label distance; the transform's batch is what the
+    Mixer would feed the network (an nn.Sequential of identities shows it), for the same seed."""
+    from torch import nn
+    from mixcli.mixing import Mixer
+    g = torch.Generator().manual_seed(0)
+    xtr, ytr = torch.randn(50, 4, generator=g), torch.randn(50, 1, generator=g)
+    t = MixTransform("cmixup", seed=3, train=(xtr, ytr), sigma=0.5)
+    m = Mixer("cmixup", nn.Sequential(nn.Identity(), nn.Identity()), seed=3, train=(xtr, ytr), sigma=0.5)
+    m.start_epoch(1)
+    for start in (0, 10, 20):
+        idx = torch.arange(start, start + 10)
+        xm, ym = t(xtr[idx], ytr[idx], index=idx)
+        out = m(xtr[idx], ytr[idx], index=idx)
+        torch.testing.assert_close(xm, out.logits)
+        torch.testing.assert_close(ym, m.targets(out))
+        lam = t.last.lam.view(-1, 1)
+        torch.testing.assert_close(ym, lam * ytr[idx] + (1 - lam) * t.last.y_b)
+    with pytest.raises(PluginError, match=r"transform\(x, y, index=...\)"):
+        t(xtr[:4], ytr[:4])
+    with pytest.raises(PluginError, match="regression targets must be floating point"):
+        t(xtr[:4], torch.arange(4), index=torch.arange(4))
+
+
+def test_mixup_with_training_set_partners_as_a_transform():
+    x8, y = batch(n=30, h=8, w=8, dtype=torch.uint8)
+    t = MixTransform("mixup", 10, seed=0, partners="dataset", train=(x8, y))
+    xm, ys = t(x8[:6], y[:6])
+    assert xm.shape == (6, 3, 8, 8) and xm.dtype == torch.uint8
+    torch.testing.assert_close(ys.sum(1), torch.ones(6))
+    out = t.last
+    lam = out.lam.view(-1, 1)
+    torch.testing.assert_close(ys, lam * torch.nn.functional.one_hot(y[:6], 10) + (1 - lam)
+                               * torch.nn.functional.one_hot(out.y_b, 10))
+    with pytest.raises(PluginError, match="int64 class ids"):
+        t(x8[:6], torch.nn.functional.one_hot(y[:6], 10).float())

@@ -27,34 +27,55 @@ from .inputs import check_batch
 
 __all__ = ["MixTransform", "INPUT_METHODS"]
 
-#: the built-in methods the batch transform runs (any other method that mixes inputs only works too)
-INPUT_METHODS = ("mixup", "cutmix", "fmix", "resizemix", "saliencymix", "gridmix", "smoothmix", "erm")
+#: the built-in methods the batch transform runs (any other method that mixes inputs only works too);
+#: cmixup (regression) and ``partners: dataset`` draw partners from the training set: give ``train=``
+INPUT_METHODS = ("mixup", "cutmix", "fmix", "resizemix", "saliencymix", "gridmix", "smoothmix", "cmixup", "erm")
 
-#: what a method may need and still run as a batch transform
+#: what a method may need and still run as a batch transform (``train`` and ``index`` with ``train=``)
 _OK_NEEDS = frozenset({"images", "normalization"})
 
 
+def _input_position_only(method: Method) -> bool:
+    """Whether a method that addresses model positions (``position`` / ``positions`` options) mixes at
+    position 0 (the input) only, as cmixup does by default."""
+    positions = getattr(method, "positions", None)
+    if positions is None:
+        positions = [getattr(method, "position", None)]
+    return all(p == 0 for p in positions)
+
+
 class _Inputs(nn.Module):
-    """The stand-in model: returns what the method would feed the network."""
+    """The stand-in model: returns what the method would feed the network (position 0 = the input)."""
+
+    embed_position = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+    def forward_to(self, x: torch.Tensor, position: int) -> torch.Tensor:
+        return x
+
+    def forward_from(self, h: torch.Tensor, position: int) -> torch.Tensor:
+        return h
 
 
 class MixTransform:
     """``(x, y) -> (x_mixed, y_soft)`` for an input-level method (:data:`INPUT_METHODS`).
 
     ``method``: a method name with its options as keywords, or a method from :func:`mixcli.mixing.create`.
-    ``num_classes``: the number of classes (soft rows have this many columns). ``seed``: the method's
-    generator. ``mean`` / ``std``: per-channel normalization of float images, in [0, 1] pixel units (used by
+    ``num_classes``: the number of classes (soft rows have this many columns); None: regression (float
+    targets, mixed as ``lam y_a + (1 - lam) y_b``). ``seed``: the method's generator. ``train=(x, y)``: the
+    training set, for methods that draw partners from it (cmixup, ``partners: dataset``; call
+    ``transform(x, y, index=...)`` with the batch rows' indices in it for cmixup), in the batch's units (rows
+    are taken as they are, uint8 scaled like the batch; ``fetch(index) -> (x, y)`` to prepare them yourself). ``mean`` / ``std``: per-channel normalization of float images, in [0, 1] pixel units (used by
     saliencymix to see pixels; default: the images are in [0, 1]); uint8 images are pixels already.
     Call it with ``(x, y)``, with one ``(x, y)`` pair, or with a list of ``(image, label)`` samples (as a
     ``collate_fn``: they are stacked with ``torch.utils.data.default_collate`` first). ``last`` holds the
     last call's :class:`~mixcli.api.MixOutput` (partners and lambda).
     """
 
-    def __init__(self, method: str | Method, num_classes: int, *, seed: int = 0, mean=None, std=None,
-                 **options: Any) -> None:
+    def __init__(self, method: str | Method, num_classes: int | None = None, *, seed: int = 0, mean=None,
+                 std=None, train=None, fetch=None, **options: Any) -> None:
         if isinstance(method, str):
             method = create(method, **options)
         elif options:
@@ -65,17 +86,30 @@ class MixTransform:
                               f"{type(method).__name__}")
         self.method = method
         self.name = name = getattr(method, "name", None) or type(method).__name__.lower()
-        extra = sorted(method.requires() - _OK_NEEDS)
+        from .mixer import _split
+
+        needs = method.requires()
+        self.needs = needs
+        ok = _OK_NEEDS | ({"stages"} if _input_position_only(method) else set()) | {"train", "index"}
+        extra = sorted(needs - ok)
         if getattr(method, "family", "input") != "input" or extra:
-            what = f"needs {', '.join(extra)}" if extra else f"is a {method.family}-level method"
+            family = getattr(method, "family", "input")
+            what = f"is a {family}-level method" if family != "input" else f"needs {', '.join(extra)}"
             raise PluginError(f"method '{name}' {what}, so it cannot run as a batch transform (which sees the "
                               f"batch only); use mixcli.mixing.Mixer with the model instead. Batch transforms: "
                               f"{', '.join(INPUT_METHODS)}")
-        if "classification" not in getattr(method, "tasks", ("classification",)):
-            raise PluginError(f"method '{name}' is for {', '.join(method.tasks)}; the batch transform mixes "
-                              "classification labels")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        self.task = "classification" if num_classes is not None else "regression"
+        if self.task not in getattr(method, "tasks", (self.task,)):
+            raise PluginError(f"method '{name}' supports task {', '.join(method.tasks)}, not {self.task}"
+                              + (" (give num_classes for classification)" if num_classes is None else
+                                 " (num_classes=None for regression)"))
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 1):
             raise PluginError(f"num_classes must be a positive integer, got {num_classes!r}")
+        self.train = _split(train, "train")
+        if "train" in needs and self.train is None and fetch is None:
+            raise PluginError(f"method '{name}' draws partners from the training set: give train=(x, y)")
+        self._fetch = fetch
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise PluginError(f"seed must be an integer >= 0, got {seed!r}")
         if (mean is None) != (std is None):
@@ -91,14 +125,15 @@ class MixTransform:
     def __repr__(self) -> str:
         return f"MixTransform({self.name!r}, num_classes={self.num_classes})"
 
-    def _context(self, x: torch.Tensor) -> Context:
+    def _context(self, x: torch.Tensor, y: torch.Tensor) -> Context:
         if self.ctx is None:
-            probe = Split(x[:2].detach(), torch.zeros(min(2, x.shape[0]), dtype=torch.long, device=x.device))
+            probe = self.train or Split(x[:2].detach(), y[:2].detach())
             c = x.shape[1] if x.dim() == 4 else 1
             mean, std = self.mean or (0.0,) * c, self.std or (1.0,) * c
-            data = DataBundle("classification", probe, probe, num_classes=self.num_classes, mean=mean, std=std)
-            self.ctx = Context(task="classification", num_classes=self.num_classes, device=x.device, rng=self.rng,
-                               train=probe, fetch=self._no_fetch, epochs=1, data=data, model=self._model)
+            data = DataBundle(self.task, probe, probe, num_classes=self.num_classes, mean=mean, std=std)
+            fetch = self._fetch or (self._train_rows if self.train is not None else self._no_fetch)
+            self.ctx = Context(task=self.task, num_classes=self.num_classes, device=x.device, rng=self.rng,
+                               train=probe, fetch=fetch, epochs=1, data=data, model=self._model)
             try:
                 self.method.setup(self.ctx)
             except PluginError as exc:
@@ -108,11 +143,16 @@ class MixTransform:
         self.ctx.device = x.device
         return self.ctx
 
+    def _train_rows(self, index: torch.Tensor):
+        t, device = self.train, self.ctx.device
+        x, y = t.x[index.to(t.x.device)].to(device), t.y[index.to(t.y.device)].to(device)
+        return (x.float() / 255.0 if x.dtype == torch.uint8 else x), y
+
     def _no_fetch(self, index):
         raise PluginError(f"method '{self.name}' draws partners from the training set; a batch transform sees the "
                           "batch only (use mixcli.mixing.Mixer with train=)")
 
-    def __call__(self, x, y=None):
+    def __call__(self, x, y=None, index=None):
         if y is None:
             if isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(v, torch.Tensor) for v in x):
                 x, y = x  # one (x, y) pair
@@ -125,7 +165,11 @@ class MixTransform:
         if isinstance(y, int) or (isinstance(y, torch.Tensor) and y.dim() == 0):
             raise PluginError(f"method '{self.name}': the batch transform mixes whole batches; got one label (for "
                               "one sample, stack samples into a batch first)")
-        check_batch(x, y, "classification", self.num_classes, f"method '{self.name}'")
+        ids = self.task == "classification" and "train" in self.needs  # partners' labels are class ids
+        check_batch(x, y, self.task, self.num_classes, f"method '{self.name}'", class_ids=ids)
+        if "index" in self.needs and index is None:
+            raise PluginError(f"method '{self.name}' picks partners by the batch rows' indices in train: call "
+                              "transform(x, y, index=...)")
         try:
             self.method.check_input(tuple(x.shape[1:]))
         except PluginError as exc:
@@ -133,10 +177,12 @@ class MixTransform:
         dtype, n = x.dtype, x.shape[0]
         channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         xf = x.float() / 255.0 if dtype == torch.uint8 else x
-        ctx = self._context(xf)
+        ctx = self._context(xf, y)
         rows = torch.arange(n, device=x.device)
+        # labels: the row numbers (so soft labels mix by row), or, for partners from train, the labels themselves
+        labels = rows if self.task == "classification" and not ids else (y.long() if ids else y)
         try:
-            out = self.method(self._model, Batch(xf, rows, rows), ctx)
+            out = self.method(self._model, Batch(xf, labels, rows if index is None else index), ctx)
         except AttributeError as exc:
             raise PluginError(f"method '{self.name}' uses the model ({exc}); use mixcli.mixing.Mixer") from None
         if out.loss is not None:
@@ -152,6 +198,14 @@ class MixTransform:
             mixed = mixed.to(dtype)
         if channels_last:
             mixed = mixed.contiguous(memory_format=torch.channels_last)
+        if self.task == "regression":
+            lam = out.lam.view(-1, *([1] * (out.y_a.dim() - 1))).to(out.y_a.dtype)
+            return mixed, lam * out.y_a + (1 - lam) * out.y_b
+        if ids:
+            rows = torch.nn.functional.one_hot(torch.cat([out.y_a, out.y_b]), self.num_classes).float()
+            t = rows * (1.0 - out.smoothing) + out.smoothing / self.num_classes if out.smoothing else rows
+            lam = out.lam.float().view(-1, 1)
+            return mixed, lam * t[:n] + (1.0 - lam) * t[n:]
         return mixed, self._soft(out, y)
 
     def _soft(self, out: MixOutput, y: torch.Tensor) -> torch.Tensor:
