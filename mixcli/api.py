@@ -315,12 +315,13 @@ class Method(Plugin):
     family: ClassVar[str] = "input"
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
     #: What the method needs besides a batch and a model that runs it, from this vocabulary (:data:`NEEDS`):
-    #: ``images`` (inputs (N, C, H, W)), ``train`` (the training split: partners drawn from it, or its
-    #: size), ``index`` (each batch row's index in the training split), ``val`` (a validation split), ``normalization`` (the inputs' per-channel mean/std), ``epochs``
-    #: (the length of the run), ``class_labels`` (int64 class ids, not soft labels: the method reads them),
-    #: ``stages`` (the model's ``forward_to`` / ``forward_from`` positions), ``class_activation`` and
-    #: ``class_attention`` (those model hooks). The engine always provides the data; ``mixcli.mixing.Mixer``
-    #: (a user's own loop) and ``mixcli validate`` read it through :meth:`requires` and :meth:`check_input`.
+    #: ``images`` (inputs (N, C, H, W)), ``train`` (the training split: partners drawn from it, or its size),
+    #: ``index`` (each batch row's index in the training split), ``val`` (a validation split), ``normalization``
+    #: (the inputs' per-channel mean/std), ``epochs`` (the length of the run), ``class_labels`` (int64 class
+    #: ids, not soft labels: the method reads them), ``stages`` (the model's ``forward_to`` / ``forward_from``
+    #: positions), ``class_activation`` and ``class_attention`` (those model hooks). The engine always provides
+    #: the data; ``mixcli.mixing.Mixer`` (a user's own loop) and ``mixcli validate`` read it through
+    #: :meth:`requires` and :meth:`check_input`.
     needs: ClassVar[tuple[str, ...]] = ()
     #: the smallest image side (height and width) the method can mix
     min_side: ClassVar[int] = 1

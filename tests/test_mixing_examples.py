@@ -39,7 +39,8 @@ try:  # the lightning extra (in dev); without it only the Lightning tests are sk
     import lightning
 except ImportError:  # pragma: no cover
     lightning = None
-needs_lightning = pytest.mark.skipif(lightning is None, reason='needs the lightning extra: pip install "mixcli[lightning]"')
+needs_lightning = pytest.mark.skipif(lightning is None,
+                                     reason='needs the lightning extra: pip install "mixcli[lightning]"')
 
 
 @needs_lightning

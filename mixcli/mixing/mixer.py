@@ -11,9 +11,9 @@ would give it.
 
 For the same seed, the same model, the same batches and the same optimizer, the steps are the engine's: the
 method's host generator is ``np.random.default_rng(seed)`` (the engine's ``ctx.rng``), ``setup`` runs at the
-first ``start_epoch`` (before any batch, as in the engine; without the training set, on the first batch), and ``ctx.step`` / ``ctx.epoch``
-count as in the engine. ``state_dict`` / ``load_state_dict`` resume exactly (generator, counters, the
-method's own state).
+first ``start_epoch`` (before any batch, as in the engine; without the training set, on the first batch), and
+``ctx.step`` / ``ctx.epoch`` count as in the engine. ``state_dict`` / ``load_state_dict`` resume exactly
+(generator, counters, the method's own state).
 """
 from __future__ import annotations
 
@@ -89,7 +89,8 @@ class Mixer:
             raise PluginError(f"Mixer: options {sorted(options)} are for a method name; the method given is built "
                               "already (pass them to create instead)")
         if not isinstance(method, Method):
-            raise PluginError(f"Mixer: method must be a method name or a mixcli.api.Method, got {type(method).__name__}")
+            raise PluginError("Mixer: method must be a method name or a mixcli.api.Method, got "
+                              f"{type(method).__name__}")
         self.method = method
         self.name = name = getattr(method, "name", None) or type(method).__name__.lower()
         needs = method.requires()

@@ -63,15 +63,16 @@ class MixTransform:
     """``(x, y) -> (x_mixed, y_soft)`` for an input-level method (:data:`INPUT_METHODS`).
 
     ``method``: a method name with its options as keywords, or a method from :func:`mixcli.mixing.create`.
-    ``num_classes``: the number of classes (soft rows have this many columns); None: regression (float
-    targets, mixed as ``lam y_a + (1 - lam) y_b``). ``seed``: the method's generator. ``train=(x, y)``: the
-    training set, for methods that draw partners from it (cmixup, ``partners: dataset``; call
-    ``transform(x, y, index=...)`` with the batch rows' indices in it for cmixup), in the batch's units (rows
-    are taken as they are, uint8 scaled like the batch; ``fetch(index) -> (x, y)`` to prepare them yourself). ``mean`` / ``std``: per-channel normalization of float images, in [0, 1] pixel units (used by
-    saliencymix to see pixels; default: the images are in [0, 1]); uint8 images are pixels already.
-    Call it with ``(x, y)``, with one ``(x, y)`` pair, or with a list of ``(image, label)`` samples (as a
-    ``collate_fn``: they are stacked with ``torch.utils.data.default_collate`` first). ``last`` holds the
-    last call's :class:`~mixcli.api.MixOutput` (partners and lambda).
+    ``num_classes``: the number of classes (soft rows have this many columns); None: regression (float targets,
+    mixed as ``lam y_a + (1 - lam) y_b``). ``seed``: the method's generator. ``train=(x, y)``: the training set,
+    for methods that draw partners from it (cmixup, ``partners: dataset``; call ``transform(x, y, index=...)``
+    with the batch rows' indices in it for cmixup), in the batch's units (rows are taken as they are, uint8
+    scaled like the batch; ``fetch(index) -> (x, y)`` to prepare them yourself). ``mean`` / ``std``: per-channel
+    normalization of float images, in [0, 1] pixel units (used by saliencymix to see pixels; default: the images
+    are in [0, 1]); uint8 images are pixels already. Call it with ``(x, y)``, with one ``(x, y)`` pair, or with
+    a list of ``(image, label)`` samples (as a ``collate_fn``: they are stacked with
+    ``torch.utils.data.default_collate`` first). ``last`` holds the last call's :class:`~mixcli.api.MixOutput`
+    (partners and lambda).
     """
 
     def __init__(self, method: str | Method, num_classes: int | None = None, *, seed: int = 0, mean=None,
