@@ -38,7 +38,7 @@ __all__ = [
     "Plugin", "Split", "DataBundle", "Dataset", "Model", "Batch", "MixOutput", "Context", "Method", "Loss",
     "soft_targets", "sample_lam", "PluginError", "permutation", "lam_tensor", "interpolate",
     "soft_cross_entropy", "mixed_regression_target", "check_range", "file_fingerprint", "Evaluator",
-    "EvalContext", "metric", "dataset_class", "MetricInfo", "Logger", "scalars",
+    "EvalContext", "metric", "dataset_class", "MetricInfo", "Logger", "scalars", "NEEDS",
     # metric functions evaluator plugins build on (defined in mixcli.metrics, one definition each)
     "ece", "adaptive_ece", "confidences", "fit_temperature", "auroc", "aupr", "fpr_at_tpr",
 ]
@@ -299,6 +299,11 @@ class Context:
     artifacts_dir: Path | None = None
 
 
+#: the values of :attr:`Method.needs`
+NEEDS = ("images", "train", "index", "val", "normalization", "epochs", "class_labels", "stages",
+         "class_activation", "class_attention")
+
+
 class Method(Plugin):
     """Base class of mixing methods.
 
@@ -309,6 +314,35 @@ class Method(Plugin):
 
     family: ClassVar[str] = "input"
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
+    #: What the method needs besides a batch and a model that runs it, from this vocabulary (:data:`NEEDS`):
+    #: ``images`` (inputs (N, C, H, W)), ``train`` (the training split: partners drawn from it, or its size),
+    #: ``index`` (each batch row's index in the training split), ``val`` (a validation split), ``normalization``
+    #: (the inputs' per-channel mean/std), ``epochs`` (the length of the run), ``class_labels`` (int64 class
+    #: ids, not soft labels: the method reads them), ``stages`` (the model's ``forward_to`` / ``forward_from``
+    #: positions), ``class_activation`` and ``class_attention`` (those model hooks). The engine always provides
+    #: the data; ``mixcli.mixing.Mixer`` (a user's own loop) and ``mixcli validate`` read it through
+    #: :meth:`requires` and :meth:`check_input`.
+    needs: ClassVar[tuple[str, ...]] = ()
+    #: the smallest image side (height and width) the method can mix
+    min_side: ClassVar[int] = 1
+
+    def requires(self) -> frozenset[str]:
+        """:attr:`needs` for these options (a method whose needs depend on an option overrides this)."""
+        return frozenset(type(self).needs)
+
+    def check_input(self, input_shape: tuple[int, ...]) -> None:
+        """Raise :class:`PluginError` when inputs of ``input_shape`` (one example, e.g. ``(3, 32, 32)``)
+        cannot be mixed: not images for a method that needs them, an image side below :attr:`min_side`.
+        Cheap (no tensors): ``mixcli validate`` calls it with the dataset's shape, ``Mixer`` on each batch."""
+        name = getattr(self, "name", None) or type(self).__name__
+        input_shape = tuple(int(v) for v in input_shape)
+        if "images" in self.requires():
+            if len(input_shape) != 3:
+                raise PluginError(f"{name} needs image inputs (N, C, H, W); got inputs of shape "
+                                  f"(N, {', '.join(map(str, input_shape))})")
+            if min(input_shape[1:]) < self.min_side:
+                raise PluginError(f"{name} needs images of at least {self.min_side}x{self.min_side} pixels, got "
+                                  f"{input_shape[1]}x{input_shape[2]}")
 
     def setup(self, ctx: Context) -> None:
         pass
@@ -579,7 +613,17 @@ def lam_tensor(lam, n: int, device) -> torch.Tensor:
 
 
 def interpolate(h: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """``lam * h + (1 - lam) * h[perm]`` with one lambda per row (``lam`` of shape (B,))."""
+    """``lam * h + (1 - lam) * h[perm]`` with one lambda per row (``lam`` of shape (B,)).
+
+    Integer inputs (e.g. uint8 images) are mixed in float32 and rounded back to their dtype (a cast of lam
+    to uint8 would make it 0 or 1)."""
+    if not (h.dtype.is_floating_point or h.dtype.is_complex):
+        lam = lam.view(-1, *([1] * (h.dim() - 1))).float()
+        out = lam * h.float() + (1 - lam) * h[perm].float()
+        if h.dtype == torch.bool:
+            return out.round().to(torch.bool)
+        info = torch.iinfo(h.dtype)
+        return out.round().clamp(info.min, info.max).to(h.dtype)
     lam = lam.view(-1, *([1] * (h.dim() - 1))).to(h.dtype)
     return lam * h + (1 - lam) * h[perm]
 

@@ -269,6 +269,13 @@ class Validator:
         except Exception as exc:  # noqa: BLE001 - a plugin's complaint about its own options
             self.error("dataset", f"dataset '{dataset['name']}': {exc}")
             return None
+        method_obj = self.instances.get("methods")
+        if shape is not None and method_obj is not None and hasattr(method_obj, "check_input"):
+            try:  # the method's declared needs (Method.needs / check_input): images, their size (issue 19)
+                method_obj.check_input(tuple(shape[0]))
+            except Exception as exc:  # noqa: BLE001 - a plugin's complaint about the data's shape
+                self.error("method", f"method '{method['name']}': {exc}")
+                return fingerprint
         if shape is not None:
             problem = _model_problem(model, method, tuple(shape[0]), int(shape[1]),
                                      self.instances.get("methods"))

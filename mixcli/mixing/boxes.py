@@ -39,11 +39,17 @@ def box_at(cy, cx, lam, h: int, w: int):
 def cut_box(lam, h: int, w: int, rng: np.random.Generator, minmax=None):
     """A random CutMix box ``(y1, y2, x1, x2)`` for ratio ``lam`` (a float: ints; an array: one box per entry).
 
-    Default (Yun et al.; torchvision's CutMix; timm's ``rand_bbox``): centre uniform over the pixels, then
-    :func:`box_at`. With ``minmax = (lo, hi)`` (timm's ``rand_bbox_minmax``): height and width drawn
-    independently and uniformly from ``[int(lo H), int(hi H)]`` (resp. W), box placed uniformly inside the
-    image; ``lam`` then only sets how many boxes to draw. (timm excludes both upper bounds, so its box never
-    touches the bottom/right edge; here every placement inside the image is possible.)
+    Default (Yun et al.'s reference code and torchvision's ``v2.CutMix``): centre uniform over the pixels,
+    then :func:`box_at`: half-sides ``int(0.5 sqrt(1 - lam) H)`` on both sides of the centre, so the unclipped
+    box has even sides ``2 int(0.5 sqrt(1 - lam) H)``. timm 1.0.31's ``rand_bbox`` differs: its sides are
+    ``int(sqrt(1 - lam) H)`` split as ``cut // 2`` above and ``(cut + 1) // 2`` below the centre (odd sides
+    possible), so for the same centre its box can be one pixel taller / wider.
+
+    With ``minmax = (lo, hi)`` (as timm's ``rand_bbox_minmax``): height and width drawn independently and
+    uniformly from ``[int(lo H), int(hi H)]`` (resp. W), box placed uniformly inside the image (every
+    placement, touching the edges included, as timm's); ``lam`` then only sets how many boxes to draw. timm
+    1.0.31 excludes the upper side bound (``np.random.randint(int(lo H), int(hi H))``): its sides are at
+    most ``int(hi H) - 1``; here ``int(hi H)`` is possible.
     """
     size = None if np.ndim(lam) == 0 else np.shape(lam)
     if minmax is not None:
@@ -109,5 +115,8 @@ def mix_rows(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, mask: torch
     """Per row: the partner ``x[perm]`` where ``mask`` (B, 1, H, W) is True, else ``lam x + (1 - lam) x[perm]``
     (``lam`` of shape (B,); 1 for the CutMix rows, whose mask holds their box)."""
     xp = x[perm]
+    if not x.dtype.is_floating_point:  # integer images (uint8): interpolated in float32, rounded back
+        from ..api import interpolate
+        return torch.where(mask, xp, interpolate(x, perm, lam))
     mixed = torch.lerp(xp, x, lam.view(-1, *[1] * (x.dim() - 1)).to(x.dtype))
     return torch.where(mask, xp, mixed)

@@ -8,6 +8,7 @@ import torch
 
 from mixcli.api import (Batch, Context, Method, MixOutput, Model, PluginError, check_range, interpolate, lam_tensor,
                         permutation)
+from mixcli.mixing.inputs import param_dtype
 
 
 def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -122,6 +123,7 @@ class AlignMix(Method):
     family = "feature"
     tasks = ("classification",)
     paper = "Venkataramanan et al., AlignMixup, CVPR 2022"
+    needs = ("images", "stages")
 
     def __init__(self, alpha: float = 2.0, input_prob: float = 0.5, eps: float = 0.1, max_iter: int = 100,
                  tol: float = 0.1, label_smoothing: float = 0.0, compile: str = "cuda"):
@@ -145,7 +147,7 @@ class AlignMix(Method):
         """The last stage must give a feature map (C, H, W) with H*W >= 2 (one forward pass of one example;
         on the meta device at validation time, shapes only)."""
         device = next(iter(model.parameters()), torch.zeros(())).device
-        x = torch.zeros(1, *input_shape, device=device)
+        x = torch.zeros(1, *input_shape, device=device, dtype=param_dtype(model))  # a bf16 model: bf16
         was = model.training
         model.eval()
         with torch.no_grad():

@@ -11,6 +11,7 @@ from torch import nn
 from mixcli.api import (Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation,
                         soft_cross_entropy, soft_targets)
 from mixcli.mixing.boxes import check_images
+from mixcli.mixing.inputs import probe_input
 
 UPSAMPLING = ("nearest", "bilinear", "bicubic")
 
@@ -89,6 +90,7 @@ class AutoMix(Method):
 
     family = "input"
     paper = "Liu et al., AutoMix: Unveiling the Power of Mixup for Stronger Classifiers, ECCV 2022"
+    needs = ("images", "train", "epochs", "class_labels", "stages")
     tasks = ("classification",)
 
     def __init__(self, alpha: float = 2.0, mask_position: int | None = None, mask_loss: float = 0.1,
@@ -129,11 +131,11 @@ class AutoMix(Method):
         for p in self.k.parameters():
             p.requires_grad_(False)
         with torch.no_grad():
-            h = self.k.forward_to(ctx.train.x[:2].float().to(ctx.device), pos)
+            h = self.k.forward_to(probe_input(ctx, model), pos)  # in the model's dtype (e.g. bf16)
         if h.dim() != 4:
             raise PluginError(f"automix needs a spatial feature map at position {pos}, the model gives "
                               f"{tuple(h.shape[1:])}")
-        self.block = MixBlock(h.shape[1], self.reduction, self.lam_concat).to(ctx.device)
+        self.block = MixBlock(h.shape[1], self.reduction, self.lam_concat).to(ctx.device, dtype=h.dtype)
         self.opts = {}
         for p in self.block.parameters():
             self.opts[p] = torch.optim.SGD([p], lr=self.lr, momentum=0.9, weight_decay=1e-4)

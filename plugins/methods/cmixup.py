@@ -43,6 +43,7 @@ class CMixup(Method):
     family = "input"
     tasks = ("regression",)
     paper = "Yao et al., C-Mixup: Improving Generalization in Regression, NeurIPS 2022"
+    needs = ("train", "index", "stages")
 
     def __init__(self, alpha: float = 2.0, sigma: float = 1.0, kernel: str = "gaussian", position: int = 0,
                  block_size: int = 1024):
@@ -63,6 +64,9 @@ class CMixup(Method):
         if self.position > top:
             raise PluginError(f"position {self.position} is beyond this model, whose positions are 0..{top} "
                               f"(0 = input, 1 = after the first stage, {top} = the embedding)")
+
+    def requires(self) -> frozenset[str]:
+        return frozenset({"train", "index", "stages"})  # forward_to / forward_from even at position 0
 
     def setup(self, ctx: Context) -> None:
         if ctx.task != "regression":

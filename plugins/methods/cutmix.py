@@ -11,18 +11,22 @@ class CutMix(Method):
     Yun, Han, Oh, Chun, Choe, Yoo, "CutMix: Regularization Strategy to Train Strong Classifiers with
     Localizable Features", ICCV 2019.
 
-        lam ~ Beta(alpha, alpha);  box: centre uniform, sides sqrt(1 - lam) (H, W), clipped to the image
+        lam ~ Beta(alpha, alpha);  box: centre uniform, half-sides int(0.5 sqrt(1 - lam) (H, W)) each side of
+             it (the reference code's and torchvision's box; timm 1.0.31's rand_bbox splits int(sqrt(1 - lam) H)
+             as floor / ceil halves instead, see mixcli.mixing.boxes.cut_box), clipped to the image
         x~ = M * x_i + (1 - M) * x_j  with M = 0 inside the box (x_j = x[perm], perm a random permutation)
         y~ = lam' y_i + (1 - lam') y_j,  lam' = 1 - box_area / (H W)   (``correct_lam``; else lam' = lam)
 
     One box and one lambda per batch. Options (timm's names): ``alpha`` (1.0, the paper's; OpenMixup uses
     0.2 on CIFAR), ``prob`` (1.0: probability of mixing a batch; the paper uses 0.5 on CIFAR),
-    ``minmax`` = [lo, hi] (none: box sides drawn uniformly as fractions of the image instead, and lambda is
-    then always the box's area), ``correct_lam`` (true), ``label_smoothing`` (0.0).
+    ``minmax`` = [lo, hi] (none; else box sides drawn uniformly from [int(lo H), int(hi H)] (resp. W), the
+    upper bound included, where timm 1.0.31 excludes it; lambda is then always the box's area),
+    ``correct_lam`` (true), ``label_smoothing`` (0.0).
     """
 
     family = "input"
     paper = "Yun et al., CutMix, ICCV 2019"
+    needs = ("images",)
 
     def __init__(self, alpha: float = 1.0, prob: float = 1.0, minmax: list | None = None,
                  correct_lam: bool = True, label_smoothing: float = 0.0):

@@ -57,6 +57,7 @@ class FMix(Method):
 
     family = "input"
     paper = "Harris et al., FMix: Enhancing Mixed Sample Data Augmentation, arXiv 2002.12047, 2020"
+    needs = ("images",)
 
     def __init__(self, alpha: float = 1.0, decay_power: float = 3.0, max_soft: float = 0.0,
                  label_smoothing: float = 0.0):

@@ -73,6 +73,7 @@ class GridMix(Method):
 
     family = "input"
     paper = "Baek et al., GridMix, Pattern Recognition 2021"
+    needs = ("images",)
 
     def __init__(self, alpha: float = 0.2, n_holes: list = (2, 6), hole_aspect_ratio: float = 1.0,
                  cut_area_ratio: list = (0.5, 1.0), cut_aspect_ratio: list = (0.5, 2.0), prob: float = 1.0,

@@ -76,6 +76,11 @@ class ManifoldMixup(Method):
                               f"0..{top} (0 = input, {top} = the embedding before the classifier)")
         return usable
 
+    def requires(self) -> frozenset[str]:
+        return frozenset({"stages"} if any(p > 0 for p in self.positions) else set()) | (
+            {"train"} if self.partners == "dataset" else set()) | (
+            {"class_labels"} if self.criterion != "soft_ce" else set())  # its own loss reads the class ids
+
     def setup(self, ctx: Context) -> None:
         self.usable = self.usable_positions(ctx.model)
         if self.criterion != "soft_ce" and ctx.task != "classification":

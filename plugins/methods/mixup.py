@@ -64,6 +64,10 @@ class Mixup(MixCutSwitch, Method):
     def setup(self, ctx: Context) -> None:
         self.check_inputs(ctx, "mixup with cutmix_alpha > 0")
 
+    def requires(self) -> frozenset[str]:
+        return frozenset({"images"} if self.cutmix_alpha > 0 else set()) | (
+            {"train"} if self.partners == "dataset" else set())
+
     def __call__(self, model: Model, batch: Batch, ctx: Context) -> MixOutput:
         x, n = batch.x, batch.x.shape[0]
         h, w = (x.shape[-2], x.shape[-1]) if x.dim() == 4 else (0, 0)

@@ -33,6 +33,23 @@ def input_saliency(model: Model, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
     return g.float().pow(2).mean(1).sqrt()
 
 
+def divisor_at_most(n: int, k: int) -> int:
+    """The largest divisor of ``n`` that is <= ``k`` (``k`` itself when it divides ``n``)."""
+    return next(d for d in range(max(1, min(k, n)), 0, -1) if n % d == 0)
+
+
+def neigh_for(width: int, n: int, neigh_size: int) -> int:
+    """The pooling size of the smoothness terms for grid side ``n``: the reference's ``min(neigh_size, block)``
+    wherever its pooled block borders give the (n - 1, n) terms, else (where the reference crashes with a
+    shape error, e.g. 28x28 images) the largest size <= it that divides the block."""
+    block = width // n
+    neigh = min(neigh_size, block)
+    m, k = width // neigh, block // neigh
+    if m // k == n and len(range(k - 1, m - 1, k)) == n - 1:
+        return neigh
+    return divisor_at_most(block, neigh)
+
+
 def cost_matrix(n: int, device=None) -> torch.Tensor:
     """Transport cost between the n x n blocks: squared grid distance / (n - 1)^2, (n^2, n^2)."""
     r = torch.arange(n * n, device=device)
@@ -58,7 +75,7 @@ def graph_terms(x: torch.Tensor, sal: torch.Tensor, perm: torch.Tensor, n: int, 
     and horizontal block edges, beta normalised as ``beta / n / 16``, and the normalised block saliency."""
     b, _, _, width = x.shape
     block = width // n
-    neigh = min(neigh_size, block)
+    neigh = neigh_for(width, n, neigh_size)
     beta_n = beta / n / 16
     pool = F.avg_pool2d(sal.unsqueeze(1), block).squeeze(1)
     u1 = pool / pool.reshape(b, -1).sum(1).reshape(b, 1, 1)
@@ -229,6 +246,7 @@ class PuzzleMix(Method):
 
     family = "input"
     paper = "Kim et al., Puzzle Mix, ICML 2020"
+    needs = ("images", "normalization", "class_labels")
     tasks = ("classification",)
 
     def __init__(self, alpha: float = 1.0, block_num: list = (2, 4, 8, 16), beta: float = 1.2, gamma: float = 0.5,
@@ -258,6 +276,16 @@ class PuzzleMix(Method):
         self.neigh_size, self.n_labels, self.transport, self.t_eps, self.t_size = (neigh_size, n_labels,
                                                                                    bool(transport), t_eps, t_size)
         self.smoothing = label_smoothing
+
+    def check_input(self, input_shape) -> None:
+        """Square images with a side that one of the ``block_num`` grid sides divides (checked by ``validate``)."""
+        super().check_input(input_shape)
+        h, w = int(input_shape[-2]), int(input_shape[-1])
+        if h != w:
+            raise PluginError(f"puzzlemix needs square images, got {h}x{w}")
+        if not [n for n in self.block_num if w % n == 0 and n <= w]:
+            raise PluginError(f"block_num {self.block_num}: no grid side divides the image width {w} "
+                              "(give block_num sides that divide it)")
 
     def setup(self, ctx: Context) -> None:
         check_images(ctx, "puzzlemix")
@@ -304,6 +332,9 @@ class PuzzleMix(Method):
         x1, x2 = x, x[perm]
         if self.transport:
             t_size = block if self.t_size == -1 else min(self.t_size, block)
+            # transport blocks must tile the image (the reference crashes otherwise, e.g. 30x30 images): the
+            # largest tile size <= t_size that divides the width, equal to the reference's wherever it runs
+            t_size = divisor_at_most(width, t_size)
             t_n = n
             if t_size < block:
                 t_n = width // t_size

@@ -28,6 +28,7 @@ class RegMixup(Method):
     family = "loss"
     tasks = ("classification",)
     paper = "Pinto et al., Using Mixup as a Regularizer, NeurIPS 2022"
+    needs = ("class_labels",)  # its own loss reads the class ids
 
     def __init__(self, alpha: float = 20.0, eta: float = 1.0, average: bool = True, label_smoothing: float = 0.0):
         check_range("alpha", alpha, 0, low_open=True)

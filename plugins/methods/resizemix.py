@@ -28,6 +28,7 @@ class ResizeMix(Method):
 
     family = "input"
     paper = "Qin et al., ResizeMix, arXiv 2012.11101, 2020"
+    needs = ("images",)
 
     def __init__(self, scope: list = (0.1, 0.8), prob: float = 1.0, interpolation: str = "nearest",
                  label_smoothing: float = 0.0):

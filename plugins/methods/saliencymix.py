@@ -80,7 +80,12 @@ def _blur3_u8(g: torch.Tensor) -> torch.Tensor:
     """OpenCV's ``GaussianBlur(ksize 3x3, sigma 0)`` of 8-bit maps (B, H, W), bit-exact: the fixed kernel
     [1, 2, 1] / 4 in both directions, BORDER_REFLECT_101, rounded half up to an integer."""
     k = torch.tensor([1.0, 2.0, 1.0], device=g.device)
-    s = F.pad(g.unsqueeze(1), (1, 1, 1, 1), mode="reflect")  # torch's reflect = OpenCV's reflect-101
+    s = g.unsqueeze(1)
+    # torch's reflect = OpenCV's reflect-101; on a 1-pixel side OpenCV's reflect-101 repeats the pixel
+    # (borderInterpolate gives 0), which torch's reflect refuses: replicate there, the same values
+    for pad in ((1, 1, 0, 0), (0, 0, 1, 1)):
+        side = s.shape[-1] if pad[0] else s.shape[-2]
+        s = F.pad(s, pad, mode="reflect" if side > 1 else "replicate")
     s = F.conv2d(F.conv2d(s, k.view(1, 1, 1, 3)), k.view(1, 1, 3, 1))  # exact integers (<= 16 x 255)
     return torch.floor((s[:, 0] + 8) / 16)
 
@@ -118,7 +123,8 @@ def fine_grained_saliency(pixels: torch.Tensor) -> torch.Tensor:
             def at(ys, xs):
                 return integral[:, ys][:, :, xs]
             total = at(y2, x2) + at(y1, x1) - at(y2, x1) - at(y1, x2)
-            area = ((y2 - y1)[:, None] * (x2 - x1)[None, :] - 1).float()
+            # no surround on a 1x1 image (area 0, total - g = 0): clamped so its mean is 0, not 0 / 0
+            area = ((y2 - y1)[:, None] * (x2 - x1)[None, :] - 1).clamp(min=1).float()
             mean = (total - g) / area
             on += torch.trunc((g - mean).clamp(min=0))
             off += torch.trunc((mean - g).clamp(min=0))
@@ -191,6 +197,7 @@ class SaliencyMix(Method):
 
     family = "input"
     paper = "Uddin et al., SaliencyMix, ICLR 2021"
+    needs = ("images", "normalization")
 
     def __init__(self, alpha: float = 1.0, prob: float = 1.0, label_smoothing: float = 0.0,
                  saliency: str = "fine_grained"):

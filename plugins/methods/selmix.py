@@ -234,6 +234,7 @@ class SelMix(Method):
     family = "feature"
     tasks = ("classification",)
     paper = "Ramasubramanian et al., Selective Mixup Fine-Tuning for Non-Decomposable Objectives, ICLR 2024"
+    needs = ("train", "val", "class_labels", "stages")
 
     def __init__(self, objective: str = "mean_recall", refresh: int = 50, temperature: float = 0.1,
                  lam_min: float = 0.6, lagrange_lr: float = 50.0, beta: float = 0.0,

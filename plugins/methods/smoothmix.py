@@ -39,6 +39,7 @@ class SmoothMix(Method):
 
     family = "input"
     paper = "Lee et al., SmoothMix, CVPR Workshops 2020"
+    needs = ("images",)
 
     def __init__(self, sigma: list = (0.25, 0.5), label: str = "paper", prob: float = 1.0,
                  label_smoothing: float = 0.0):

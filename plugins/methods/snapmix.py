@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from mixcli.api import Batch, Context, Method, MixOutput, Model, check_range, permutation
 from mixcli.mixing.boxes import check_images, cut_box
+from mixcli.mixing.inputs import probe_input
 
 
 def semantic_maps(fmap: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
@@ -62,6 +63,7 @@ class SnapMix(Method):
 
     family = "input"
     paper = "Huang et al., SnapMix, AAAI 2021"
+    needs = ("images", "class_labels", "class_activation")
     tasks = ("classification",)
 
     def __init__(self, beta: float = 5.0, prob: float = 1.0):
@@ -71,7 +73,7 @@ class SnapMix(Method):
 
     def setup(self, ctx: Context) -> None:
         check_images(ctx, "snapmix")
-        x = ctx.train.x[:2].float().to(ctx.device)
+        x = probe_input(ctx, ctx.model)  # in the model's dtype (a bf16 model refuses float32)
         with torch.no_grad():
             ctx.model.class_activation(x)  # fails early, with the model's reason, when it has no CAMs
 

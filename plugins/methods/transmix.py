@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, interpolate, lam_tensor
 from mixcli.mixing.boxes import paste
+from mixcli.mixing.inputs import probe_input
 from mixcli.mixing.switch import MixCutSwitch
 
 
@@ -47,6 +48,7 @@ class TransMix(MixCutSwitch, Method):
 
     family = "input"
     paper = "Chen et al., TransMix: Attend to Mix for Vision Transformers, CVPR 2022"
+    needs = ("images", "class_attention")
     tasks = ("classification",)
 
     def __init__(self, alpha: float = 0.8, cutmix_alpha: float = 1.0, switch_prob: float = 0.8,
@@ -61,7 +63,7 @@ class TransMix(MixCutSwitch, Method):
     def setup(self, ctx: Context) -> None:
         self.check_inputs(ctx, "transmix")
         with torch.no_grad():
-            ctx.model.class_attention(ctx.train.x[:2].float().to(ctx.device))  # fails early without attention
+            ctx.model.class_attention(probe_input(ctx, ctx.model))  # fails early without attention
 
     def __call__(self, model: Model, batch: Batch, ctx: Context) -> MixOutput:
         x, n = batch.x, batch.x.shape[0]
