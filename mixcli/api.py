@@ -38,7 +38,7 @@ __all__ = [
     "Plugin", "Split", "DataBundle", "Dataset", "Model", "Batch", "MixOutput", "Context", "Method", "Loss",
     "soft_targets", "sample_lam", "PluginError", "permutation", "lam_tensor", "interpolate",
     "soft_cross_entropy", "mixed_regression_target", "check_range", "file_fingerprint", "Evaluator",
-    "EvalContext", "metric", "dataset_class", "MetricInfo", "Logger", "scalars", "NEEDS",
+    "EvalContext", "metric", "dataset_class", "MetricInfo", "Logger", "scalars", "write_artifact", "NEEDS",
     # metric functions evaluator plugins build on (defined in mixcli.metrics, one definition each)
     "ece", "adaptive_ece", "confidences", "fit_temperature", "auroc", "aupr", "fpr_at_tpr",
 ]
@@ -520,6 +520,28 @@ def dataset_class(name: str) -> type:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def write_artifact(artifacts_dir: Path, name: str, data) -> Path:
+    """Write ``name`` into a run's directory (``ctx.artifacts_dir``, which is ``OUT/jobs/<run_id>``)
+    atomically and without following a link below ``OUT`` (:mod:`mixcli.fs`): the one way plugins write
+    files. ``name`` is a path relative to that directory (e.g. ``"selmix/gains_0000100.npz"``); ``data`` is
+    bytes, text, or a function that writes to a binary file. Returns the path written."""
+    from . import fs
+
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise PluginError(f"artifact name {name!r}: expected a relative path inside the run directory")
+    run_dir = Path(artifacts_dir)
+    path = run_dir / rel
+    if callable(data):
+        write = data
+    else:
+        blob = data.encode() if isinstance(data, str) else bytes(data)
+        def write(f):  # noqa: E306
+            f.write(blob)
+    fs.atomic_write(path, write, root=run_dir.parent.parent)
+    return path
+
+
 def file_fingerprint(*paths, hash_below: int = 16 * 2**20) -> str | None:
     """A fingerprint of files for :meth:`Dataset.fingerprint`: the SHA-256 of the contents when they total
     less than ``hash_below`` bytes, else each file's size and modification time (so a rewritten large file

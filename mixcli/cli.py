@@ -3,6 +3,7 @@ validate."""
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -132,9 +133,9 @@ def run(
         err.print(f"[red]{len(failed)} run(s) failed:[/]")
         for o in failed:
             err.print(f"  {o.run_id}: {o.error}", highlight=False, markup=False, soft_wrap=True)
-        retry = ["mixcli run", str(experiment)] + [f"--set {x}" for x in set_ or []] + \
-            ([f"--out {out}"] if out is not None else []) + ["--retry-failed"]
-        err.print("retry only these: " + " ".join(retry), highlight=False, markup=False, soft_wrap=True)
+        retry = ["mixcli", "run", str(experiment)] + [a for x in set_ or [] for a in ("--set", x)] + \
+            (["--out", str(out)] if out is not None else []) + ["--retry-failed"]
+        err.print("retry only these: " + shlex.join(retry), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -165,6 +166,7 @@ def status(
 ) -> None:
     """Where a sweep stands: runs by status, who trains each running run and how far, and an ETA."""
     from .execution.status import ORDER, status_of
+    from .results.store import clean_text
 
     title, st = status_of(target, set_ or [], out)
     t = Table(title=title, title_justify="left")
@@ -180,13 +182,14 @@ def status(
             r.add_column(col, overflow="fold")
         for j in st.running:
             hb = "?" if j["heartbeat_s"] is None else f"{j['heartbeat_s']:.0f}s ago"
-            r.add_row(j["run_id"], j["label"], j["holder"], hb, f"{j['epoch']}/{j['epochs']}")
+            r.add_row(*(clean_text(str(v)) for v in (j["run_id"], j["label"], j["holder"], hb,
+                                                       f"{j['epoch']}/{j['epochs']}")))
         console.print(r)
     if st.interrupted:
-        console.print(f"interrupted (resumed by the next `mixcli run`): {', '.join(st.interrupted)}",
-                      highlight=False, soft_wrap=True)
+        console.print(clean_text(f"interrupted (resumed by the next `mixcli run`): {', '.join(st.interrupted)}"),
+                      highlight=False, soft_wrap=True, markup=False)
     for rid, error in st.failed:
-        console.print(f"[red]failed[/] {rid}: {error}", highlight=False, soft_wrap=True)
+        console.print(f"[red]failed[/] {escape(clean_text(f'{rid}: {error}'))}", highlight=False, soft_wrap=True)
     for msg in st.damaged:
         err.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
 
@@ -232,6 +235,9 @@ def show(
 
 def pick_job(jobs: list, key: str):
     """The job ``key`` names: a 1-based number or a run id (or a prefix of exactly one)."""
+    if not key.strip():
+        raise MixcliError(f"--job '': expected a job number (1-{len(jobs)}) or a run id (`mixcli run EXP "
+                          "--dry-run` lists them)")
     if key.isdigit():
         if not 1 <= int(key) <= len(jobs):
             raise MixcliError(f"--job {key}: expected a job number from 1 to {len(jobs)}")
@@ -429,12 +435,30 @@ def validate(
     console.print(f"[green]ok[/]: {experiment} is valid: {len(jobs)} job(s) -> {exp.out}")
 
 
+EXIT_OUT_OF_MEMORY = 3  # documented in the README (Exit codes)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, (OSError, ImportError)) and (
+        getattr(exc, "errno", None) == 12 or "Cannot allocate memory" in text or "failed to map segment" in text)
+
+
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:  # outside a command's own handling (e.g. while a command's imports load)
         sys.stderr.write("mixcli: interrupted\n")
         raise SystemExit(130) from None
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory is turned into a line; the rest is raised
+        if not _out_of_memory(exc):
+            raise
+        first = " ".join(str(exc).split())[:160]
+        sys.stderr.write(f"mixcli: out of memory ({type(exc).__name__}: {first}); free memory or raise the "
+                         "process's limit (ulimit -v), or train fewer jobs at once (--jobs)\n")
+        raise SystemExit(EXIT_OUT_OF_MEMORY) from None
 
 
 if __name__ == "__main__":

@@ -25,9 +25,12 @@ from ..config.loggers import parse_cli
 from ..config.spec import Experiment, load_experiment
 from ..results.loggers import open_loggers
 from ..results.store import Store
-from .executors import Executor, make_executor
+from .executors import Executor, cores, make_executor
 from .stale import forget, stale_runs
 from .sweep import Sweep, run_sweep
+
+
+MAX_JOBS_PER_CORE = 4  # local CPU workers beyond this only thrash (each is a process with its own torch)
 
 
 @dataclass
@@ -111,13 +114,20 @@ def run_experiment(experiment: str | Path | Plan, overrides: list[str] = (), *, 
     todo = p.jobs
     pick_device(device)  # a bad --device is refused before anything is written
     for o in dict.fromkeys(j.out for j in todo):
-        Store(o)  # refuses an unwritable output directory before anything starts
+        for line in Store(o).move_strays():  # refuses an unwritable output directory before anything starts
+            warn(f"note: {line}")
     check_stale(todo, rerun_stale, warn)
     if retry_failed:
         failed_ids = {j.run_id for j in todo if (Store(j.out).run_row(j.run_id) or {}).get("status") == "failed"}
         if not failed_ids:
             return SweepResult(p, None)
         todo = [j for j in todo if j.run_id in failed_ids]
+    if jobs is not None and jobs > len(todo):
+        warn(f"note: --jobs {jobs} capped at the {len(todo)} job(s) this sweep trains")
+        jobs = max(1, len(todo))
+    if jobs is not None and executor == "local" and pick_device(device).type == "cpu" and jobs > MAX_JOBS_PER_CORE * cores():
+        warn(f"note: --jobs {jobs} capped at {MAX_JOBS_PER_CORE} per CPU core ({MAX_JOBS_PER_CORE * cores()} here)")
+        jobs = MAX_JOBS_PER_CORE * cores()
     ex = make_executor(executor, device, jobs, threads, gpus, jobs_per_gpu, ray_address)
     if on_start is not None:
         on_start(Plan(p.exp, p.targets, todo), ex)

@@ -139,11 +139,11 @@ class Keeper(Callback):
         if i == len(evaluated) - 1:
             state = {"model": {k.replace("._orig_mod", ""): v for k, v in model.state_dict().items()},
                      "epoch": int(rows[-1]["epoch"])}
-            atomic_write(best_path(self.store, self.run_id), lambda f: torch.save(state, f))
+            atomic_write(best_path(self.store, self.run_id), lambda f: torch.save(state, f), root=self.store.out)
 
     def finish(self) -> None:
         if self.keep == "best":
-            self.store.checkpoint_path(self.run_id).unlink(missing_ok=True)
+            self.store.remove(self.store.checkpoint_path(self.run_id))
 
 
 class StepLog(Callback):
@@ -182,7 +182,7 @@ class StepLog(Callback):
             self.rows += new
             self.pending = []
         table = pa.Table.from_pylist(self.rows, schema=STEP_SCHEMA)
-        atomic_write(steps_path(self.store, self.run_id), lambda f: pq.write_table(table, f))
+        atomic_write(steps_path(self.store, self.run_id), lambda f: pq.write_table(table, f), root=self.store.out)
         return new
 
 
