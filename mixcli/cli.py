@@ -56,12 +56,16 @@ def run(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the jobs and exit without training."),
     jobs_n: Optional[int] = typer.Option(None, "--jobs", "-j", help="Jobs trained at once, each in a worker "
-                                         "process (default: one per GPU on CUDA, 1 on CPU)."),
+                                         "process (default: one per GPU on CUDA, one per core on CPU)."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="GPUs to spread the jobs over, e.g. 0,1 "
                                        "(default: all visible)."),
     jobs_per_gpu: int = typer.Option(1, "--jobs-per-gpu", help="Jobs packed onto one GPU (small jobs)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads per job on CPU (default: "
-                                          "cores // jobs, so jobs x threads <= cores)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads per job (default: 1 on "
+                                          "every machine, so that a run gives the same numbers anywhere; "
+                                          "recorded in the runs table)."),
+    in_process: bool = typer.Option(False, "--in-process", help="Run the jobs one at a time in this process "
+                                    "instead of worker processes (for debuggers and profilers; a native "
+                                    "crash then ends the sweep)."),
     executor: str = typer.Option("local", "--executor", help="local (this machine) or ray (a Ray instance "
                                  "or cluster; pip install \"mixcli[ray]\")."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Address of a running Ray cluster "
@@ -120,7 +124,9 @@ def run(
             console.print(f"[bold]{exp.name}[/]: no failed runs to retry under {exp.out}")
             return
         jobs = [j for j in jobs if j.run_id in failed_ids]
-    ex = make_executor(executor, device, jobs_n, threads, gpus, jobs_per_gpu, ray_address)
+    ex = make_executor(executor, device, jobs_n, threads, gpus, jobs_per_gpu, ray_address, in_process,
+                       n_jobs=len(jobs))
+    check_threads(jobs, ex.threads)
     where = f"{ex.slots} at once" if ex.slots > 1 else "one at a time"
     console.print(f"[bold]{exp.name}[/]: {len(jobs)} job(s) on {device_label(ex)}, {where} -> {exp.out}")
     display = make_display(console, ex.slots)
@@ -177,6 +183,30 @@ def check_stale(jobs: list, rerun: bool) -> None:
                 "retrained" if rerun else "reused"
             err.print(f"  {job.run_id}: {stale[job.run_id]} ({verb})", highlight=False, markup=False,
                       soft_wrap=True)
+
+
+def check_threads(jobs: list, threads: int | None) -> None:
+    """Warn about runs recorded with another torch thread count than this sweep's: a finished run is reused
+    as it is, an interrupted one resumes with the new count (its numbers then differ from a run trained in
+    one go with either count)."""
+    if not threads:
+        return
+    from .store import Store
+
+    odd = []
+    for job in jobs:
+        row = Store(job.out).run_row(job.run_id) or {}
+        had = row.get("threads")
+        if had is not None and had == had and int(had) != threads and row.get("status") != "failed":
+            odd.append((job.run_id, int(had), row.get("status")))
+    if not odd:
+        return
+    err.print(f"[yellow]warning:[/] {len(odd)} run(s) were trained with another --threads than this sweep's "
+              f"{threads}; a run's numbers depend on its thread count:", soft_wrap=True)
+    for rid, had, st in odd:
+        verb = "finished, reused as it is" if st == "finished" else \
+            f"{st}, resumes with --threads {threads} (pass --threads {had} to keep its numbers)"
+        err.print(f"  {rid}: --threads {had} ({verb})", highlight=False, markup=False, soft_wrap=True)
 
 
 def device_label(ex) -> str:
@@ -250,16 +280,23 @@ def show(
     set_: SetOption = None,
     job: Optional[str] = typer.Option(None, "--job", help="Only this job: its number (1-based, in the "
                                       "order of `run --dry-run`) or its run id (a unique prefix will do)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="The torch threads per job that `mixcli "
+                                          "run --threads` would use (default: 1)."),
 ) -> None:
-    """Print the resolved configuration of each job as YAML (what jobs/<run_id>/config.yaml will hold)."""
+    """Print the resolved configuration of each job as YAML (what jobs/<run_id>/config.yaml will hold),
+    headed by its run id, its grid values and the torch threads it trains with (recorded in the runs
+    table, not part of the run id)."""
+    from .execution import THREADS
     from .jobs import expand
     from .spec import load_experiment
     from .store import config_yaml
 
+    if threads is not None and threads < 1:
+        raise MixcliError(f"--threads {threads}: expected a positive integer")
     jobs = expand(load_experiment(experiment, set_ or []))
     if job is not None:
         jobs = [pick_job(jobs, job)]
-    docs = [f"# {j.run_id}: {j.label}\n{config_yaml(j.config)}" for j in jobs]
+    docs = [f"# {j.run_id}: {j.label} (threads: {threads or THREADS})\n{config_yaml(j.config)}" for j in jobs]
     sys.stdout.write("---\n".join(docs))
 
 

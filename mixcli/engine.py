@@ -198,7 +198,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
     if train_cfg["compile"]:
         compile_stages(model)
     base_row = {**identity_row(job, device), "started_at": started_at, "attempts": attempt,
-                "host": socket.gethostname(), "pid": os.getpid()}
+                "host": socket.gethostname(), "pid": os.getpid(), "threads": torch.get_num_threads()}
     base_row.update(provenance(cfg, job.source, device))  # git state, versions, GPU (mixcli.provenance)
     store.write_config(job.run_id, cfg)
     store.write_run({**base_row, "status": "running", "epochs": len(rows)})
