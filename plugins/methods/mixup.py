@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from mixcli_plugins.methods.cutmix import box_mask, check_images, check_minmax, cutmix_draw, paste
 
-from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, interpolate, lam_tensor
+from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, interpolate, lam_tensor, to_device
 from mixcli.partners import check_partners, uniform_partners
 
 LAM_MODES = ("batch", "pair", "elem")
@@ -128,7 +128,7 @@ class Mixup(Method):
             x2, y2 = ctx.fetch(uniform_partners(ctx.rng, n, len(ctx.train), x.device))
             w = lam_t.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
             return MixOutput(model(w * x + (1 - w) * x2), batch.y, y2, lam_t, self.smoothing)
-        perm = torch.from_numpy(perm).to(x.device, non_blocking=True)
+        perm = to_device(perm, x.device)
         if not cut.any():
             mixed = x if (lam == 1).all() else interpolate(x, perm, lam_t)
         elif self.mode == "batch":

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation
+from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation, to_device
 from mixcli_plugins.methods.cutmix import check_images
 
 SOLVERS = ("auto", "gco", "exact")
@@ -300,7 +300,10 @@ class PuzzleMix(Method):
         block = width // n
         u1, u2, pw_x, pw_y, beta_n, sal_pool = graph_terms(
             x.float() * self.std + self.mean, sal, perm, n, self.beta, self.gamma, self.neigh_size)
-        host = [t.detach().float().cpu().numpy() for t in (u1, u2, pw_x, pw_y)]  # float32, as the reference
+        # one device-to-host copy (one sync) for the four terms, float32 as the reference
+        flat = torch.cat([t.detach().float().reshape(b, -1) for t in (u1, u2, pw_x, pw_y)], 1).cpu().numpy()
+        sizes = np.cumsum([0] + [t[0].numel() for t in (u1, u2, pw_x, pw_y)])
+        host = [flat[:, lo:hi].reshape(b, *t.shape[1:]) for lo, hi, t in zip(sizes[:-1], sizes[1:], (u1, u2, pw_x, pw_y))]
         def cut(i):
             return graphcut_mask(host[0][i], host[1][i], host[2][i], host[3][i], lam, beta_n, self.eta, self.n_labels,
                                  self.use)
@@ -312,7 +315,7 @@ class PuzzleMix(Method):
             masks = np.stack(list(self._pool.map(cut, range(b))))
         else:
             masks = np.stack([cut(i) for i in range(b)])
-        mask = torch.from_numpy(masks.astype(np.float32)).to(x.device).unsqueeze(1)
+        mask = to_device(masks, x.device, np.float32).unsqueeze(1)
         x1, x2 = x, x[perm]
         if self.transport:
             t_size = block if self.t_size == -1 else min(self.t_size, block)
