@@ -283,9 +283,10 @@ def show(
     threads: Optional[int] = typer.Option(None, "--threads", help="The torch threads per job that `mixcli "
                                           "run --threads` would use (default: 1)."),
 ) -> None:
-    """Print the resolved configuration of each job as YAML (what jobs/<run_id>/config.yaml will hold),
-    headed by its run id, its grid values and the torch threads it trains with (recorded in the runs
-    table, not part of the run id)."""
+    """Print the resolved configuration of each job as YAML (what jobs/<run_id>/config.yaml will hold).
+
+    Each document is headed by its run id, its grid values and the torch threads it trains with (recorded
+    in the runs table, not part of the run id)."""
     from .execution import THREADS
     from .jobs import expand
     from .spec import load_experiment
