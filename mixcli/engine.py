@@ -23,6 +23,7 @@ from . import __version__, finetune, loggers
 from .api import Context, DataBundle, MixOutput, PluginError
 from .checkpoints import Keeper, StepLog
 from .data import DeviceData, check_bundle
+from .epoch_writer import EpochWriter, snapshot
 from .errors import MixcliError, RunFailed
 from .evaluate import Evaluations
 from .jobs import Job
@@ -207,7 +208,8 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
     every = cfg["eval"]["every"]
     keeper = Keeper(store, job.run_id, cfg.get("checkpoint", {}).get("keep", "last"), task)  # mixcli.checkpoints
     steplog = StepLog(store, job.run_id, train_cfg.get("log_steps"), ctx.step)
-    with _loggers_told_on_error(log, base_row, rows, store.job_dir(job.run_id)):
+    writer = EpochWriter()  # the epochs table and the checkpoint are written off the training thread
+    with _loggers_told_on_error(log, base_row, rows, store.job_dir(job.run_id)), _drained(writer):
         for epoch in range(start, n_epochs + 1):
             t0 = time.perf_counter()
             ctx.epoch = epoch
@@ -237,7 +239,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
             wall += time.perf_counter() - t0
             row["time_s"] = time.perf_counter() - t0
             rows.append(row)
-            store.write_epochs(job.run_id, [r for r in rows if "test_" + PRIMARY[task] in r])
+            writer.submit(store.write_epochs, job.run_id, [r for r in rows if "test_" + PRIMARY[task] in r])
             state = {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "torch_rng": torch.get_rng_state(), "data_rng": dd.generator.get_state().cpu(),
@@ -246,7 +248,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
             }
             if hasattr(method, "state_dict"):
                 state["method"] = method.state_dict()
-            store.save_checkpoint(job.run_id, _uncompiled(state))
+            writer.submit(store.save_checkpoint, job.run_id, snapshot(_uncompiled(state)))
             keeper.epoch(rows, model)
             log.steps(job.run_id, steplog.flush(epoch))
             progress.epoch(epoch, row)
@@ -268,6 +270,18 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
     keeper.finish()
     log.end(store.run_row(job.run_id) or result, store.job_dir(job.run_id))
     return store.run_row(job.run_id) or result
+
+
+@contextlib.contextmanager
+def _drained(writer: EpochWriter):
+    """Every epoch's files are on disk when the block ends, however it ends (a write's error is raised when
+    the block itself succeeded)."""
+    try:
+        yield
+    except BaseException:
+        writer.close(raise_errors=False)
+        raise
+    writer.close()
 
 
 @contextlib.contextmanager
