@@ -622,16 +622,28 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 
+def to_device(a, device, dtype=None) -> torch.Tensor:
+    """A host array (numpy, or a list) as a tensor on ``device``, without making the host wait: on CUDA it
+    is staged in pinned memory and copied ``non_blocking`` (torch's pinned-memory cache keeps the staging
+    block until the copy has run); on the CPU no copy is made. The draws of methods stay on the host
+    generator (``ctx.rng``) so that runs are reproducible; this is how they reach the device."""
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t if device.type == "cpu" else t.to(device)
+
+
 def permutation(ctx: Context, n: int) -> torch.Tensor:
     """A random permutation of ``n`` rows drawn from the method's seeded host generator, on the device."""
-    return torch.from_numpy(ctx.rng.permutation(n)).to(ctx.device, non_blocking=True)
+    return to_device(ctx.rng.permutation(n), ctx.device)
 
 
 def lam_tensor(lam, n: int, device) -> torch.Tensor:
     """Lambda (a float or an array of ``n``) as a float32 tensor of shape (n,) on ``device``."""
     if isinstance(lam, (float, int)):
         return torch.full((n,), float(lam), device=device)
-    return torch.as_tensor(np.asarray(lam, dtype=np.float32)).to(device, non_blocking=True)
+    return to_device(lam, device, np.float32)
 
 
 def interpolate(h: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:

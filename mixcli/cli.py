@@ -57,12 +57,16 @@ def run(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the jobs and exit without training."),
     jobs_n: Optional[int] = typer.Option(None, "--jobs", "-j", help="Jobs trained at once, each in a worker "
-                                         "process (default: one per GPU on CUDA, 1 on CPU)."),
+                                         "process (default: one per GPU on CUDA, one per core on CPU)."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="GPUs to spread the jobs over, e.g. 0,1 "
                                        "(default: all visible)."),
     jobs_per_gpu: int = typer.Option(1, "--jobs-per-gpu", help="Jobs packed onto one GPU (small jobs)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads per job on CPU (default: "
-                                          "cores // jobs, so jobs x threads <= cores)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads per job (default: 1 on "
+                                          "every machine, so that a run gives the same numbers anywhere; "
+                                          "recorded in the runs table)."),
+    in_process: bool = typer.Option(False, "--in-process", help="Run the jobs one at a time in this process "
+                                    "instead of worker processes (for debuggers and profilers; a native "
+                                    "crash then ends the sweep)."),
     executor: str = typer.Option("local", "--executor", help="local (this machine) or ray (a Ray instance "
                                  "or cluster; pip install \"mixcli[ray]\")."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Address of a running Ray cluster "
@@ -104,7 +108,7 @@ def run(
     try:
         result = run_experiment(p, device=device, jobs=jobs_n, threads=threads, gpus=gpus,
                                 jobs_per_gpu=jobs_per_gpu, executor=executor, ray_address=ray_address,
-                                retry_failed=retry_failed, rerun_stale=rerun_stale, display=lambda ex: make_display(console, ex.slots),
+                                retry_failed=retry_failed, rerun_stale=rerun_stale, in_process=in_process, display=lambda ex: make_display(console, ex.slots),
                                 on_start=on_start, warn=_warn_line)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted; the runs in progress are recorded interrupted. Run the same command "
@@ -220,16 +224,24 @@ def show(
     set_: SetOption = None,
     job: Optional[str] = typer.Option(None, "--job", help="Only this job: its number (1-based, in the "
                                       "order of `run --dry-run`) or its run id (a unique prefix will do)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="The torch threads per job that `mixcli "
+                                          "run --threads` would use (default: 1)."),
 ) -> None:
-    """Print the resolved configuration of each job as YAML (what jobs/<run_id>/config.yaml will hold)."""
+    """Print the resolved configuration of each job as YAML (what jobs/<run_id>/config.yaml will hold).
+
+    Each document is headed by its run id, its grid values and the torch threads it trains with (recorded
+    in the runs table, not part of the run id)."""
     from .config.jobs import expand
     from .config.spec import load_experiment
+    from .execution.executors import THREADS
     from .results.store import config_yaml
 
+    if threads is not None and threads < 1:
+        raise MixcliError(f"--threads {threads}: expected a positive integer")
     jobs = expand(load_experiment(experiment, set_ or []))
     if job is not None:
         jobs = [pick_job(jobs, job)]
-    docs = [f"# {j.run_id}: {j.label}\n{config_yaml(j.config)}" for j in jobs]
+    docs = [f"# {j.run_id}: {j.label} (threads: {threads or THREADS})\n{config_yaml(j.config)}" for j in jobs]
     sys.stdout.write("---\n".join(docs))
 
 

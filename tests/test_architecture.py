@@ -19,13 +19,13 @@ PACKAGES = (("mixcli", ROOT / "mixcli"), ("mixcli_plugins", ROOT / "plugins"))
 # Higher layers may import lower ones, never the other way. Data flows config -> execution -> training ->
 # results; execution drives training, training writes results, and all of them read the config.
 LAYERS = {
-    "mixcli": 0, "mixcli.errors": 0, "mixcli.registry": 0, "mixcli.metrics": 0, "mixcli.api": 0,
+    "mixcli": 0, "mixcli.errors": 0, "mixcli.fs": 0, "mixcli.registry": 0, "mixcli.metrics": 0, "mixcli.api": 0,
     "mixcli.data": 1, "mixcli.mixing": 1,
     "mixcli.config": 2,
     "mixcli.results": 3,
     "mixcli.training": 4,
     "mixcli.execution": 5,
-    "mixcli.cli": 6,
+    "mixcli.cli": 6, "mixcli.entry": 6,
 }
 PLUGIN_SURFACE = ("mixcli.api", "mixcli.mixing", "mixcli.data")
 

@@ -57,6 +57,8 @@ _RUN_BASE: dict[str, str] = {
     "error_plugin": "the plugin whose code raised, for a failed run (e.g. method 'mixup')",
     "attempts": "how many times training of this run was started (1 for a run trained in one go)",
     "host": "the host that last trained the run", "pid": "the process id that last trained the run",
+    "threads": "torch's intra-op threads in the process that last trained the run (mixcli run --threads; "
+               "the numbers depend on it)",
     "config": "the fully resolved configuration, as JSON",
     "selection": "the epoch selection rule the experiment asks reports to use (eval.selection)",
     "epochs": "epochs completed", "best_epoch": "the epoch selected by the best-epoch rule",
@@ -88,7 +90,7 @@ for _s in SPLITS:
 
 _STRINGS = {"run_id", "experiment", "method", "dataset", "model", "loss", "task", "status", "error", "config",
             "best_on", "selection", "device", "mixcli_version", "started_at", "finished_at"}
-_INTS = {"seed", "epochs", "best_epoch", "epoch", "attempts", "pid"}
+_INTS = {"seed", "epochs", "best_epoch", "epoch", "attempts", "pid", "threads"}
 _STRINGS |= {"error_plugin", "host"}
 _STRINGS |= {"git_commit", "torch_version", "cuda_version", "gpu", "plugin_versions"}
 _BOOLS = {"git_dirty"}
