@@ -175,6 +175,7 @@ def run_job(job: Job, store: Store, device: torch.device, progress: Progress | N
     ctx = Context(task=task, num_classes=data.num_classes, device=device, rng=np.random.default_rng(seed),
                   train=dd.train, fetch=dd.fetch, epochs=n_epochs, data=data, model=model,
                   eval_batches=dd.eval_batches, artifacts_dir=store.job_dir(job.run_id))
+    ctx.extra["optimizer"] = opt  # a method that trains its own copy of a head follows the run's lr (automix)
     rows: list[dict] = []
     start, wall = 1, 0.0
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
