@@ -303,11 +303,24 @@ def test_frost_matches_the_reference(frost_dir):
         np.testing.assert_allclose(hwc(got[i]) * 255, ref, atol=1e-3)
 
 
-def test_frost_without_pictures_is_a_clear_error(tmp_path):
+def test_frost_without_pictures_is_a_clear_error_in_validate_and_run(tmp_path, cli, write):
     from mixcli.api import PluginError
 
     with pytest.raises(PluginError, match="frost needs the reference's frost pictures"):
         Q.frost_pictures(str(tmp_path / "none"))
+    exp = write(f"""\
+        name: frost
+        dataset: {{name: digits, fraction: 0.1}}
+        model: {{name: cnn, width: 4}}
+        train: {{epochs: 1}}
+        eval: {{extra: [{{name: corruptions, frost_dir: {tmp_path / 'none'}}}]}}
+        seeds: [0]
+        """)
+    for cmd in (("validate", exp), ("run", exp, "--out", tmp_path / "r", "--device", "cpu")):
+        code, text = cli(*cmd)
+        assert code == 2 and "frost needs the reference's frost pictures" in text and "download: true" in text
+    C.Corruptions(frost_dir=str(tmp_path / "none"), download=True)  # fetched when the run starts
+    C.Corruptions(corruptions=["fog"], frost_dir=str(tmp_path / "none"))  # no frost, no pictures needed
 
 
 # ------------------------------------------------------------------------------------------------ jpeg
@@ -332,7 +345,7 @@ def test_jpeg_is_pils_encoder(channels):
 def test_default_set_is_the_standard_15_and_the_error_is_their_mean(frost_dir, tmp_path):
     from test_evaluators import _digits, _fitted_linear, _run_eval
 
-    ev = C.Corruptions()
+    ev = C.Corruptions(frost_dir=str(frost_dir))
     assert ev.corruptions == list(C.STANDARD) and len(C.STANDARD) == 15 and len(C.EXTRA) == 4
     assert set(C.STANDARD) | set(C.EXTRA) == set(C.CIFAR_C) and len(C.CIFAR_C) == 19
     data = _digits()

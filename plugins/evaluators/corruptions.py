@@ -344,6 +344,13 @@ class Corruptions(Evaluator):
         self.corruptions, self.severities, self.path = list(corruptions), list(severities), path
         self.frost_dir, self.download = os.path.expanduser(frost_dir), download
         self._frost = None
+        if not path and "frost" in self.corruptions and not download:  # validate refuses what run would
+            missing = [f for f in cifar_c.FROST_FILES if not os.path.isfile(os.path.join(self.frost_dir, f))]
+            if missing:
+                raise PluginError(f"frost needs the reference's frost pictures in frost_dir {self.frost_dir} "
+                                  f"(missing {', '.join(missing)}): copy frost1.png .. frost5.jpg from "
+                                  "github.com/hendrycks/robustness ImageNet-C/create_c/, set download: true, or "
+                                  "leave frost out of corruptions")
 
     def check(self, data) -> None:
         if data.test.x.dtype != torch.uint8 or data.test.x.dim() != 4:
