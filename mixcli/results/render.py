@@ -17,7 +17,7 @@ import pandas as pd
 from ..metrics import metric_info
 from .compare import Comparison
 from .runs import group_label
-from .stats import PairedRow
+from .stats import MAX_SEEDS, PairedRow
 
 
 def fmt_value(metric: str, v: float) -> str:
@@ -65,8 +65,16 @@ def paired_title(c: Comparison) -> str:
     level = f"{100 * (1 - c.alpha):g}%"
     on = " and ".join(c.pair_on)
     return (f"Δ = group − {c.against}, paired by {on}: mean difference ± standard error, {level} CI, "
-            f"wins/ties/losses, p-values of the paired t-test (t) and Wilcoxon signed-rank test (W); "
-            f"ns = not significant at α = {c.alpha:g}")
+            f"wins/ties/losses, p-values of the paired t-test (t), Wilcoxon signed-rank test (W) and the t-test's "
+            f"Holm-adjusted over the groups compared with one baseline (Holm); ns = Holm p not below "
+            f"α = {c.alpha:g}")
+
+
+def effect_title(c: Comparison) -> str:
+    level = f"{100 * (1 - c.alpha):g}%"
+    return (f"Δ = group − {c.against}: {level} percentile bootstrap interval over seeds, P(beat) = probability "
+            f"of beating {c.against} on a paired seed (normal model), seeds for 80% power = pairs a "
+            f"paired t-test at α = {c.alpha:g} needs to detect this Δ (per group for Welch)")
 
 
 PAIRED_CAPTION = "Welch = unpaired Welch t-test, the seeds differ (n = group vs baseline runs)"
@@ -81,17 +89,36 @@ def paired_cells(c: Comparison, r: PairedRow) -> list[str]:
         diff += " ns"
     ci = "-" if r.ci_low is None else f"[{fmt_diff(m, r.ci_low)}, {fmt_diff(m, r.ci_high)}]"
     wtl = "Welch" if r.test == "Welch" else f"{r.wins}/{r.ties}/{r.losses}"
-    return [group_label(r.group), header(m), n, diff, ci, wtl, fmt_p(r.t_p), fmt_p(r.wilcoxon_p)]
+    return [group_label(r.group), header(m), n, diff, ci, wtl, fmt_p(r.t_p), fmt_p(r.wilcoxon_p),
+            fmt_p(r.holm_p)]
 
 
-PAIRED_HEAD = ["group", "metric", "n", "Δ ± SE", "CI", "W/T/L", "p (t)", "p (W)"]
+PAIRED_HEAD = ["group", "metric", "n", "Δ ± SE", "CI", "W/T/L", "p (t)", "p (W)", "Holm"]
+
+
+def fmt_seeds(r: PairedRow) -> str:
+    if r.seeds_80 is not None:
+        return str(r.seeds_80)
+    return "-" if r.se is None or r.diff == 0 else f"> {MAX_SEEDS}"
+
+
+def effect_cells(c: Comparison, r: PairedRow) -> list[str]:
+    """group, metric, Δ, bootstrap interval, P(beat), seeds for 80% power."""
+    m = r.metric
+    boot = "-" if r.boot_low is None else f"[{fmt_diff(m, r.boot_low)}, {fmt_diff(m, r.boot_high)}]"
+    beat = "-" if r.p_beat is None else f"{r.p_beat:.2f}"
+    return [group_label(r.group), header(m), fmt_diff(m, r.diff), boot, beat, fmt_seeds(r)]
+
+
+EFFECT_HEAD = ["group", "metric", "Δ", "bootstrap CI", "P(beat)", "seeds for 80% power"]
 
 
 def paired_json(r: PairedRow) -> dict:
     return {"baseline": group_label(r.baseline), "test": r.test, "n": r.n, "n_baseline": r.n_baseline,
             "mean": r.mean, "baseline_mean": r.baseline_mean, "diff": r.diff, "se": r.se, "ci_low": r.ci_low,
             "ci_high": r.ci_high, "wins": r.wins, "ties": r.ties, "losses": r.losses, "t_p": r.t_p,
-            "wilcoxon_p": r.wilcoxon_p, "significant": r.significant}
+            "wilcoxon_p": r.wilcoxon_p, "holm_p": r.holm_p, "significant": r.significant,
+            "boot_low": r.boot_low, "boot_high": r.boot_high, "p_beat": r.p_beat, "seeds_80": r.seeds_80}
 
 
 def _paired_by_group(c: Comparison) -> dict[tuple, dict[str, PairedRow]]:
@@ -110,7 +137,8 @@ def render(c: Comparison, fmt: str = "table", width: int | None = None, color: b
     ``color`` (default: whether stdout shows colour), else marked with a ``*``; the caption says which.
     With ``against``, the paired statistics come as a second table (``table``, ``markdown``), as extra
     columns per metric (``csv``: ``<metric>_diff``, ``_se``, ``_ci_low``, ``_ci_high``, ``_wins``, ``_ties``,
-    ``_losses``, ``_t_p``, ``_wilcoxon_p``, ``_test``, ``_significant``, and a ``baseline`` column) or under
+    ``_losses``, ``_t_p``, ``_wilcoxon_p``, ``_holm_p``, ``_test``, ``_significant``, ``_boot_low``,
+    ``_boot_high``, ``_p_beat``, ``_seeds_80``, and a ``baseline`` column) or under
     ``vs_baseline`` of each metric (``json``)."""
     by_group = _paired_by_group(c)
     if fmt == "json":
@@ -139,7 +167,7 @@ def render(c: Comparison, fmt: str = "table", width: int | None = None, color: b
             for m in c.metrics:
                 rs = [by_group.get(k, {}).get(m) for k in keys]
                 for f in ("diff", "se", "ci_low", "ci_high", "wins", "ties", "losses", "t_p", "wilcoxon_p",
-                          "test", "significant"):
+                          "holm_p", "test", "significant", "boot_low", "boot_high", "p_beat", "seeds_80"):
                     table[f"{m}_{f}"] = pd.Series([getattr(r, f) if r else None for r in rs], dtype=object)
         return table.to_csv(index=False)
     if fmt == "latex":
@@ -159,6 +187,9 @@ def render(c: Comparison, fmt: str = "table", width: int | None = None, color: b
             lines += ["| " + " | ".join(paired_cells(c, r)) + " |" for r in c.paired]
             if any(r.test == "Welch" for r in c.paired):
                 lines.append(f"_{PAIRED_CAPTION}_")
+            lines += ["", f"**{effect_title(c)}**", "", "| " + " | ".join(EFFECT_HEAD) + " |",
+                      "|" + "---|" * len(EFFECT_HEAD)]
+            lines += ["| " + " | ".join(effect_cells(c, r)) + " |" for r in c.paired]
         return "\n".join(lines)
     from rich.console import Console
 
@@ -242,7 +273,16 @@ def _rich_table(c: Comparison, compact: bool, color: bool):
     for r in c.paired:
         cells_ = paired_cells(c, r)
         p.add_row(*(cells_[:1] + cells_[2:] if one else cells_), style="dim" if r.significant is False else None)
-    return Group(t, p)
+    e = Table(title=(f"{header(c.metrics[0])}: " if one else "") + effect_title(c), box=box.SIMPLE_HEAD,
+              padding=(0, 1), pad_edge=False, collapse_padding=True)
+    for k in EFFECT_HEAD:
+        if not (one and k == "metric"):
+            e.add_column(k, style="cyan" if k == "group" else None, justify="left" if k in ("group", "metric")
+                         else "right", overflow="fold", no_wrap=k not in ("group", "seeds for 80% power"))
+    for r in c.paired:
+        cells_ = effect_cells(c, r)
+        e.add_row(*(cells_[:1] + cells_[2:] if one else cells_), style="dim" if r.significant is False else None)
+    return Group(t, p, e)
 
 
 def _num(v):

@@ -146,6 +146,7 @@ def build(job, store: Store, device: torch.device) -> tuple[RunState, "Recipe"]:
     ctx = Context(task=task, num_classes=data.num_classes, device=device, rng=np.random.default_rng(seed),
                   train=dd.train, fetch=dd.fetch, epochs=steps.epochs, data=data, model=model,
                   eval_batches=dd.eval_batches, artifacts_dir=store.job_dir(job.run_id))
+    ctx.extra["optimizer"] = opt  # a method that trains its own copy of a head follows the run's lr (automix)
     run = RunState(job, store, device, dd, model, method, ctx, opt, sched, steps.epochs, steps.per_epoch,
                    started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     return run, Recipe(loss_fn, autocast, freeze_bn, cfg["method"].get("off_after_epoch"), steps, evaluations)

@@ -432,7 +432,9 @@ class SVHN(_UnflippedDataset):
 
 # ------------------------------------------------------------------------------------------- MNIST family
 class _IDXDataset(_UnflippedDataset):
-    """The torchvision layout ``root/<Name>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``."""
+    """The torchvision layout ``root/<Name>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``, or the
+    four files directly in ``root`` (the flat layout of Debian's dataset packages, e.g. ``apt-get install
+    dataset-fashion-mnist``: ``root: /usr/share/datasets/fashion-mnist``)."""
 
     NUM_CLASSES = 10
     PAD_MODE = "constant"
@@ -447,11 +449,13 @@ class _IDXDataset(_UnflippedDataset):
         return os.path.join(self.root, self.FOLDER, "raw")
 
     def _path(self, name: str) -> str | None:
-        """The uncompressed file if present, else the gzipped one, else None."""
-        p = os.path.join(self.raw_folder, name)
-        for cand in (p, p + ".gz"):
-            if os.path.isfile(cand):
-                return cand
+        """The uncompressed file if present, else the gzipped one, in ``raw_folder`` and then directly in
+        ``root`` (the flat layout); else None."""
+        for folder in (self.raw_folder, self.root):
+            p = os.path.join(folder, name)
+            for cand in (p, p + ".gz"):
+                if os.path.isfile(cand):
+                    return cand
         return None
 
     def _missing(self) -> list[str]:

@@ -17,6 +17,15 @@ all on the device and batched:
   damage follows c on detailed images but not always on very smooth or tiny ones (8x8 digits: severities 4
   and 5 resample to 6 and 5 pixels, and 5 aliases less), exactly as in the reference.
 - Noise is drawn from the evaluator's private generator, so results are reproducible per seed and epoch.
+
+The other corruptions of CIFAR-10-C (glass, motion and zoom blur, snow, frost, fog, spatter, elastic
+transform) and JPEG through PIL's encoder are in :mod:`mixcli.data.cifar_c`; the torch JPEG
+below (:func:`jpeg`) is no longer what ``jpeg_compression`` uses (it differed from PIL by up to 21 grey
+levels).
+
+The sets: :data:`STANDARD` are the 15 corruptions of CIFAR-10-C's benchmark (the reference's first 15, in
+its order), :data:`EXTRA` the 4 it releases as held-out extras (speckle noise, gaussian blur, spatter,
+saturate); ``corruption_error`` is computed over the standard ones only.
 """
 from __future__ import annotations
 
@@ -29,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from mixcli.api import EvalContext, Evaluator, PluginError, metric
+from mixcli.data import cifar_c
 
 # the reference's CIFAR parameters for severities 1..5, and the parameter that leaves an image unchanged
 PARAMS: dict[str, list] = {
@@ -49,10 +59,16 @@ IDENTITY: dict[str, object] = {
     "gaussian_blur": 0.0, "defocus_blur": (0, 0.0), "contrast": 1.0, "brightness": 0.0, "saturate": (1, 0),
     "jpeg_compression": 100, "pixelate": 1.0,
 }
-GENERATED = tuple(PARAMS)
+#: the 15 benchmark corruptions of CIFAR-10-C, in the reference's order
+STANDARD = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+            "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+            "jpeg_compression")
+#: the 4 extra corruptions the reference also generates and releases
+EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+GENERATED = STANDARD + EXTRA  # every one is generated on the device
 #: the file names of the released CIFAR-10-C / CIFAR-100-C (``<name>.npy`` + ``labels.npy``)
-CIFAR_C = GENERATED[:4] + ("glass_blur", "motion_blur", "zoom_blur", "snow", "frost", "fog", "spatter",
-                           "elastic_transform") + GENERATED[4:]
+CIFAR_C = GENERATED
+DEFAULT_FROST_DIR = "~/.cache/mixcli/data/frost"
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -259,10 +275,13 @@ def corrupt(x: torch.Tensor, name: str, param, gen: torch.Generator | None = Non
     raise ValueError(f"unknown corruption {name!r}")
 
 
-def apply(x: torch.Tensor, name: str, severity: int, gen: torch.Generator | None = None) -> torch.Tensor:
+def apply(x: torch.Tensor, name: str, severity: int, gen: torch.Generator | None = None,
+          frost_images=None) -> torch.Tensor:
     """Corruption ``name`` at ``severity`` 1..5 (0: the image unchanged), quantized to the 1/255 grid."""
     if severity == 0:
         return x
+    if name in cifar_c.PARAMS:
+        return quantize(cifar_c.corrupt(x, name, cifar_c.PARAMS[name][severity - 1], gen, frost_images))
     return quantize(corrupt(x, name, PARAMS[name][severity - 1], gen))
 
 
@@ -271,63 +290,104 @@ def applies(name: str, channels: int) -> bool:
 
 
 class Corruptions(Evaluator):
-    """Accuracy on common corruptions of the test split (CIFAR-10-C style), generated on the device.
+    """Accuracy on common corruptions of the test split (CIFAR-10-C), generated on the device.
 
-    For each corruption c and severity s (1..5, Hendrycks & Dietterich's CIFAR parameters, see
-    ``PARAMS``) the test accuracy ``A_{c,s}`` on the corrupted test images; ``corruption_accuracy`` is
-    ``mean_{c,s} A_{c,s}``, ``corruption_error`` the mean corruption error ``mean_c mean_s (1 - A_{c,s})`` (the
-    unnormalized mCE that CIFAR papers report, e.g. AugMix; ImageNet-C's AlexNet normalization does not exist
-    for CIFAR), and ``corruption_<c>`` the accuracy on c averaged over the severities. ``path``: a folder
-    holding the released CIFAR-10-C / CIFAR-100-C files (``<corruption>.npy``, 5 x 10000 images of severities
-    1..5, and ``labels.npy``), used instead of generated images (any of the 19 released corruptions).
-    Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and Perturbations",
-    ICLR 2019.
+    For each corruption c and severity s (1..5, Hendrycks & Dietterich's CIFAR parameters: ``PARAMS`` here
+    and in :mod:`mixcli.data.cifar_c`) the test accuracy ``A_{c,s}`` on the corrupted test
+    images. With ``S`` the corruptions of the set that are among the 15 standard ones (:data:`STANDARD`):
+    ``corruption_accuracy = mean_{c in S} mean_s A_{c,s}`` and ``corruption_error = mean_{c in S} mean_s
+    (1 - A_{c,s})``, the unnormalized mean corruption error CIFAR papers report (e.g. AugMix; ImageNet-C's
+    AlexNet normalization does not exist for CIFAR); with the default set S is all 15, and neither metric
+    is reported when S is empty. The 4 extras (:data:`EXTRA`) only get their own ``corruption_<c>``, the
+    accuracy on c averaged over the severities, as every corruption does. Each evaluation writes
+    ``corruption_set.json`` (the corruptions and severities evaluated, which of them the two means cover,
+    whether they are the full standard 15, generated or read from files) to the run's folder.
+
+    ``corruptions``: a list of names (default: the 15 standard ones). ``frost`` needs
+    the reference's frost pictures (not shipped with mixcli): ``frost1.png`` .. ``frost5.jpg`` of
+    ``hendrycks/robustness`` ``ImageNet-C/create_c/`` in ``frost_dir`` (default
+    ``~/.cache/mixcli/data/frost``), or ``download: true`` to fetch them there (their git hashes are
+    checked). ``path``: a folder holding the released CIFAR-10-C / CIFAR-100-C files (``<corruption>.npy``,
+    5 x 10000 images of severities 1..5, and ``labels.npy``), used instead of generated images.
+    Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and
+    Perturbations", ICLR 2019.
     """
 
     paper = "Hendrycks & Dietterich, Benchmarking Neural Network Robustness to Common Corruptions, ICLR 2019"
-    path_options = ("path",)  # relative to the experiment file's folder, like every path of the file
+    path_options = ("path", "frost_dir")  # relative to the experiment file's folder, like every path of the file
     metrics = (metric("corruption_accuracy", True, percent=True,
-                      doc="mean test accuracy over corruptions and severities 1-5"),
+                      doc="mean test accuracy over the standard corruptions evaluated (all 15 by default) "
+                          "and severities 1-5"),
                metric("corruption_error", False, percent=True,
-                      doc="mean corruption error: mean over corruptions of the mean error over severities"),
+                      doc="mean corruption error over the standard corruptions evaluated (all 15 by default)"),
                *(metric(f"corruption_{c}", True, percent=True, doc=f"test accuracy under {c}, mean over severities")
                  for c in GENERATED))
 
-    def __init__(self, corruptions: list = GENERATED, severities: list = (1, 2, 3, 4, 5), path: str = None):
-        known = CIFAR_C if path else GENERATED
+    def __init__(self, corruptions: list = STANDARD, severities: list = (1, 2, 3, 4, 5), path: str = None,
+                 frost_dir: str = DEFAULT_FROST_DIR, download: bool = False):
         if not isinstance(corruptions, (list, tuple)) or not corruptions:
             raise PluginError(f"corruptions must be a non-empty list of names, got {corruptions!r}")
         for c in corruptions:
-            if c not in known:
-                extra = "" if path else " (the others need the released files: set 'path')"
-                raise PluginError(f"unknown corruption {c!r}; expected some of {', '.join(known)}{extra}")
+            if c not in GENERATED:
+                raise PluginError(f"unknown corruption {c!r}; expected some of {', '.join(GENERATED)}")
+        if len(set(corruptions)) != len(corruptions):
+            raise PluginError(f"corruptions lists a name twice: {list(corruptions)}")
         if not isinstance(severities, (list, tuple)) or not severities or \
                 any(not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= 5 for s in severities):
             raise PluginError(f"severities must be a non-empty list of integers in 1..5, got {severities!r}")
         if path is not None and not isinstance(path, str):
             raise PluginError(f"path must be a folder (a string), got {path!r}")
+        if not isinstance(frost_dir, str) or not frost_dir.strip():
+            raise PluginError(f"frost_dir must be a folder (a string), got {frost_dir!r}")
+        if not isinstance(download, bool):
+            raise PluginError(f"download must be true or false, got {download!r}")
         self.corruptions, self.severities, self.path = list(corruptions), list(severities), path
+        self.frost_dir, self.download = os.path.expanduser(frost_dir), download
+        self._frost = None
+        if not path and "frost" in self.corruptions and not download:  # validate refuses what run would
+            missing = [f for f in cifar_c.FROST_FILES if not os.path.isfile(os.path.join(self.frost_dir, f))]
+            if missing:
+                raise PluginError(f"frost needs the reference's frost pictures in frost_dir {self.frost_dir} "
+                                  f"(missing {', '.join(missing)}): copy frost1.png .. frost5.jpg from "
+                                  "github.com/hendrycks/robustness ImageNet-C/create_c/, set download: true, or "
+                                  "leave frost out of corruptions")
 
     def check(self, data) -> None:
         if data.test.x.dtype != torch.uint8 or data.test.x.dim() != 4:
             raise PluginError("corruptions need an image dataset (uint8 images), not float features")
+        if not self.path and "frost" in self.corruptions:
+            self._frost = cifar_c.frost_pictures(self.frost_dir, self.download)
 
     def __call__(self, model, ctx: EvalContext) -> dict[str, float]:
         acc = self._released(model, ctx) if self.path else self._generated(model, ctx)
-        out = {f"corruption_{c}": float(np.mean(a)) for c, a in acc.items() if c in GENERATED}
-        out["corruption_accuracy"] = float(np.mean([np.mean(a) for a in acc.values()]))
-        out["corruption_error"] = float(np.mean([1 - np.mean(a) for a in acc.values()]))
+        out = {f"corruption_{c}": float(np.mean(a)) for c, a in acc.items()}
+        std = [c for c in acc if c in STANDARD]
+        if std:
+            out["corruption_accuracy"] = float(np.mean([np.mean(acc[c]) for c in std]))
+            out["corruption_error"] = float(np.mean([1 - np.mean(acc[c]) for c in std]))
+        if ctx.artifacts_dir is not None:
+            record = {"epoch": ctx.epoch, "source": "released files " + self.path if self.path else "generated",
+                      "corruptions": list(acc), "severities": self.severities, "error_over": std,
+                      "standard_15": sorted(std) == sorted(STANDARD),
+                      "not_applicable": [c for c in self.corruptions if c not in acc]}
+            import json
+
+            os.makedirs(ctx.artifacts_dir, exist_ok=True)
+            with open(os.path.join(ctx.artifacts_dir, "corruption_set.json"), "w") as f:
+                json.dump(record, f, indent=1)
         return out
 
     def _generated(self, model, ctx: EvalContext) -> dict[str, list[float]]:
         channels = ctx.splits["test"].x.shape[1]
+        if "frost" in self.corruptions and self._frost is None:
+            self._frost = cifar_c.frost_pictures(self.frost_dir, self.download)
         acc: dict[str, list] = {}
         for c in (c for c in self.corruptions if applies(c, channels)):
             for s in self.severities:
                 correct = torch.zeros((), device=ctx.device)
                 n = 0
                 for p, y in ctx.batches("test"):
-                    xs = apply(p, c, s, ctx.generator)
+                    xs = apply(p, c, s, ctx.generator, self._frost)
                     correct += (ctx.logits(model, xs).argmax(1) == y).sum()
                     n += len(y)
                 acc.setdefault(c, []).append(correct / n)

@@ -6,7 +6,12 @@ import torch
 from mixcli.api import EvalContext, Evaluator, PluginError, check_range, dataset_class, metric
 from mixcli.api import aupr, auroc, fpr_at_tpr
 
-SYNTHETIC = ("uniform_noise", "gaussian_noise")
+#: Outlier Exposure's synthetic sets (``CIFAR/test.py``), drawn in the network's input space
+INPUT_NOISE = ("gaussian_noise", "uniform_noise")
+#: mixcli's earlier synthetic sets, drawn as pixels in [0, 1] and normalized like the test images
+PIXEL_NOISE = ("pixel_gaussian_noise", "pixel_uniform_noise")
+SYNTHETIC = INPUT_NOISE + PIXEL_NOISE
+OE_FRACTION = 5  # Outlier Exposure: ood_num_examples = len(test_data) // 5
 SCORES = ("msp", "energy")
 
 
@@ -33,10 +38,23 @@ class OOD(Evaluator):
     (the negated score), the other convention of the literature. RegMixup (Pinto et al., NeurIPS 2022) reports these for mixup.
 
     ``dataset``: a registered dataset (its options in ``dataset_options``; its test split, same image shape
-    as the ID data, e.g. ``svhn`` against ``cifar10``, ``fashion_mnist`` against ``mnist``), or the
-    synthetic ``uniform_noise`` (pixels U[0, 1]) or ``gaussian_noise`` (N(0.5, 1) clipped to [0, 1], the
-    synthetic outliers of Hendrycks et al., Outlier Exposure, ICLR 2019), as many images as the ID test split,
-    drawn from the evaluator's private generator. ``max_images`` caps the OOD set (its first images). A
+    as the ID data, e.g. ``svhn`` against ``cifar10``, ``fashion_mnist`` against ``mnist``), or synthetic
+    noise drawn from the evaluator's private generator:
+
+    - ``gaussian_noise``: Outlier Exposure's "Gaussian noise (sigma = 0.5)" (Hendrycks, Mazeika, Dietterich,
+      "Deep Anomaly Detection with Outlier Exposure", ICLR 2019; ``hendrycks/outlier-exposure``
+      ``CIFAR/test.py``): ``x = clip(N(0, 0.5^2), -1, 1)`` per input entry, fed to the network *as its
+      input*, without the dataset's normalization (about 4.6% of entries saturate at +-1);
+    - ``uniform_noise``: Outlier Exposure's "Uniform[-1, 1] noise": ``x ~ U[-1, 1]`` per entry, also the
+      network's input as is;
+    - ``pixel_gaussian_noise`` (``clip(N(0.5, 1), 0, 1)`` pixels, 62% saturated) and ``pixel_uniform_noise``
+      (pixels U[0, 1]): mixcli's earlier sets (before round 3 these were called ``gaussian_noise`` and
+      ``uniform_noise``), drawn as images in [0, 1] and normalized like the test images. Their AUROC is not
+      comparable to Outlier Exposure's numbers.
+
+    Outlier Exposure's sets hold ``len(test) // 5`` inputs (its ``ood_num_examples``; this sets the AUPR's
+    base rate), the pixel sets as many as the ID test split. ``max_images`` caps any OOD set (its first
+    images). The reference draws one set (``num_to_avg = 1``); mixcli draws a new one per evaluation. A
     ``root`` in ``dataset_options`` is taken as written (relative: to the working folder), since it is not an
     option of this evaluator.
     """
@@ -87,22 +105,36 @@ class OOD(Evaluator):
         return self._x
 
     def _ood_images(self, ctx: EvalContext) -> torch.Tensor:
+        """The OOD set: network inputs for Outlier Exposure's noise, pixel units otherwise."""
         test = ctx.splits["test"].x
         name = self.spec["name"]
         if name in SYNTHETIC:  # drawn per evaluation from the private generator
-            n = len(test) if self.max_images is None else self.max_images
+            n = (len(test) if name in PIXEL_NOISE else max(1, len(test) // OE_FRACTION))
+            n = n if self.max_images is None else min(n, self.max_images) if name in INPUT_NOISE \
+                else self.max_images
             shape = (n, *test.shape[1:])
+            g, dev = ctx.generator, ctx.device
+            if name == "gaussian_noise":
+                return (0.5 * torch.randn(shape, device=dev, generator=g)).clamp(-1, 1)
             if name == "uniform_noise":
-                return torch.rand(shape, device=ctx.device, generator=ctx.generator)
-            return (0.5 + torch.randn(shape, device=ctx.device, generator=ctx.generator)).clamp(0, 1)
+                return torch.rand(shape, device=dev, generator=g) * 2 - 1
+            if name == "pixel_uniform_noise":
+                return torch.rand(shape, device=dev, generator=g)
+            return (0.5 + torch.randn(shape, device=dev, generator=g)).clamp(0, 1)
         self.check(ctx.data)
         return ctx.pixels(self._x.to(ctx.device))
 
     def __call__(self, model, ctx: EvalContext) -> dict[str, float]:
         logits_in, _ = ctx.predict(model, "test")
         ood = self._ood_images(ctx)
-        logits_out = torch.cat([ctx.logits(model, ood[i:i + ctx.batch_size])
-                                for i in range(0, len(ood), ctx.batch_size)])
+        if self.spec["name"] in INPUT_NOISE:  # already network inputs: no normalization
+            def out_logits(x):
+                with torch.no_grad(), ctx.autocast():
+                    return model(x).float()
+        else:
+            def out_logits(x):
+                return ctx.logits(model, x)
+        logits_out = torch.cat([out_logits(ood[i:i + ctx.batch_size]) for i in range(0, len(ood), ctx.batch_size)])
         out = {}
         for s in SCORES:
             f = msp if s == "msp" else (lambda z: energy(z, self.temperature))

@@ -14,6 +14,7 @@ from mixcli.mixing.boxes import check_images
 from mixcli.mixing.inputs import probe_input
 
 UPSAMPLING = ("nearest", "bilinear", "bicubic")
+HEADS = ("reference", "shared")
 
 
 class MixBlock(nn.Module):
@@ -84,8 +85,26 @@ class AutoMix(Method):
     checkpoint), so a resumed run continues exactly. Defaults: ``alpha`` 2, ``mask_position`` (null: the
     stage before the last, ResNet-18's stage 3 as the reference's ``mask_layer=2``), ``mask_loss`` 0.1,
     ``mask_margin`` 0.1, ``lam_margin`` 0.08, ``momentum`` 0.999, ``end_momentum`` 0.999999, ``upsampling``
-    nearest, ``lam_concat`` false, ``reduction`` 2. Deviation: the reference trains two linear heads on f_q
-    (clean and mixed); here the model's one classifier serves both losses. The method sets its own loss.
+    nearest, ``lam_concat`` false, ``reduction`` 2. The method sets its own loss.
+
+    Heads. ``heads: reference`` (default) has the reference's four linear heads (OpenMixup ``AutoMixup``,
+    ``head_weights`` ``head_mix_q``, ``head_one_q``, ``head_mix_k``, ``head_one_k``): ``head_one_q`` is the
+    model's classifier (the clean CE), ``head_mix_q`` a second linear head on f_q's pooled features that
+    takes the mixed CE of x~_q, and ``head_mix_k`` / ``head_one_k`` their momentum copies on f_k (updated
+    with the encoder, ``f_k`` includes ``head_one_k``); the MixBlock's loss ``CE_mix(f_k(x~_m))`` goes
+    through ``head_mix_k``::
+
+        L = CE_mix(head_mix_q(g_q(x~_q)); lam_q) + CE(head_one_q(g_q(x)), y)
+          + CE_mix(head_mix_k(g_k(x~_m)); lam_m) + w max(|1 - mean(M_m) - lam_m| - margin, 0)
+
+    ``head_mix_q`` starts as OpenMixup's ``ClsHead`` (weights ~ N(0, 0.01), bias 0) and is trained with the
+    run's optimizer settings: an optimizer of the run's class and defaults, stepped in the backward pass at
+    the learning rate of the run's classifier group (read from the engine's optimizer at each step), as
+    the reference trains it with the rest of the network. The reference reports the test accuracy of each
+    head (``simple_test``: ``acc_mix_k``, ``acc_one_k``, ``acc_mix_q``, ``acc_one_q``); the evaluator
+    ``automix_heads`` reports them as ``automix_{mix_k,one_k,mix_q,one_q}_accuracy``. The run's own metrics
+    (``accuracy`` etc.) are ``head_one_q``'s: the model's classifier. ``heads: shared`` is mixcli's earlier
+    variant: the model's one classifier serves both q losses and the momentum copy of it the MixBlock's.
     """
 
     family = "input"
@@ -97,7 +116,10 @@ class AutoMix(Method):
                  mask_margin: float = 0.1, lam_margin: float = 0.08, momentum: float = 0.999,
                  end_momentum: float = 0.999999, mixblock_lr: float = 0.1, mixblock_min_lr: float = 0.05,
                  upsampling: str = "nearest", lam_concat: bool = False, reduction: int = 2,
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, heads: str = "reference"):
+        if heads not in HEADS:
+            raise PluginError(f"heads must be one of {', '.join(HEADS)}, got {heads!r}")
+        self.heads = heads
         check_range("alpha", alpha, 0, low_open=True)
         if mask_position is not None and not (isinstance(mask_position, int) and mask_position >= 1):
             raise PluginError(f"mask_position must be a stage position >= 1 or null, got {mask_position}")
@@ -142,6 +164,58 @@ class AutoMix(Method):
             p.register_post_accumulate_grad_hook(self._step_param)
         self.epochs = ctx.epochs
         self.ctx_train_len = len(ctx.train)
+        self.head_mix_q = self.head_mix_k = self.head_opt = None
+        if self.heads == "reference":
+            run_opt = ctx.extra.get("optimizer")
+            if run_opt is None:
+                raise PluginError("automix heads: reference needs the run's optimizer (ctx.extra['optimizer'], "
+                                  "set by the engine); use heads: shared without it")
+            cls_head = model.classifier
+            if not isinstance(cls_head, nn.Linear):
+                raise PluginError(f"automix heads: reference needs a linear classifier, got "
+                                  f"{type(cls_head).__name__}")
+            self.run_opt = run_opt
+            self.head_mix_q = nn.Linear(cls_head.in_features, cls_head.out_features).to(ctx.device)
+            nn.init.normal_(self.head_mix_q.weight, std=0.01)  # OpenMixup ClsHead.init_weights
+            nn.init.zeros_(self.head_mix_q.bias)
+            self.head_mix_k = copy.deepcopy(self.head_mix_q)
+            for p in self.head_mix_k.parameters():
+                p.requires_grad_(False)
+            self.head_opt = type(run_opt)(self.head_mix_q.parameters(), **run_opt.defaults)
+            self._head_pending = 0
+            for p in self.head_mix_q.parameters():
+                p.register_post_accumulate_grad_hook(self._step_head)
+        # the evaluator automix_heads finds the heads here (a plain attribute: not in the model's state)
+        object.__setattr__(model, "automix_heads", self.head_logits)
+
+    def _step_head(self, p: torch.Tensor) -> None:
+        """Step head_mix_q once both its parameters have their gradients, at the run's classifier lr."""
+        self._head_pending += 1
+        if self._head_pending < 2:
+            return
+        self._head_pending = 0
+        lr = self.run_opt.param_groups[-1]["lr"]
+        for g in self.head_opt.param_groups:
+            g["lr"] = lr
+        self.head_opt.step()
+        self.head_opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def head_logits(self, model: Model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The test-time logits of the reference's four heads (``simple_test``) for inputs ``x``."""
+        pos = model.embed_position
+        was = self.k.training
+        self.k.eval()  # test mode for the momentum encoder too (its BatchNorm statistics stay as they are)
+        try:
+            gq, gk = model.forward_to(x, pos), self.k.forward_to(x, pos)
+        finally:
+            self.k.train(was)
+        out = {"one_q": model.classifier(gq), "one_k": self.k.classifier(gk)}
+        if self.heads == "reference":
+            out.update(mix_q=self.head_mix_q(gq), mix_k=self.head_mix_k(gk))
+        else:  # one classifier: the mixed heads are the clean ones
+            out.update(mix_q=out["one_q"], mix_k=out["one_k"])
+        return out
 
     def _step_param(self, p: torch.Tensor) -> None:
         opt = self.opts[p]
@@ -155,14 +229,22 @@ class AutoMix(Method):
                 g["lr"] = lr
 
     def state_dict(self) -> dict:
-        return {"k": self.k.state_dict(), "block": self.block.state_dict(),
-                "opts": [opt.state_dict() for opt in self.opts.values()]}
+        out = {"k": self.k.state_dict(), "block": self.block.state_dict(),
+               "opts": [opt.state_dict() for opt in self.opts.values()]}
+        if self.head_mix_q is not None:
+            out.update(head_mix_q=self.head_mix_q.state_dict(), head_mix_k=self.head_mix_k.state_dict(),
+                       head_opt=self.head_opt.state_dict())
+        return out
 
     def load_state_dict(self, state: dict) -> None:
         self.k.load_state_dict(state["k"])
         self.block.load_state_dict(state["block"])
         for opt, sd in zip(self.opts.values(), state["opts"]):
             opt.load_state_dict(sd)
+        if self.head_mix_q is not None:
+            self.head_mix_q.load_state_dict(state["head_mix_q"])
+            self.head_mix_k.load_state_dict(state["head_mix_k"])
+            self.head_opt.load_state_dict(state["head_opt"])
 
     # ------------------------------------------------------------------------------ one step
     @torch.no_grad()
@@ -171,6 +253,10 @@ class AutoMix(Method):
         pk = list(self.k.parameters())
         torch._foreach_mul_(pk, mu)
         torch._foreach_add_(pk, [p.detach() for p in model.parameters()], alpha=1 - mu)
+        if self.head_mix_k is not None:  # the reference updates head_mix_k from head_mix_q with the encoder
+            hk = list(self.head_mix_k.parameters())
+            torch._foreach_mul_(hk, mu)
+            torch._foreach_add_(hk, [p.detach() for p in self.head_mix_q.parameters()], alpha=1 - mu)
 
     def __call__(self, model: Model, batch: Batch, ctx: Context) -> MixOutput:
         x, y, n = batch.x, batch.y, batch.x.shape[0]
@@ -191,8 +277,14 @@ class AutoMix(Method):
                 m_q = self.block(h, lam_q, perm_q, size, self.up)
         x_m = torch.lerp(x, x[perm_m], m_m.to(x.dtype))
         x_q = torch.lerp(x, x[perm_q], m_q.to(x.dtype))
-        k_out = MixOutput(self.k(x_m), y, y[perm_m], lam_tensor(lam_m, n, x.device), self.smoothing)
-        q_out = MixOutput(model(x_q), y, y[perm_q], lam_tensor(lam_q, n, x.device), self.smoothing)
+        if self.heads == "reference":
+            pos = model.embed_position
+            k_logits = self.head_mix_k(self.k.forward_to(x_m, pos))
+            q_logits = self.head_mix_q(model.forward_to(x_q, pos))
+        else:
+            k_logits, q_logits = self.k(x_m), model(x_q)
+        k_out = MixOutput(k_logits, y, y[perm_m], lam_tensor(lam_m, n, x.device), self.smoothing)
+        q_out = MixOutput(q_logits, y, y[perm_q], lam_tensor(lam_q, n, x.device), self.smoothing)
         one = MixOutput.unmixed(model(x), y, self.smoothing)
         kk = ctx.num_classes
         mask_loss = (1 - m_m.mean() - lam_m).abs().sub(self.mask_margin).clamp_min(0)

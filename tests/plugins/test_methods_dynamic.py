@@ -559,9 +559,10 @@ def test_automix_trains_the_mixblock_and_keeps_the_encoder_an_ema():
     model = CNN((1, 8, 8), 4, width=4)
     m = AutoMix(lam_margin=0.0)
     ctx = make_ctx(x8, y, 4, model=model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctx.extra["optimizer"] = opt  # the engine's (heads: reference trains head_mix_q at its lr)
     m.setup(ctx)
     m.start_epoch(1, ctx)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x = x8.float() / 255
     before = [p.clone() for p in m.block.parameters()]
     for step in range(2):
