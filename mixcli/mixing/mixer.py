@@ -82,7 +82,8 @@ class Mixer:
     def __init__(self, method: str | Method, model: nn.Module, num_classes: int | None = None, *, seed: int = 0,
                  train=None, val=None, mean=None, std=None, epochs: int | None = None, task: str | None = None,
                  loss: str | Loss | None = None, device=None, fetch: Callable | None = None,
-                 off_after_epoch: int | None = None, **options: Any) -> None:
+                 off_after_epoch: int | None = None, optimizer: torch.optim.Optimizer | None = None,
+                 **options: Any) -> None:
         if isinstance(method, str):
             method = create(method, **options)
         elif options:
@@ -114,6 +115,7 @@ class Mixer:
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
             raise PluginError(f"epochs must be an integer >= 1, got {epochs!r}")
         self.task, self.num_classes, self.off_after = task, num_classes, off_after_epoch
+        self.optimizer = optimizer  # the loop's optimizer: methods that train a part alike (automix's heads)
         self.user_model = model
         self.model = adapt(model, f"method '{name}'") if needs & MODEL_NEEDS else model
         self._device = torch.device(device) if device is not None else None
@@ -206,6 +208,8 @@ class Mixer:
                            train=train, fetch=fetch, epochs=self._epochs or 1, data=data, model=self.model,
                            eval_batches=self._eval_batches if self._val is not None else None)
         self.ctx.step, self.ctx.epoch = self._step, self._epoch
+        if self.optimizer is not None:
+            self.ctx.extra["optimizer"] = self.optimizer  # as the engine gives it
         try:
             self.method.setup(self.ctx)
         except PluginError as exc:

@@ -187,9 +187,10 @@ def engine_steps(method: str, opts: dict, data, device, loss: str = "soft_ce", m
     ctx = Context(task=data.task, num_classes=data.num_classes, device=device, rng=np.random.default_rng(seed),
                   train=dd.train, fetch=dd.fetch, epochs=1, data=data, model=net, eval_batches=dd.eval_batches,
                   artifacts_dir=artifacts_dir)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    ctx.extra["optimizer"] = opt  # as the engine gives it (automix's heads follow it)
     m.setup(ctx)
     m.start_epoch(1, ctx)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     autocast = autocast_for(device, device.type == "cuda")
     batches = train_steps(dd, batch_size, warmup + steps)

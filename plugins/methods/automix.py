@@ -175,7 +175,8 @@ class AutoMix(Method):
                 raise PluginError(f"automix heads: reference needs a linear classifier, got "
                                   f"{type(cls_head).__name__}")
             self.run_opt = run_opt
-            self.head_mix_q = nn.Linear(cls_head.in_features, cls_head.out_features).to(ctx.device)
+            self.head_mix_q = nn.Linear(cls_head.in_features, cls_head.out_features).to(
+                ctx.device, dtype=cls_head.weight.dtype)  # (a bf16 model gets a bf16 head)
             nn.init.normal_(self.head_mix_q.weight, std=0.01)  # OpenMixup ClsHead.init_weights
             nn.init.zeros_(self.head_mix_q.bias)
             self.head_mix_k = copy.deepcopy(self.head_mix_q)

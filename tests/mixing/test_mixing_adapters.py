@@ -89,9 +89,9 @@ def test_feature_level_methods_train_a_users_model(method, model, opts):
     side = opts.pop("size", 32)  # alignmix needs a last feature map of 2 x 2 or more
     x, y = torch.randn(4, 3, side, side), torch.tensor([0, 1, 2, 3])
     kw = {"mean": (0.0,) * 3, "std": (1.0,) * 3, "train": (x, y), "epochs": 1}
-    mixer = Mixer(method, net, 5, seed=0, **kw, **opts)
-    mixer.start_epoch(1)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    mixer = Mixer(method, net, 5, seed=0, optimizer=opt, **kw, **opts)  # (automix's heads follow the optimizer)
+    mixer.start_epoch(1)
     before = [p.detach().clone() for p in net.parameters()]
     for _ in range(2):
         out = mixer(x, y)

@@ -94,6 +94,7 @@ def test_bf16_models_set_up_and_step(cls):
     model = CNN((3, 16, 16), 2, width=4).to(torch.bfloat16)
     m = cls(alpha=1.0) if cls is not SnapMix else cls()
     ctx = make_ctx(x, y, 2, model=model)
+    ctx.extra["optimizer"] = torch.optim.SGD(model.parameters(), lr=0.01)  # as the engine gives it (automix)
     m.setup(ctx)
     m.start_epoch(1, ctx)
     out = m(model, Batch(x.bfloat16(), y, torch.arange(4)), ctx)

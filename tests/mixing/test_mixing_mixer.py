@@ -60,7 +60,7 @@ def own_loop(name, opts, seed=3, epochs=2, batch_size=64, stop_after=None, mixer
     model = REGISTRY.get("models", "cnn")(data.input_shape, data.out_dim, width=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     mixer = Mixer(name, model, data.num_classes, seed=seed, train=dd.train, fetch=dd.fetch, mean=data.mean,
-                  std=data.std, epochs=epochs, **opts)
+                  std=data.std, epochs=epochs, optimizer=opt, **opts)
     first = 1
     if state is not None:  # resume: everything the engine's checkpoint holds, and the mixer's state
         model.load_state_dict(state["model"])

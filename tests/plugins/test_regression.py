@@ -107,7 +107,8 @@ def run_cli(tmp_path, dataset: dict, epochs: int = 1, methods=("erm",), widths=(
                      "schedule": "constant"},
            "seeds": list(seeds), "grid": {"method": list(methods)}, "out": str(tmp_path / "out")}
     (tmp_path / "e.yaml").write_text(yaml.safe_dump(doc))
-    return CliRunner().invoke(app, ["run", str(tmp_path / "e.yaml"), "--device", "cpu"])
+    return CliRunner().invoke(app, ["run", str(tmp_path / "e.yaml"), "--device", "cpu",
+                                    "--in-process"])  # (the tests' monkeypatches reach the job)
 
 
 def test_compare_shows_worst_domain_rmse_only_with_domains(tmp_path):
