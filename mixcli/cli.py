@@ -175,9 +175,11 @@ def status(
     t.add_row(*[str(st.counts.get(s, 0)) for s in ORDER], eta)
     console.print(t)
     if st.running:
-        r = Table(title="running", title_justify="left")
+        from rich import box
+
+        r = Table(title="running", title_justify="left", box=box.SIMPLE_HEAD)  # the job's name fits 80 columns
         for col in ("run_id", "job", "holder", "heartbeat", "epoch"):
-            r.add_column(col, overflow="fold")
+            r.add_column(col, overflow="fold", no_wrap=col in ("run_id", "job"))
         for j in st.running:
             hb = "?" if j["heartbeat_s"] is None else f"{j['heartbeat_s']:.0f}s ago"
             r.add_row(j["run_id"], j["label"], j["holder"], hb, f"{j['epoch']}/{j['epochs']}")
