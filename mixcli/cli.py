@@ -71,7 +71,7 @@ def run(
     rerun_stale: bool = typer.Option(False, "--rerun-stale", help="Retrain finished runs produced by "
                                      "another version of a plugin package the experiment uses."),
     log: Optional[List[str]] = typer.Option(None, "--log", help="Send results to a logger while runs train: "
-                                            "mlflow or tensorboard, NAME=URI for a destination "
+                                            "mlflow, tensorboard or wandb, NAME=URI for a destination "
                                             "(repeatable; replaces the file's 'log:')."),
 ) -> None:
     """Run every job of an experiment (skipping finished runs, resuming interrupted ones), then compare.
@@ -198,11 +198,12 @@ def status(
 @user_errors
 def export(
     directory: Path = typer.Argument(..., help="An output directory holding runs/ and epochs/."),
-    to: str = typer.Option(..., "--to", help="The logger to send the runs to: mlflow or tensorboard."),
+    to: str = typer.Option(..., "--to", help="The logger to send the runs to: mlflow, tensorboard or wandb."),
     uri: Optional[str] = typer.Option(None, "--uri", help="Its destination: an MLflow tracking URI or a "
-                                      "TensorBoard directory (default: OUT/mlflow.db, OUT/tensorboard)."),
+                                      "TensorBoard directory or a W&B [ENTITY/]PROJECT (default: OUT/mlflow.db, "
+                                      "OUT/tensorboard, the experiment's name)."),
 ) -> None:
-    """Send the runs already under DIRECTORY (with their epochs, config and PNGs) to MLflow or TensorBoard.
+    """Send the runs already under DIRECTORY (with their epochs, config and PNGs) to MLflow, TensorBoard or W&B.
     Runs the destination already holds are skipped."""
     from .results.export import export as do_export
 

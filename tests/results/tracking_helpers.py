@@ -1,4 +1,4 @@
-"""Real trackers for the logger tests: an ``mlflow server`` on localhost (started with a time bound, stopped
+"""Real trackers for the logger tests: the README's ``mlflow ui`` on localhost (started with a time bound, stopped
 by its pid) read over MLflow's REST API, and W&B offline run files read with wandb's own record type."""
 from __future__ import annotations
 
@@ -22,14 +22,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(store: Path, artifacts: Path, start_s: float = 90.0):
-    """``mlflow server`` on 127.0.0.1 (one worker) for ``store``; yields its URL; stopped by pid."""
+def mlflow_server(store: Path, start_s: float = 120.0):
+    """The README's ``mlflow ui --backend-store-uri sqlite:///OUT/mlflow.db`` (on 127.0.0.1, a free port, one
+    worker) for ``store``; yields its URL; stopped by its pid (its process group) at the end."""
     port = free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
     log = open(store.with_suffix(".server.log"), "w")
-    proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{store}", "--default-artifact-root",
-                             artifacts.as_uri()], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([str(mlflow), "ui", "--backend-store-uri", f"sqlite:///{store}", "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_s
