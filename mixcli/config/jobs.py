@@ -94,10 +94,11 @@ def titles(configs: list[dict]) -> list[str]:
     out = []
     for f, c in zip(flats, configs):
         method = c.get("method")
-        bits = [_text(method.get("name") if isinstance(method, dict) else method)]
+        method = method.get("name") if isinstance(method, dict) else method
+        bits = [_text(method) if method is not None else "?"]
         bits += [f"{short[k]}={_text(f[k])}" for k, among in shown.items()
                  if k in f and (among is None or _text(f.get(k.split(".")[0] + ".name")) in among)]
-        out.append(" ".join(bits + [f"s{c.get('seed')}"]))
+        out.append(" ".join(bits + ([f"s{c['seed']}"] if c.get("seed") is not None else [])))
     return out
 
 

@@ -52,6 +52,22 @@ class WandB(Logger):
     def mode(self) -> str:
         return os.environ.get("WANDB_MODE") or ("online" if logged_in() else "offline")
 
+    def prepare(self, experiments: list[str]) -> None:
+        """Online: W&B's server answers within 3 s (else the sweep logs without W&B, one warning line)."""
+        if self.mode() != "online":
+            return
+        import urllib.error
+        import urllib.request
+
+        base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").rstrip("/")
+        try:
+            urllib.request.urlopen(base, timeout=3).close()
+        except urllib.error.HTTPError:
+            return  # it answered
+        except OSError as exc:
+            raise ConnectionError(f"{base} cannot be reached ({getattr(exc, 'reason', exc)}); "
+                                  "WANDB_MODE=offline logs offline") from None
+
     def project(self, run: dict) -> tuple[str | None, str]:
         if self.uri:
             entity, _, project = self.uri.rpartition("/")
