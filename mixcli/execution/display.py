@@ -120,7 +120,8 @@ class _Base:
         elif outcome.status == FINISHED:
             self.counts["done"] += 1
             self.durations.append(outcome.seconds)
-            self._line(f"  [green]✓[/] {tag} {job.run_id}  {score(outcome.row)}  ({outcome.seconds:.1f}s)")
+            self._line(f"  [green]✓[/] {tag} {job.run_id}  {escape(short_label(job))}  {score(outcome.row)}  "
+                       f"({outcome.seconds:.1f}s)")
         elif outcome.status == FAILED:
             self.counts["failed"] += 1
             self._line(f"  [red]✗ {tag} {job.run_id} failed: {escape(str(outcome.error))}[/]")
@@ -143,8 +144,8 @@ class LiveDisplay(_Base):
 
     def __init__(self, console: Console, slots: int) -> None:
         super().__init__(console, slots)
-        # the label column takes what the bar and the epoch line leave (38 columns at 80, 78 at 120)
-        self.label_w = max(24, console.width - BAR_W - INFO_W - 2)
+        # the label column takes what the bar and the epoch line leave (35 columns at 80, at most 52)
+        self.label_w = max(24, min(52, console.width - BAR_W - INFO_W - 5))
         self.p = Progress(TextColumn("{task.description}", table_column=Column(width=self.label_w, no_wrap=True,
                                                                                 overflow="ellipsis")),
                           BarColumn(bar_width=BAR_W, table_column=Column(width=BAR_W, no_wrap=True)),
