@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -18,7 +19,12 @@ from rich.console import Console
 from conftest import TINY
 from tracking_helpers import mlflow_server, rest, wandb_records
 
-pytest.importorskip("mlflow.server")  # the full MLflow (its server and UI), not mlflow-skinny
+pytest.importorskip("mlflow")
+import mlflow.server  # noqa: E402
+
+#: the full MLflow serves a UI; mlflow-skinny has none
+needs_ui = pytest.mark.skipif(not (Path(mlflow.server.__file__).parent / "js" / "build").is_dir(),
+                              reason='needs the full MLflow with its UI: pip install "mixcli[mlflow]"')
 
 GRID = "grid:\n  method: [{name: mixup, alpha: 0.4}, {name: mixup, alpha: 1.0}]\n  train.optimizer.lr: [0.05, 0.1]\n"
 SWEEP = TINY.replace("epochs: 3", "epochs: 1") + GRID  # 4 runs of one epoch
@@ -30,6 +36,7 @@ def _run(args, cwd) -> subprocess.Popen:
                             text=True, env={**__import__("os").environ, "COLUMNS": "80"})
 
 
+@needs_ui
 def test_two_processes_and_workers_on_a_new_store_log_every_run_once_and_the_server_reads_them(cli, write, tmp_path):
     out = tmp_path / "out"
     exp = write(SWEEP)
@@ -73,6 +80,11 @@ def test_two_processes_and_workers_on_a_new_store_log_every_run_once_and_the_ser
         with urllib.request.urlopen(url + "/", timeout=30) as r:
             page = r.read().decode()
         assert r.status == 200 and "<script" in page and "static-files" in page, page[:300]
+        bundle = re.findall(r'src="([^"]+\.js)"', page)[0].lstrip("./")
+        with urllib.request.urlopen(f"{url}/{bundle}", timeout=60) as r:
+            assert r.status == 200 and len(r.read()) > 100_000  # the UI's own code (mlflow-skinny has none)
+        ui = rest(url, "/ajax-api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id]})["runs"]  # what the UI asks
+        assert sorted(r["info"]["run_name"] for r in ui) == sorted(names)
 
         # export to the server finds every run there already (through its REST API)
         code, text = cli("export", out, "--to", "mlflow", "--uri", url)
