@@ -9,6 +9,12 @@ from ..errors import MixcliError
 
 Event = tuple  # (kind, run_id, payload): see Executor
 
+#: torch intra-op threads per job unless ``--threads`` says otherwise, whatever the machine's core count:
+#: the numbers of a run depend on its thread count (reductions split differently), so a fixed default gives
+#: the same numbers on every machine, and one thread per job never makes the jobs fight for the cores.
+#: Parallelism comes from the workers instead (``--jobs``, default: the cores on CPU).
+THREADS = 1
+
 
 class Executor(Protocol):
     """Where jobs train: this process, worker processes, Ray tasks. The scheduler (:mod:`.sweep`) is the
@@ -39,12 +45,19 @@ def cores() -> int:
 
 
 def make_executor(kind: str, device: str, jobs: int | None, threads: int | None, gpus: str | None,
-                  jobs_per_gpu: int, ray_address: str | None) -> Executor:
-    """The executor for ``mixcli run``'s options."""
+                  jobs_per_gpu: int, ray_address: str | None, in_process: bool = False,
+                  n_jobs: int | None = None) -> Executor:
+    """The executor for ``mixcli run``'s options. ``n_jobs``: how many jobs the sweep has (no more workers
+    than that are started)."""
     from ..training.engine import pick_device
 
     if kind not in ("local", "ray"):
         raise MixcliError(f"--executor {kind}: expected local or ray")
+    if in_process and kind == "ray":
+        raise MixcliError("--in-process: the jobs run in this process, not as Ray tasks; drop --executor ray")
+    if in_process and jobs is not None and jobs > 1:
+        raise MixcliError(f"--in-process runs one job at a time in this process; drop --jobs {jobs} "
+                          "(or --in-process)")
     if jobs is not None and jobs < 1:
         raise MixcliError(f"--jobs {jobs}: expected a positive number of jobs at once")
     if jobs_per_gpu < 1:
@@ -75,8 +88,12 @@ def make_executor(kind: str, device: str, jobs: int | None, threads: int | None,
     else:
         if gpus is not None:
             raise MixcliError(f"--gpus {gpus}: the jobs run on the CPU here (--device {device})")
-        n = jobs or 1
-        threads = threads or max(1, cores() // n)
+        n = jobs or cores()
+    threads = threads or THREADS
+    if in_process:
+        n = 1
+    elif jobs is None and n_jobs is not None:
+        n = max(1, min(n, n_jobs))  # the default: no idle workers
     if kind == "ray":
         from .ray_executor import RayExecutor
 
@@ -86,6 +103,9 @@ def make_executor(kind: str, device: str, jobs: int | None, threads: int | None,
         raise MixcliError("--ray-address is only used with --executor ray")
     from .local import InlineExecutor, ProcessPool
 
-    if n == 1 and gpus is None:
+    if in_process:
+        if gpu_list is not None and gpus is not None:
+            raise MixcliError(f"--in-process: the job runs in this process on the default GPU; drop --gpus {gpus} "
+                              "(CUDA_VISIBLE_DEVICES picks the GPU)")
         return InlineExecutor(device, threads)
     return ProcessPool(n, device, threads, gpus=gpu_list, jobs_per_gpu=jobs_per_gpu)

@@ -83,7 +83,8 @@ class MLflow(Logger):
         import fcntl
 
         db.parent.mkdir(parents=True, exist_ok=True)
-        with open(db.with_name(db.name + ".lock"), "a") as fh:
+        fd = os.open(db.with_name(db.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)  # not a planted link
+        with os.fdopen(fd, "r+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             self._locked = True
             try:
