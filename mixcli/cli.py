@@ -76,7 +76,7 @@ def run(
     rerun_stale: bool = typer.Option(False, "--rerun-stale", help="Retrain finished runs produced by "
                                      "another version of a plugin package the experiment uses."),
     log: Optional[List[str]] = typer.Option(None, "--log", help="Send results to a logger while runs train: "
-                                            "mlflow or tensorboard, NAME=URI for a destination "
+                                            "mlflow, tensorboard or wandb, NAME=URI for a destination "
                                             "(repeatable; replaces the file's 'log:')."),
 ) -> None:
     """Run every job of an experiment (skipping finished runs, resuming interrupted ones), then compare.
@@ -181,9 +181,11 @@ def status(
     t.add_row(*[str(st.counts.get(s, 0)) for s in ORDER], eta)
     console.print(t)
     if st.running:
-        r = Table(title="running", title_justify="left")
+        from rich import box
+
+        r = Table(title="running", title_justify="left", box=box.SIMPLE_HEAD)  # the job's name fits 80 columns
         for col in ("run_id", "job", "holder", "heartbeat", "epoch"):
-            r.add_column(col, overflow="fold")
+            r.add_column(col, overflow="fold", no_wrap=col in ("run_id", "job"))
         for j in st.running:
             hb = "?" if j["heartbeat_s"] is None else f"{j['heartbeat_s']:.0f}s ago"
             r.add_row(*(clean_text(str(v)) for v in (j["run_id"], j["label"], j["holder"], hb,
@@ -203,11 +205,12 @@ def status(
 @user_errors
 def export(
     directory: Path = typer.Argument(..., help="An output directory holding runs/ and epochs/."),
-    to: str = typer.Option(..., "--to", help="The logger to send the runs to: mlflow or tensorboard."),
+    to: str = typer.Option(..., "--to", help="The logger to send the runs to: mlflow, tensorboard or wandb."),
     uri: Optional[str] = typer.Option(None, "--uri", help="Its destination: an MLflow tracking URI or a "
-                                      "TensorBoard directory (default: OUT/mlflow.db, OUT/tensorboard)."),
+                                      "TensorBoard directory or a W&B [ENTITY/]PROJECT (default: OUT/mlflow.db, "
+                                      "OUT/tensorboard, the experiment's name)."),
 ) -> None:
-    """Send the runs already under DIRECTORY (with their epochs, config and PNGs) to MLflow or TensorBoard.
+    """Send the runs already under DIRECTORY (with their epochs, config and PNGs) to MLflow, TensorBoard or W&B.
     Runs the destination already holds are skipped."""
     from .results.export import export as do_export
 

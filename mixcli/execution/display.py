@@ -25,7 +25,10 @@ def score(row: dict | None) -> str:
 
 
 def short_label(job) -> str:
-    """The job's grid values and seed, compact: ``mixup(alpha=0.4) lr=0.1 s1``."""
+    """The job's name among the sweep's jobs (:attr:`mixcli.config.jobs.Job.title`: the method and the grid
+    values that vary, ``mixup alpha=0.4 lr=0.1 s1``); without one, its grid values and seed."""
+    if getattr(job, "title", ""):
+        return job.title
     out = []
     for bit in job.label.split(" "):
         key, _, value = bit.partition("=")
@@ -36,6 +39,20 @@ def short_label(job) -> str:
         else:
             out.append(f"{key.rsplit('.', 1)[-1]}={value}")
     return " ".join(out)
+
+
+def fit(label: str, width: int) -> str:
+    """``label`` in ``width`` characters: cut inside its values, never dropping the seed at its end."""
+    if len(label) <= width:
+        return label
+    head, sep, seed = label.rpartition(" ")
+    if not sep or len(seed) + 2 > width:
+        return label[:max(1, width - 1)] + "…"
+    return head[:width - len(seed) - 2] + "… " + seed
+
+
+INFO_W = 30  # "ep 12/200 loss 1.234 acc 71.03%"
+BAR_W = 10
 
 
 def _clock(seconds: float) -> str:
@@ -103,7 +120,8 @@ class _Base:
         elif outcome.status == FINISHED:
             self.counts["done"] += 1
             self.durations.append(outcome.seconds)
-            self._line(f"  [green]✓[/] {tag} {job.run_id}  {score(outcome.row)}  ({outcome.seconds:.1f}s)")
+            self._line(f"  [green]✓[/] {tag} {job.run_id}  {escape(short_label(job))}  {score(outcome.row)}  "
+                       f"({outcome.seconds:.1f}s)")
         elif outcome.status == FAILED:
             self.counts["failed"] += 1
             self._line(f"  [red]✗ {tag} {job.run_id} failed: {escape(str(outcome.error))}[/]")
@@ -126,9 +144,11 @@ class LiveDisplay(_Base):
 
     def __init__(self, console: Console, slots: int) -> None:
         super().__init__(console, slots)
-        self.p = Progress(TextColumn("{task.description}", table_column=Column(width=24, no_wrap=True,
+        # the label column takes what the bar and the epoch line leave (35 columns at 80, at most 52)
+        self.label_w = max(24, min(52, console.width - BAR_W - INFO_W - 5))
+        self.p = Progress(TextColumn("{task.description}", table_column=Column(width=self.label_w, no_wrap=True,
                                                                                 overflow="ellipsis")),
-                          BarColumn(bar_width=10, table_column=Column(width=10, no_wrap=True)),
+                          BarColumn(bar_width=BAR_W, table_column=Column(width=BAR_W, no_wrap=True)),
                           TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
                           console=console, transient=False, refresh_per_second=4)
         self.tasks: dict[str, int] = {}
@@ -141,8 +161,9 @@ class LiveDisplay(_Base):
     def submitted(self, job) -> None:
         super().submitted(job)
         j = self.live[job.run_id]
-        self.tasks[job.run_id] = self.p.add_task(f" {j['k']}. {escape(short_label(job))}", total=None,
-                                                 info="starting")
+        num = f" {j['k']}. "
+        self.tasks[job.run_id] = self.p.add_task(num + escape(fit(short_label(job), self.label_w - len(num))),
+                                                 total=None, info="starting")
         self._refresh()
 
     def progress(self, job, kind: str, payload) -> None:
@@ -176,7 +197,7 @@ class LogDisplay(_Base):
 
     def submitted(self, job) -> None:
         super().submitted(job)
-        self._line(f"  \\[{self.k}/{self.n}] start {job.run_id}  {escape(job.label)}")
+        self._line(f"  \\[{self.k}/{self.n}] start {job.run_id}  {escape(short_label(job))}")
 
     def _epoch(self, job, j) -> None:
         self._line(f"  \\[{j['k']}/{self.n}] {job.run_id}  {j['info']}")

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Callable
 
 from ..config.init_from import with_parents
-from ..config.jobs import Job, expand
+from ..config.jobs import Job, expand, name_jobs
 from ..config.loggers import parse_cli
 from ..config.spec import Experiment, load_experiment
-from ..results.loggers import open_loggers
+from ..results.loggers import open_loggers, prepare_loggers
 from ..results.store import Store
 from .executors import Executor, cores, make_executor
 from .stale import forget, stale_runs
@@ -65,7 +65,8 @@ def plan(experiment: str | Path, overrides: list[str] = (), out: str | Path | No
         exp.log = parse_cli(log)
     open_loggers(exp.log, exp.out)  # a logger's missing extra fails here, before anything trains
     targets = expand(exp)
-    return Plan(exp, targets, with_parents(targets))  # fine-tunes of another experiment's runs need those first
+    jobs = name_jobs(with_parents(targets))  # fine-tunes of another experiment's runs need those first
+    return Plan(exp, targets, jobs)
 
 
 def _warn(line: str) -> None:
@@ -150,6 +151,7 @@ def run_experiment(experiment: str | Path | Plan, overrides: list[str] = (), *, 
     if jobs is not None and executor == "local" and pick_device(device).type == "cpu" and jobs > MAX_JOBS_PER_CORE * cores():
         warn(f"note: --jobs {jobs} capped at {MAX_JOBS_PER_CORE} per CPU core ({MAX_JOBS_PER_CORE * cores()} here)")
         jobs = MAX_JOBS_PER_CORE * cores()
+    prepare_loggers(todo, warn)  # stores created once, unreachable trackers off for the sweep (one line)
     ex = make_executor(executor, device, jobs, threads, gpus, jobs_per_gpu, ray_address, in_process,
                        n_jobs=len(todo))
     check_threads(todo, ex.threads, warn)

@@ -141,7 +141,8 @@ def execute(job: Job, device, progress=None) -> Outcome:
         if prev is not None and prev.get("status") == FINISHED and not notes:
             return Outcome(job.run_id, SKIPPED, row=prev)
         n = (prev or {}).get("attempts")
-        row = run_job(job, store, device, tracker, prior_attempts=n if n is not None and n >= 0 else None)
+        row = run_job(job, store, device, tracker, prior_attempts=n if n is not None and n >= 0 else None,
+                      notes=notes)
         return Outcome(job.run_id, FINISHED, row=row, seconds=time.perf_counter() - t0, notes=notes)
     except KeyboardInterrupt:
         with _signals_held():  # a second Ctrl-C / SIGTERM must not cut the record short
