@@ -49,8 +49,9 @@ class Claim:
         self._thread: threading.Thread | None = None
         self.info: dict = {}
 
-    def acquire(self) -> bool:
-        """Take the claim; False when a live process holds it."""
+    def acquire(self, where: dict | None = None) -> bool:
+        """Take the claim; False when a live process holds it. ``where``: the holder's placement
+        (:func:`.placement.placement`: SLURM job, node, Ray node and task), recorded in the holder file."""
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -63,15 +64,19 @@ class Claim:
                               "directory's filesystem must support flock (see README: sweeps)") from None
         self._fd = fd
         self.info = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now(), "heartbeat": _now(),
-                     "epoch": 0}
+                     "epoch": 0, **(where or {})}
         self._write()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.run_id}", daemon=True)
         self._thread.start()
         return True
 
-    def update(self, **fields) -> None:
-        """Record progress (e.g. ``epoch=3``) in the holder file at the next heartbeat."""
+    def update(self, write: bool = False, **fields) -> None:
+        """Record progress (e.g. ``epoch=3``) in the holder file at the next heartbeat (``write``: now; a
+        driver that does not hear the worker directly, Ray's or SLURM's, follows the epochs there)."""
         self.info.update(fields)
+        if write:
+            self.info["heartbeat"] = _now()
+            self._write()
 
     def _write(self) -> None:
         from ..results.store import atomic_write

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import MixcliError
 from ..results.store import read_table
 from .claims import heartbeat_age, holder
+from .placement import short
 
 ORDER = ("finished", "running", "interrupted", "failed", "pending")
 
@@ -16,10 +17,11 @@ ORDER = ("finished", "running", "interrupted", "failed", "pending")
 class Status:
     counts: dict = field(default_factory=lambda: {s: 0 for s in ORDER})
     running: list = field(default_factory=list)      # dicts: run_id, label, holder, heartbeat_s, epoch, epochs
-    failed: list = field(default_factory=list)       # (run_id, error)
+    failed: list = field(default_factory=list)       # (run_id, error, where: SLURM job / Ray node)
     interrupted: list = field(default_factory=list)  # run_ids
     eta_s: float | None = None
     damaged: list = field(default_factory=list)
+    arrays: list = field(default_factory=list)       # (SLURM array id, {state: tasks}) of --executor slurm
 
 
 def _label(cfg: dict) -> str:
@@ -49,17 +51,21 @@ def sweep_status(outs: list[Path], expected: dict[str, tuple[Path, str]] | None 
                 else:
                     epochs = h.get("epochs") or (cfg.get("train") or {}).get("epochs")
                     done = h.get("epoch") or 0
-                    st.running.append({"run_id": rid, "label": _label(cfg), "holder": f"{h.get('host')}:{h.get('pid')}",
+                    st.running.append({"run_id": rid, "label": _label(cfg), "holder": f"{h.get('host')}:{h.get('pid')}", "where": short(h),
                                        "heartbeat_s": heartbeat_age(h), "epoch": done, "epochs": epochs})
                     left += 1 - (done / epochs if epochs else 0)
             if status == "interrupted":
                 st.interrupted.append(rid)
                 left += 1
             if status == "failed":
-                st.failed.append((rid, r.get("error") or ""))
+                st.failed.append((rid, r.get("error") or "", short(r)))
             if status == "finished" and r.get("wall_time_s") == r.get("wall_time_s"):
                 walls.append(float(r["wall_time_s"]))
             st.counts[status] = st.counts.get(status, 0) + 1
+        if (Path(out) / "slurm").is_dir():
+            from .slurm import array_states
+
+            st.arrays += array_states(out)
     if expected is not None:
         st.counts["pending"] = len(set(expected) - seen)
         left += st.counts["pending"]

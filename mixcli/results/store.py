@@ -55,6 +55,9 @@ _RUN_BASE: dict[str, str] = {
     "error_plugin": "the plugin whose code raised, for a failed run (e.g. method 'mixup')",
     "attempts": "how many times training of this run was started (1 for a run trained in one go)",
     "host": "the host that last trained the run", "pid": "the process id that last trained the run",
+    "slurm_job": "the SLURM job that last trained the run (<array job>_<task> for an array task)",
+    "node": "the node that last trained the run (SLURM's node name, else the host)",
+    "ray_node": "the Ray node id that last trained the run", "ray_task": "the Ray task id that last trained it",
     "config": "the fully resolved configuration, as JSON",
     "selection": "the epoch selection rule the experiment asks reports to use (eval.selection)",
     "epochs": "epochs completed", "best_epoch": "the epoch selected by the best-epoch rule",
@@ -87,7 +90,7 @@ for _s in SPLITS:
 _STRINGS = {"run_id", "experiment", "method", "dataset", "model", "loss", "task", "status", "error", "config",
             "best_on", "selection", "device", "mixcli_version", "started_at", "finished_at"}
 _INTS = {"seed", "epochs", "best_epoch", "epoch", "attempts", "pid"}
-_STRINGS |= {"error_plugin", "host"}
+_STRINGS |= {"error_plugin", "host", "slurm_job", "node", "ray_node", "ray_task"}
 _STRINGS |= {"git_commit", "torch_version", "cuda_version", "gpu", "plugin_versions"}
 _BOOLS = {"git_dirty"}
 
