@@ -30,6 +30,7 @@ from .placement import slurm_job
 from .worker import FAILED, HELD, INTERRUPTED, Outcome, execute, record, record_lost, set_threads
 
 SQUEUE_EVERY_S = 2.0
+ABSENT_LOOKS = 3
 ARRAYS = "arrays.jsonl"
 
 
@@ -121,7 +122,8 @@ class RunTask:
             if sig == signal.SIGUSR2 and restarts < self.requeues and os.environ.get("SLURM_JOB_ID"):
                 print(f"mixcli: time limit near: requeueing SLURM job {slurm_job()} "
                       f"({restarts + 1} of {self.requeues})", flush=True)
-                subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=False)
+                # (SLURM's name of this task: an array's first task shares its job id with the whole array)
+                subprocess.run(["scontrol", "requeue", slurm_job()], check=False)
             else:
                 print(f"mixcli: stopped by signal {sig}; the run is recorded interrupted", flush=True)
             sys.stdout.flush()
@@ -182,6 +184,7 @@ class SlurmExecutor:
         self._jobs: dict[str, tuple] = {}        # run_id -> (job, on_event, submitit job)
         self._states: dict[str, str] = {}        # slurm task id -> state
         self._last_squeue = 0.0
+        self._absent: dict[str, int] = {}        # run_id -> squeue looks in a row without its task
         self.arrays: list[str] = []
         self.follow = ClaimFollower()
 
@@ -249,8 +252,12 @@ class SlurmExecutor:
             if s.paths.result_pickle.exists():
                 outcome = self._result(job, s)
             elif check_gone and states is not None and s.job_id not in states:
-                time.sleep(0.5)  # (a result written as the task left)
-                outcome = self._result(job, s) if s.paths.result_pickle.exists() else self._lost(job, s)
+                # gone from squeue in three looks in a row (a task being requeued may vanish for a moment)
+                self._absent[rid] = self._absent.get(rid, 0) + 1
+                if self._absent[rid] >= ABSENT_LOOKS:
+                    outcome = self._result(job, s) if s.paths.result_pickle.exists() else self._lost(job, s)
+            elif check_gone and states is not None:
+                self._absent.pop(rid, None)
             if outcome is not None:
                 del self._jobs[rid]
                 self.follow.poll(force=True)

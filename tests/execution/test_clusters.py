@@ -1,0 +1,197 @@
+"""Clusters at first contact: a real Ray cluster (a head and a second node, both `ray start` processes on
+this machine, each in its own temp directory) and a real single-node SLURM (Debian's slurm-wlm, started by
+scripts/slurm_up.sh). Each skips, with the reason, only where its cluster cannot start."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import TINY
+from sweep_helpers import install_faulty
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_AUTH_MODE": "disabled"}
+PAIR = TINY.replace("method: erm", "method: erm\ngrid:\n  method: [erm, {name: mixup, alpha: 0.4}]")
+
+
+def mixcli(*args) -> list[str]:
+    return [sys.executable, "-m", "mixcli.cli", *map(str, args)]
+
+
+def epochs_of(out: Path) -> pd.DataFrame:
+    df = pd.read_parquet(out / "epochs").drop(columns="time_s")
+    return df.sort_values(["run_id", "epoch"]).reset_index(drop=True)
+
+
+def one_line_error(r) -> str:
+    text = (r.stdout + r.stderr).strip()
+    assert r.returncode == 2 and "Traceback" not in text, text
+    assert len(text.splitlines()) == 1, text
+    return text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a `ray start --block` and everything it started (its own process group)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+@pytest.fixture
+def ray_cluster(tmp_path):
+    """A Ray head (1 CPU) and a second node (1 CPU) on localhost; yields the head's address."""
+    pytest.importorskip("ray")
+    env = {**os.environ, **ENV}
+    port = _free_port()
+    start = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--num-cpus", "1", "--num-gpus", "0",
+             "--disable-usage-stats", "--node-ip-address", "127.0.0.1"]
+    procs = []
+    try:
+        for args in (["--head", "--port", str(port), "--include-dashboard", "false"],
+                     ["--address", f"127.0.0.1:{port}"]):
+            tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # (Ray's socket paths must stay short)
+            log = open(Path(tmp) / "start.log", "w")
+            procs.append(subprocess.Popen(start + args + ["--temp-dir", tmp], env=env, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+            deadline = time.time() + 60
+            while time.time() < deadline and procs[-1].poll() is None:
+                r = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "status", "--address",
+                                    f"127.0.0.1:{port}"], capture_output=True, text=True, env=env, timeout=60)
+                if r.stdout.count("node_") >= len(procs) and "Pending:" in r.stdout:
+                    break
+                time.sleep(1)
+            else:
+                pytest.skip(f"the Ray cluster did not start: {(Path(tmp) / 'start.log').read_text()[-300:]}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        for p in reversed(procs):
+            _stop(p)
+
+
+def test_a_ray_cluster_at_first_contact(ray_cluster, cli, write, tmp_path):
+    exp = write(PAIR)
+    env = {**os.environ, **ENV}
+    run = lambda *a, **kw: subprocess.run(mixcli("run", exp, "--device", "cpu", *a), capture_output=True,
+                                          text=True, timeout=300, **kw)
+    # a request no node can hold, a GPU sweep on a cluster without GPUs: refused at once, in one line
+    msg = one_line_error(run("--out", tmp_path / "x", "--executor", "ray", "--ray-address", ray_cluster,
+                             "--threads", "2", env=env))
+    assert "--threads: each Ray task asks for 2 CPU(s)" in msg and "the largest has 1 CPU(s)" in msg
+    msg = one_line_error(run("--out", tmp_path / "x", "--executor", "ray", "--ray-address", ray_cluster,
+                             "--device", "cuda", env=env))
+    assert "--device cuda: no node of the Ray cluster" in msg
+    msg = one_line_error(run("--out", tmp_path / "x", "--executor", "ray", "--ray-address",
+                             f"127.0.0.1:{_free_port()}", env=env))
+    assert "nothing answers there" in msg
+    # joining: no --threads, each task asks for 1 CPU; the two jobs train on the two nodes at once
+    r = run("--out", tmp_path / "ray", "--executor", "ray", "--ray-address", ray_cluster, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 at once on 2 Ray node(s), 1 CPU(s) per task" in " ".join(r.stdout.split())
+    assert "[3/2]" not in r.stdout and "ep 1/0" not in r.stdout
+    runs = pd.read_parquet(tmp_path / "ray" / "runs")
+    assert set(runs["status"]) == {"finished"} and runs["ray_node"].nunique() == 2
+    assert runs["ray_task"].str.len().min() > 0
+    code, text = cli("run", exp, "--out", tmp_path / "local", "--device", "cpu", "--threads", "1")
+    assert code == 0, text
+    pd.testing.assert_frame_equal(epochs_of(tmp_path / "local"), epochs_of(tmp_path / "ray"))
+    # RAY_ADDRESS set (as after `ray start`) and no --ray-address: a private instance, not the cluster
+    r = run("--out", tmp_path / "private", "--executor", "ray", env={**env, "RAY_ADDRESS": ray_cluster})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "on 1 Ray node(s)" in " ".join(r.stdout.split())
+    private = pd.read_parquet(tmp_path / "private" / "runs")
+    assert not set(private["ray_node"]) & set(runs["ray_node"])
+
+
+# ---------------------------------------------------------------------------------------------------- SLURM
+@pytest.fixture(scope="module")
+def slurm():
+    pytest.importorskip("submitit")
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "slurm_up.sh")], capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode != 0:
+        pytest.skip(f"no SLURM here: {(r.stdout + r.stderr).strip().splitlines()[-1:]}")
+
+
+def test_slurm_options_are_checked(cli, write, tmp_path):
+    p = write(TINY)
+    for args, msg in [(["--executor", "slurm", "--slurm-time", "soon"], "--slurm-time soon: expected"),
+                      (["--executor", "slurm", "--slurm-parallelism", "0"], "--slurm-parallelism 0"),
+                      (["--slurm-partition", "gpu"], "--slurm-* options are only used with --executor slurm"),
+                      (["--executor", "slurm", "--device", "cuda"], "--slurm-gpus-per-task 1"),
+                      (["--executor", "slurm", "--gpus", "0"], "--gpus 0: with --executor slurm")]:
+        code, text = cli("run", p, "--out", tmp_path / "o", "--device", "cpu", *args)
+        if "sbatch is not on PATH" in text:
+            continue  # (no SLURM client here: refused before the option is looked at)
+        assert code == 2 and msg in text and "Traceback" not in text, (args, text)
+
+
+def test_a_slurm_array_trains_one_run_per_task_and_requeues_at_the_time_limit(slurm, cli, write, tmp_path,
+                                                                              monkeypatch):
+    install_faulty(tmp_path / "plug", monkeypatch)  # (the tasks find it through PYTHONPATH, as sbatch exports it)
+    exp = write(TINY.replace("method: erm", "method: {name: slow, at: 1}").replace("epochs: 3", "epochs: 6")
+                .replace("seeds: [0]", "seeds: [0, 1]"))
+    out = tmp_path / "slurm"
+    proc = subprocess.Popen(mixcli("run", exp, "--out", out, "--device", "cpu", "--executor", "slurm",
+                                   "--threads", "1", "--slurm-time", "10", "--slurm-requeues", "1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    signalled = None
+    deadline = time.time() + 240
+    while signalled is None and time.time() < deadline and proc.poll() is None:
+        for f in (out / "claims").glob("*.json") if (out / "claims").is_dir() else []:
+            try:
+                info = json.loads(f.read_text())
+            except ValueError:
+                continue
+            if info.get("slurm_job") and (info.get("epoch") or 0) >= 2:
+                signalled = info  # as SLURM does --slurm-signal-s before the time limit
+                subprocess.run(["scancel", "--signal=USR2", info["slurm_job"]], check=True)
+                break
+        time.sleep(0.2)
+    assert signalled is not None, proc.communicate(timeout=300)[0]
+    while time.time() < deadline and proc.poll() is None:  # SLURM delays a requeued task by ~2 minutes
+        r = subprocess.run(["squeue", "-h", "-j", signalled["slurm_job"], "-o", "%T"], capture_output=True,
+                           text=True)
+        if r.stdout.strip() == "PENDING":
+            subprocess.run(["scontrol", "update", f"jobid={signalled['slurm_job']}", "StartTime=now"], check=True)
+            break
+        time.sleep(0.5)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, text
+    runs = pd.read_parquet(out / "runs").set_index("run_id")
+    assert set(runs["status"]) == {"finished"}
+    array = runs["slurm_job"].str.split("_").str[0]
+    assert array.nunique() == 1 and runs["slurm_job"].nunique() == 2  # one array, one run per task
+    rid = next(r for r in runs.index if runs.loc[r, "slurm_job"] == signalled["slurm_job"])
+    assert runs.loc[rid, "attempts"] == 2 and (runs.drop(rid)["attempts"] == 1).all()
+    log = (out / "jobs" / rid / "slurm.log").read_text()
+    assert "requeueing SLURM job" in log and log.count(f"run {rid} in SLURM job") == 2
+    # identical to one job at a time with one thread, the requeued run included
+    code, text = cli("run", exp, "--out", tmp_path / "local", "--device", "cpu", "--threads", "1")
+    assert code == 0, text
+    pd.testing.assert_frame_equal(epochs_of(tmp_path / "local"), epochs_of(out))
+    code, text = cli("status", out)
+    assert code == 0 and f"slurm array {array.iloc[0]}" in text, text
