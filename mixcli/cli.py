@@ -235,6 +235,24 @@ def status(
         err.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
 
 
+# -------------------------------------------------------------------------------------------------- doctor
+@app.command()
+@user_errors
+def doctor(
+    directory: Path = typer.Argument(..., help="An output directory that several machines are to share."),
+) -> None:
+    """Check that DIRECTORY's file locks work and reach across machines (what the claims need); exit
+    code 1 on a problem."""
+    from .execution.doctor import doctor as checks
+
+    found = checks(directory)
+    for ok, line in found:
+        console.print(("[green]ok[/]      " if ok else "[red]problem[/] ") + escape(line), highlight=False,
+                      soft_wrap=True)
+    if not all(ok for ok, _ in found):
+        raise typer.Exit(1)
+
+
 # -------------------------------------------------------------------------------------------------- export
 @app.command()
 @user_errors

@@ -62,6 +62,12 @@ class Claim:
                 return False
             raise MixcliError(f"{self.lock_path}: cannot take a file lock ({exc.strerror}); the output "
                               "directory's filesystem must support flock (see README: sweeps)") from None
+        try:
+            check_other_host(self.info_path)
+        except MixcliError:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise
         self._fd = fd
         self.info = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now(), "heartbeat": _now(),
                      "epoch": 0, **(where or {})}
@@ -111,6 +117,43 @@ class Claim:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+LOCAL_LOCKS = ("local_lock=flock", "local_lock=all", "nolock", "localflock")
+
+
+def check_other_host(info_path: Path) -> None:
+    """Just after this process got a run's lock: a holder file naming another host whose heartbeat is
+    fresh means that host holds the same lock, so the filesystem's locks do not reach across machines
+    (NFS mounted ``local_lock=flock``/``nolock``, Lustre ``localflock``). Refused: training would double."""
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        return
+    age = heartbeat_age(info)
+    if info.get("host") in (None, "?", socket.gethostname()) or age is None or age > 3 * HEARTBEAT_S:
+        return
+    opts = mount_options(info_path.parent)
+    raise MixcliError(f"{info_path.parent}: {info['host']} holds run {info_path.stem} (heartbeat {age:.0f}s ago) "
+                      f"and this host ({socket.gethostname()}) got its lock too: file locks on this "
+                      f"filesystem ({opts or 'mount options unknown'}) do not reach across machines. Remount "
+                      "it without local_lock=flock/all, nolock or localflock (NFS v4, or v3 with lockd; "
+                      "Lustre -o flock); `mixcli doctor OUT` checks it")
+
+
+def mount_options(path: Path) -> str:
+    """``type options`` of the mount holding ``path`` (from /proc/mounts; '' where unknown)."""
+    try:
+        p = Path(path).resolve()
+        best = None
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 4 and (str(p) + "/").startswith(parts[1].rstrip("/") + "/"):
+                if best is None or len(parts[1]) > len(best[1]):
+                    best = parts
+        return f"{best[2]} {best[3]}" if best else ""
+    except OSError:
+        return ""
 
 
 def holder(out: Path, run_id: str) -> dict | None:

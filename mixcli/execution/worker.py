@@ -133,8 +133,11 @@ def execute(job: Job, device, progress=None) -> Outcome:
     t0 = time.perf_counter()
     claim = Claim(job.out, job.run_id)
     where = placement()
-    if not claim.acquire(where):
-        return Outcome(job.run_id, HELD)
+    try:
+        if not claim.acquire(where):
+            return Outcome(job.run_id, HELD)
+    except MixcliError as exc:  # the filesystem cannot lock (or its locks are local to each machine)
+        return Outcome(job.run_id, FAILED, error=str(exc), input_error=True)
     tracker = Tracker(progress, claim)
     notes: list[str] = []
     try:

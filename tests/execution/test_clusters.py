@@ -195,3 +195,29 @@ def test_a_slurm_array_trains_one_run_per_task_and_requeues_at_the_time_limit(sl
     pd.testing.assert_frame_equal(epochs_of(tmp_path / "local"), epochs_of(out))
     code, text = cli("status", out)
     assert code == 0 and f"slurm array {array.iloc[0]}" in text, text
+
+
+# ------------------------------------------------------------------------------------ locks across hosts
+def test_a_lock_that_does_not_reach_another_host_is_refused(cli, tmp_path):
+    """A holder file of another host with a fresh heartbeat, while this host got the same run's lock: the
+    filesystem's locks are local to each machine (NFS local_lock=flock); the claim is refused."""
+    from datetime import datetime, timedelta, timezone
+
+    from mixcli.errors import MixcliError
+    from mixcli.execution.claims import HEARTBEAT_S, Claim, claims_dir
+
+    def holder_file(age_s: float) -> None:
+        beat = (datetime.now(timezone.utc) - timedelta(seconds=age_s)).isoformat(timespec="seconds")
+        claims_dir(tmp_path).mkdir(parents=True, exist_ok=True)
+        (claims_dir(tmp_path) / "r1.json").write_text(json.dumps(
+            {"host": "node-b", "pid": 4242, "since": beat, "heartbeat": beat, "epoch": 3}))
+
+    holder_file(1)
+    with pytest.raises(MixcliError, match="node-b holds run r1 .* do not reach across machines"):
+        Claim(tmp_path, "r1").acquire()
+    holder_file(10 * HEARTBEAT_S)  # node-b died long ago: its run is taken over
+    c = Claim(tmp_path, "r1")
+    assert c.acquire()
+    c.release()
+    code, text = cli("doctor", tmp_path)
+    assert code == 0 and "a second process is kept out while the lock is held" in text, text
