@@ -27,11 +27,11 @@ from pathlib import Path
 from ..errors import MixcliError
 from .follow import ClaimFollower
 from .placement import slurm_job
+from .slurm_state import ARRAYS, squeue
 from .worker import FAILED, HELD, INTERRUPTED, Outcome, execute, record, record_lost, set_threads
 
 SQUEUE_EVERY_S = 2.0
 ABSENT_LOOKS = 3
-ARRAYS = "arrays.jsonl"
 
 
 def _minutes(text: str) -> int:
@@ -142,20 +142,6 @@ def _log_to(path: Path, job) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-
-
-def squeue(ids: list[str]) -> dict[str, str] | None:
-    """``{task id (e.g. 123_4): state}`` of the jobs still known to SLURM; None when squeue fails."""
-    if not ids or shutil.which("squeue") is None:
-        return None
-    try:
-        r = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i %T"], capture_output=True,
-                           text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if r.returncode != 0 and "Invalid job id" not in r.stderr:
-        return None
-    return dict(line.split(None, 1) for line in r.stdout.splitlines() if " " in line)
 
 
 class SlurmExecutor:
@@ -290,22 +276,3 @@ class SlurmExecutor:
         if interrupted and self._jobs and shutil.which("scancel"):
             ids = [s.job_id for _, _, s in self._jobs.values()]
             subprocess.run(["scancel", *ids], capture_output=True, timeout=60, check=False)
-
-
-def array_states(out: Path) -> list[tuple[str, dict[str, int]]]:
-    """``[(array id, {state: tasks})]`` of the arrays submitted for ``out`` that SLURM still knows
-    (``mixcli status``); tasks SLURM forgot (ended) are counted as ``ENDED``."""
-    path = Path(out) / "slurm" / ARRAYS
-    try:
-        entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return []
-    found = []
-    for e in entries[-5:]:
-        states = squeue([e["array"]])
-        counts: dict[str, int] = {}
-        for tid in e.get("tasks", {}):
-            st = "?" if states is None else states.get(tid, "ENDED")
-            counts[st] = counts.get(st, 0) + 1
-        found.append((e["array"], counts))
-    return found

@@ -63,7 +63,7 @@ def sweep_status(outs: list[Path], expected: dict[str, tuple[Path, str]] | None 
                 walls.append(float(r["wall_time_s"]))
             st.counts[status] = st.counts.get(status, 0) + 1
         if (Path(out) / "slurm").is_dir():
-            from .slurm import array_states
+            from .slurm_state import array_states
 
             st.arrays += array_states(out)
     if expected is not None:
