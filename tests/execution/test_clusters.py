@@ -62,10 +62,12 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def ray_cluster(tmp_path):
-    """A Ray head (1 CPU) and a second node (1 CPU) on localhost; yields the head's address."""
+def ray_cluster(tmp_path, monkeypatch):
+    """A Ray head (1 CPU) and a second node (1 CPU) on localhost, with the test plugins (sweep_helpers)
+    installed; yields the head's address and the second node's `ray start` process."""
     pytest.importorskip("ray")
-    env = {**os.environ, **ENV}
+    install_faulty(tmp_path / "plug", monkeypatch)  # (the nodes' workers find it through PYTHONPATH)
+    env = {**os.environ, **ENV, "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
     port = _free_port()
     start = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--num-cpus", "1", "--num-gpus", "0",
              "--disable-usage-stats", "--node-ip-address", "127.0.0.1"]
@@ -84,13 +86,14 @@ def ray_cluster(tmp_path):
                 time.sleep(0.3)
             else:
                 pytest.skip(f"the Ray cluster did not start: {(Path(tmp) / 'start.log').read_text()[-300:]}")
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", procs[1]
     finally:
         for p in reversed(procs):
             _stop(p)
 
 
 def test_a_ray_cluster_at_first_contact(ray_cluster, cli, write, tmp_path, monkeypatch):
+    ray_cluster, second_node = ray_cluster
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)
     exp = write(PAIR)
@@ -107,15 +110,32 @@ def test_a_ray_cluster_at_first_contact(ray_cluster, cli, write, tmp_path, monke
         code, text = cli("run", exp, "--out", tmp_path / "x", "--device", "cpu", "--executor", "ray", *args)
         flat = " ".join(text.split())
         assert code == 2 and msg in flat and "Traceback" not in text, (args, text)
-    # joining: no --threads, each task asks for 1 CPU; the two jobs train on the two nodes at once
-    r = run("--out", tmp_path / "ray", "--executor", "ray", "--ray-address", ray_cluster, env=env)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "2 at once on 2 Ray node(s), 1 CPU(s) per task" in " ".join(r.stdout.split())
-    assert "[3/2]" not in r.stdout and "ep 1/0" not in r.stdout
+    # joining: no --threads, each task asks for 1 CPU; the two jobs train on the two nodes at once; the
+    # second node is stopped mid-sweep: its run is retried on the head and resumes from its checkpoint
+    slow = write(TINY.replace("method: erm", "method: {name: slow, at: 1}").replace("epochs: 3", "epochs: 8")
+                 .replace("seeds: [0]", "seeds: [0, 1]"), "slow.yaml")
+    proc = subprocess.Popen(mixcli("run", slow, "--out", tmp_path / "ray", "--device", "cpu", "--executor", "ray",
+                                   "--ray-address", ray_cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ})
+    claims, deadline = {}, time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not (
+            len(claims) == 2 and all((c.get("epoch") or 0) >= 2 for c in claims.values())):
+        for f in (tmp_path / "ray" / "claims").glob("*.json"):
+            try:
+                claims[f.stem] = json.loads(f.read_text())
+            except (OSError, ValueError):
+                pass
+        time.sleep(0.2)
+    assert len({c["ray_node"] for c in claims.values()}) == 2, claims  # one task on each node
+    _stop(second_node)
+    text, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, text
+    assert "2 at once on 2 Ray node(s), 1 CPU(s) per task" in " ".join(text.split())
+    assert "ep 1/0" not in text and "/2]" in text and "[3/2]" not in text
     runs = pd.read_parquet(tmp_path / "ray" / "runs")
-    assert set(runs["status"]) == {"finished"} and runs["ray_node"].nunique() == 2
+    assert set(runs["status"]) == {"finished"} and sorted(runs["attempts"]) == [1, 2], text
     assert runs["ray_task"].str.len().min() > 0
-    code, text = cli("run", exp, "--out", tmp_path / "local", "--device", "cpu", "--threads", "1")
+    code, text = cli("run", slow, "--out", tmp_path / "local", "--device", "cpu", "--threads", "1")
     assert code == 0, text
     pd.testing.assert_frame_equal(epochs_of(tmp_path / "local"), epochs_of(tmp_path / "ray"))
     # RAY_ADDRESS set (as after `ray start`) and no --ray-address: a private instance, not the cluster
@@ -123,7 +143,7 @@ def test_a_ray_cluster_at_first_contact(ray_cluster, cli, write, tmp_path, monke
     assert r.returncode == 0, r.stdout + r.stderr
     assert "on 1 Ray node(s)" in " ".join(r.stdout.split())
     private = pd.read_parquet(tmp_path / "private" / "runs")
-    assert not set(private["ray_node"]) & set(runs["ray_node"])
+    assert not set(private["ray_node"]) & {c["ray_node"] for c in claims.values()}
 
 
 # ---------------------------------------------------------------------------------------------------- SLURM
