@@ -2,8 +2,8 @@
 
 "before" is the mixcli package of a git revision (default: the first parent of HEAD's branch point with
 main, i.e. `main`), extracted with `git archive` into a temporary directory; "after" is this working tree.
-Each command runs ``--repeat`` times in a fresh interpreter (``python -c 'from mixcli.cli import main;
-main()' ARGS`` with the tree first on ``sys.path``); the table shows the median wall time and whether torch
+Each command runs ``--repeat`` times in a fresh interpreter (``python -c 'from mixcli.entry import main;
+main()' ARGS``, the console script with the tree first on ``sys.path``); the table shows the median wall time and whether torch
 was imported. `compare` reads a small synthetic results directory written here (no training).
 
     python benchmarks/startup.py [--before main] [--repeat 5]
@@ -24,7 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = ("import sys; sys.argv = ['mixcli'] + sys.argv[1:]\n"
-         "from mixcli.cli import main\n"
+         "try:\n    from mixcli.entry import main  # the console script's entry point\n"
+         "except ImportError:\n    from mixcli.cli import main  # (revisions before mixcli.entry)\n"
          "try:\n    main()\nexcept SystemExit:\n    pass\n"
          "import mixcli\n"
          "sys.stderr.write('\\nTORCH=%d FROM=%s\\n' % ('torch' in sys.modules, mixcli.__file__))\n")

@@ -2,8 +2,8 @@
 
 CPU (default): a 16-job digits sweep (4 methods x 4 seeds, cnn, ``--epochs`` epochs), timed end to end as a
 user runs it (``mixcli run`` in a fresh process, output in a fresh directory each time): one worker with
-all cores' threads, ``--workers`` workers with cores // workers threads each, and the Ray executor with the
-same number of slots. Goals: >= 1.6x for 2 workers on 2 cores; Ray's overhead <= 15% over the local pool.
+all cores' threads (the CPU default before issue 22), one worker with 1 thread, ``--workers`` workers with 1
+thread each (the default), and the Ray executor with the same number of slots. Goals: >= 1.6x for 2 workers on 2 cores; Ray's overhead <= 15% over the local pool.
 
 CUDA (``--device cuda``): the CIFAR ResNet-18 recipe on synthetic CIFAR-shaped data (nothing downloaded),
 with 1, 2 and 4 jobs packed onto one GPU (``--jobs-per-gpu``), in total training images/s (goal: packing
@@ -64,13 +64,14 @@ def cpu(args, work: Path) -> None:
     exp.write_text(CPU_EXP.format(epochs=args.epochs))
     n = args.workers
     cores = os.cpu_count()
-    rows = [("1 worker", *sweep(exp, work, "w1", "--device", "cpu", "--jobs", "1")),
-            ("1 worker, 1 thr", *sweep(exp, work, "w1t1", "--device", "cpu", "--jobs", "1", "--threads", "1")),
-            (f"{n} workers", *sweep(exp, work, f"w{n}", "--device", "cpu", "--jobs", str(n)))]
+    rows = [(f"1 worker, {cores} thr", *sweep(exp, work, "w1", "--device", "cpu", "--jobs", "1", "--threads",
+                                          str(cores))),
+            ("1 worker, 1 thr", *sweep(exp, work, "w1t1", "--device", "cpu", "--jobs", "1")),
+            (f"{n} workers x 1 thr", *sweep(exp, work, f"w{n}", "--device", "cpu", "--jobs", str(n)))]
     try:
         import ray  # noqa: F401
         rows.append((f"ray, {n} slots", *sweep(exp, work, "ray", "--device", "cpu", "--executor", "ray",
-                                               "--jobs", str(n), "--threads", str(max(1, cores // n)))))
+                                               "--jobs", str(n))))
     except ImportError:
         print('(Ray not installed: pip install "mixcli[ray]" to compare it)')
     import shutil
@@ -88,8 +89,8 @@ def cpu(args, work: Path) -> None:
         print(f"{name:<16}{wall:>9.1f}{base / wall:>9.2f}x{runs['wall_time_s'].sum():>14.1f}")
     if len(rows) == 4:
         print(f"Ray overhead over the local pool: {100 * (rows[3][1] / rows[2][1] - 1):+.1f}% (goal <= 15%)")
-    print(f"{n} workers vs 1 worker ({cores} threads): {base / rows[2][1]:.2f}x (goal >= 1.6x on 2 cores); "
-          f"vs 1 worker with 1 thread: {rows[1][1] / rows[2][1]:.2f}x")
+    print(f"{n} workers x 1 thread vs 1 worker x {cores} threads: {base / rows[2][1]:.2f}x (goal >= 1.6x on 2 cores); "
+          f"vs 1 worker x 1 thread: {rows[1][1] / rows[2][1]:.2f}x")
 
 
 def gpu(args, work: Path) -> None:

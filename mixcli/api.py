@@ -38,7 +38,7 @@ __all__ = [
     "Plugin", "Split", "DataBundle", "Dataset", "Model", "Batch", "MixOutput", "Context", "Method", "Loss",
     "soft_targets", "sample_lam", "PluginError", "permutation", "lam_tensor", "interpolate",
     "soft_cross_entropy", "mixed_regression_target", "check_range", "file_fingerprint", "Evaluator",
-    "EvalContext", "metric", "dataset_class", "MetricInfo", "Logger", "scalars", "NEEDS",
+    "EvalContext", "metric", "dataset_class", "MetricInfo", "Logger", "scalars", "write_artifact", "NEEDS",
     # metric functions evaluator plugins build on (defined in mixcli.metrics, one definition each)
     "ece", "adaptive_ece", "confidences", "fit_temperature", "auroc", "aupr", "fpr_at_tpr",
 ]
@@ -520,6 +520,28 @@ def dataset_class(name: str) -> type:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def write_artifact(artifacts_dir: Path, name: str, data) -> Path:
+    """Write ``name`` into a run's directory (``ctx.artifacts_dir``, which is ``OUT/jobs/<run_id>``)
+    atomically and without following a link below ``OUT`` (:mod:`mixcli.fs`): the one way plugins write
+    files. ``name`` is a path relative to that directory (e.g. ``"selmix/gains_0000100.npz"``); ``data`` is
+    bytes, text, or a function that writes to a binary file. Returns the path written."""
+    from . import fs
+
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise PluginError(f"artifact name {name!r}: expected a relative path inside the run directory")
+    run_dir = Path(artifacts_dir)
+    path = run_dir / rel
+    if callable(data):
+        write = data
+    else:
+        blob = data.encode() if isinstance(data, str) else bytes(data)
+        def write(f):  # noqa: E306
+            f.write(blob)
+    fs.atomic_write(path, write, root=run_dir.parent.parent)
+    return path
+
+
 def file_fingerprint(*paths, hash_below: int = 16 * 2**20) -> str | None:
     """A fingerprint of files for :meth:`Dataset.fingerprint`: the SHA-256 of the contents when they total
     less than ``hash_below`` bytes, else each file's size and modification time (so a rewritten large file
@@ -600,16 +622,28 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 
+def to_device(a, device, dtype=None) -> torch.Tensor:
+    """A host array (numpy, or a list) as a tensor on ``device``, without making the host wait: on CUDA it
+    is staged in pinned memory and copied ``non_blocking`` (torch's pinned-memory cache keeps the staging
+    block until the copy has run); on the CPU no copy is made. The draws of methods stay on the host
+    generator (``ctx.rng``) so that runs are reproducible; this is how they reach the device."""
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t if device.type == "cpu" else t.to(device)
+
+
 def permutation(ctx: Context, n: int) -> torch.Tensor:
     """A random permutation of ``n`` rows drawn from the method's seeded host generator, on the device."""
-    return torch.from_numpy(ctx.rng.permutation(n)).to(ctx.device, non_blocking=True)
+    return to_device(ctx.rng.permutation(n), ctx.device)
 
 
 def lam_tensor(lam, n: int, device) -> torch.Tensor:
     """Lambda (a float or an array of ``n``) as a float32 tensor of shape (n,) on ``device``."""
     if isinstance(lam, (float, int)):
         return torch.full((n,), float(lam), device=device)
-    return torch.as_tensor(np.asarray(lam, dtype=np.float32)).to(device, non_blocking=True)
+    return to_device(lam, device, np.float32)
 
 
 def interpolate(h: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@ validate."""
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -56,12 +57,16 @@ def run(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the jobs and exit without training."),
     jobs_n: Optional[int] = typer.Option(None, "--jobs", "-j", help="Jobs trained at once, each in a worker "
-                                         "process (default: one per GPU on CUDA, 1 on CPU)."),
+                                         "process (default: one per GPU on CUDA, one per core on CPU)."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="GPUs to spread the jobs over, e.g. 0,1 "
                                        "(default: all visible)."),
     jobs_per_gpu: int = typer.Option(1, "--jobs-per-gpu", help="Jobs packed onto one GPU (small jobs)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads per job on CPU (default: "
-                                          "cores // jobs, so jobs x threads <= cores)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads per job (default: 1 on "
+                                          "every machine, so that a run gives the same numbers anywhere; "
+                                          "recorded in the runs table)."),
+    in_process: bool = typer.Option(False, "--in-process", help="Run the jobs one at a time in this process "
+                                    "instead of worker processes (for debuggers and profilers; a native "
+                                    "crash then ends the sweep)."),
     executor: str = typer.Option("local", "--executor", help="local (this machine), ray (a Ray instance or "
                                  "cluster; pip install \"mixcli[ray]\") or slurm (a job array, one run per "
                                  "task; pip install \"mixcli[slurm]\")."),
@@ -142,7 +147,7 @@ def run(
         result = run_experiment(p, device=device, jobs=jobs_n, threads=threads, gpus=gpus,
                                 jobs_per_gpu=jobs_per_gpu, executor=executor, ray_address=ray_address,
                                 max_retries=max_retries, slurm=slurm,
-                                retry_failed=retry_failed, rerun_stale=rerun_stale, display=lambda ex: make_display(console, ex.slots),
+                                retry_failed=retry_failed, rerun_stale=rerun_stale, in_process=in_process, display=lambda ex: make_display(console, ex.slots),
                                 on_start=on_start, warn=_warn_line)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted; the runs in progress are recorded interrupted. Run the same command "
@@ -171,9 +176,9 @@ def run(
         err.print(f"[red]{len(failed)} run(s) failed:[/]")
         for o in failed:
             err.print(f"  {o.run_id}: {o.error}", highlight=False, markup=False, soft_wrap=True)
-        retry = ["mixcli run", str(experiment)] + [f"--set {x}" for x in set_ or []] + \
-            ([f"--out {out}"] if out is not None else []) + ["--retry-failed"]
-        err.print("retry only these: " + " ".join(retry), highlight=False, markup=False, soft_wrap=True)
+        retry = ["mixcli", "run", str(experiment)] + [a for x in set_ or [] for a in ("--set", x)] + \
+            (["--out", str(out)] if out is not None else []) + ["--retry-failed"]
+        err.print("retry only these: " + shlex.join(retry), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -204,6 +209,7 @@ def status(
 ) -> None:
     """Where a sweep stands: runs by status, who trains each running run and how far, and an ETA."""
     from .execution.status import ORDER, status_of
+    from .results.store import clean_text
 
     title, st = status_of(target, set_ or [], out)
     t = Table(title=title, title_justify="left")
@@ -220,17 +226,18 @@ def status(
         for j in st.running:
             hb = "?" if j["heartbeat_s"] is None else f"{j['heartbeat_s']:.0f}s ago"
             who = j["holder"] + (f" ({j['where']})" if j.get("where") else "")
-            r.add_row(j["run_id"], j["label"], who, hb, f"{j['epoch']}/{j['epochs']}")
+            r.add_row(*(clean_text(str(v)) for v in (j["run_id"], j["label"], who, hb,
+                                                       f"{j['epoch']}/{j['epochs']}")))
         console.print(r)
     for array, counts in st.arrays:
         states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
         console.print(f"slurm array {array}: {states}", highlight=False, soft_wrap=True)
     if st.interrupted:
-        console.print(f"interrupted (resumed by the next `mixcli run`): {', '.join(st.interrupted)}",
-                      highlight=False, soft_wrap=True)
+        console.print(clean_text(f"interrupted (resumed by the next `mixcli run`): {', '.join(st.interrupted)}"),
+                      highlight=False, soft_wrap=True, markup=False)
     for rid, error, where in st.failed:
-        console.print(f"[red]failed[/] {rid}: {error}" + (f" [{escape(where)}]" if where else ""),
-                      highlight=False, soft_wrap=True)
+        console.print(f"[red]failed[/] {escape(clean_text(f'{rid}: {error}'))}" +
+                      (f" [{escape(clean_text(where))}]" if where else ""), highlight=False, soft_wrap=True)
     for msg in st.damaged:
         err.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
 
@@ -279,21 +286,32 @@ def show(
     set_: SetOption = None,
     job: Optional[str] = typer.Option(None, "--job", help="Only this job: its number (1-based, in the "
                                       "order of `run --dry-run`) or its run id (a unique prefix will do)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="The torch threads per job that `mixcli "
+                                          "run --threads` would use (default: 1)."),
 ) -> None:
-    """Print the resolved configuration of each job as YAML (what jobs/<run_id>/config.yaml will hold)."""
+    """Print the resolved configuration of each job as YAML (what jobs/<run_id>/config.yaml will hold).
+
+    Each document is headed by its run id, its grid values and the torch threads it trains with (recorded
+    in the runs table, not part of the run id)."""
     from .config.jobs import expand
     from .config.spec import load_experiment
+    from .execution.executors import THREADS
     from .results.store import config_yaml
 
+    if threads is not None and threads < 1:
+        raise MixcliError(f"--threads {threads}: expected a positive integer")
     jobs = expand(load_experiment(experiment, set_ or []))
     if job is not None:
         jobs = [pick_job(jobs, job)]
-    docs = [f"# {j.run_id}: {j.label}\n{config_yaml(j.config)}" for j in jobs]
+    docs = [f"# {j.run_id}: {j.label} (threads: {threads or THREADS})\n{config_yaml(j.config)}" for j in jobs]
     sys.stdout.write("---\n".join(docs))
 
 
 def pick_job(jobs: list, key: str):
     """The job ``key`` names: a 1-based number or a run id (or a prefix of exactly one)."""
+    if not key.strip():
+        raise MixcliError(f"--job '': expected a job number (1-{len(jobs)}) or a run id (`mixcli run EXP "
+                          "--dry-run` lists them)")
     if key.isdigit():
         if not 1 <= int(key) <= len(jobs):
             raise MixcliError(f"--job {key}: expected a job number from 1 to {len(jobs)}")
@@ -491,12 +509,30 @@ def validate(
     console.print(f"[green]ok[/]: {experiment} is valid: {len(jobs)} job(s) -> {exp.out}")
 
 
+EXIT_OUT_OF_MEMORY = 3  # documented in the README (Exit codes)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, (OSError, ImportError)) and (
+        getattr(exc, "errno", None) == 12 or "Cannot allocate memory" in text or "failed to map segment" in text)
+
+
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:  # outside a command's own handling (e.g. while a command's imports load)
         sys.stderr.write("mixcli: interrupted\n")
         raise SystemExit(130) from None
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory is turned into a line; the rest is raised
+        if not _out_of_memory(exc):
+            raise
+        first = " ".join(str(exc).split())[:160]
+        sys.stderr.write(f"mixcli: out of memory ({type(exc).__name__}: {first}); free memory or raise the "
+                         "process's limit (ulimit -v), or train fewer jobs at once (--jobs)\n")
+        raise SystemExit(EXIT_OUT_OF_MEMORY) from None
 
 
 if __name__ == "__main__":

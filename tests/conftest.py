@@ -37,11 +37,20 @@ def write(tmp_path):
     return _write
 
 
+#: options of `mixcli run` that choose where the jobs execute
+_WHERE = {"--jobs", "-j", "--executor", "--in-process"}
+
+
 @pytest.fixture
 def cli(runner):
-    """cli(*args) -> (exit_code, combined output)."""
+    """cli(*args) -> (exit_code, combined output). A `run` that does not say where its jobs execute runs
+    them --in-process, so that the test's monkeypatches reach the jobs (and no worker imports torch anew);
+    the tests about worker processes pass --jobs or run `mixcli` as a subprocess."""
     def _cli(*args):
-        r = runner.invoke(app, [str(a) for a in args])
+        args = [str(a) for a in args]
+        if args[:1] == ["run"] and not _WHERE & set(args):
+            args.append("--in-process")
+        r = runner.invoke(app, args)
         if r.exception is not None and not isinstance(r.exception, SystemExit):
             raise r.exception
         return r.exit_code, r.output

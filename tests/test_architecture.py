@@ -19,13 +19,13 @@ PACKAGES = (("mixcli", ROOT / "mixcli"), ("mixcli_plugins", ROOT / "plugins"))
 # Higher layers may import lower ones, never the other way. Data flows config -> execution -> training ->
 # results; execution drives training, training writes results, and all of them read the config.
 LAYERS = {
-    "mixcli": 0, "mixcli.errors": 0, "mixcli.registry": 0, "mixcli.metrics": 0, "mixcli.api": 0,
+    "mixcli": 0, "mixcli.errors": 0, "mixcli.fs": 0, "mixcli.registry": 0, "mixcli.metrics": 0, "mixcli.api": 0,
     "mixcli.data": 1, "mixcli.mixing": 1,
     "mixcli.config": 2,
     "mixcli.results": 3,
     "mixcli.training": 4,
     "mixcli.execution": 5,
-    "mixcli.cli": 6,
+    "mixcli.cli": 6, "mixcli.entry": 6,
 }
 PLUGIN_SURFACE = ("mixcli.api", "mixcli.mixing", "mixcli.data")
 
@@ -80,6 +80,28 @@ def imports_of(module: str) -> set[str]:
 GRAPH = {m: imports_of(m) for m in MODULES}
 
 
+def missing_imports() -> list[str]:
+    """Imports of a module of ours that does not exist (e.g. a relative import left behind by a move)."""
+    bad = []
+    for module, path in MODULES.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[:len(base) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                ours = target.split(".")[0] in ("mixcli", "mixcli_plugins")
+                if ours and target not in MODULES:
+                    bad.append(f"{module} imports {target}, which does not exist")
+            elif isinstance(node, ast.Import):
+                bad += [f"{module} imports {a.name}, which does not exist" for a in node.names
+                        if a.name.split(".")[0] in ("mixcli", "mixcli_plugins") and a.name not in MODULES]
+    return bad
+
+
 def layer(module: str) -> int | None:
     for prefix in sorted(LAYERS, key=len, reverse=True):
         if module == prefix or module.startswith(prefix + "."):
@@ -125,6 +147,10 @@ def test_the_graph_is_read_from_the_code():
     assert "mixcli.config.spec" in GRAPH["mixcli.execution.status"]  # imported inside a function
     assert "mixcli.mixing.boxes" in GRAPH["mixcli_plugins.methods.cutmix"]
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_every_import_of_ours_exists():
+    assert missing_imports() == []
 
 
 def test_no_import_circles():

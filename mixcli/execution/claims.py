@@ -24,6 +24,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .. import fs
 from ..errors import MixcliError
 
 HEARTBEAT_S = 10.0
@@ -52,8 +53,16 @@ class Claim:
     def acquire(self, where: dict | None = None) -> bool:
         """Take the claim; False when a live process holds it. ``where``: the holder's placement
         (:func:`.placement.placement`: SLURM job, node, Ray node and task), recorded in the holder file."""
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        out = self.lock_path.parent.parent
+        dfd = fs.open_dir(out, ["claims"])  # a real folder, never a planted link (mixcli.fs)
+        try:
+            fd = os.open(self.lock_path.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666,
+                         dir_fd=dfd)
+        except OSError as exc:
+            raise MixcliError(f"{self.lock_path}: cannot open the run's lock file ({exc.strerror}); it must be "
+                              "a plain file mixcli made (remove it)") from None
+        finally:
+            os.close(dfd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -89,7 +98,7 @@ class Claim:
 
         text = json.dumps(self.info).encode()
         try:
-            atomic_write(self.info_path, lambda f: f.write(text))
+            atomic_write(self.info_path, lambda f: f.write(text), root=self.info_path.parent.parent)
         except OSError:
             pass  # the heartbeat is information only; a full disk must not kill the run here
 
@@ -105,8 +114,8 @@ class Claim:
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:
-            self.info_path.unlink()
-        except OSError:
+            fs.unlink(self.info_path, self.info_path.parent.parent)
+        except (OSError, MixcliError):
             pass
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)

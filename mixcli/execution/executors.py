@@ -9,6 +9,12 @@ from ..errors import MixcliError
 
 Event = tuple  # (kind, run_id, payload): see Executor
 
+#: torch intra-op threads per job unless ``--threads`` says otherwise, whatever the machine's core count:
+#: the numbers of a run depend on its thread count (reductions split differently), so a fixed default gives
+#: the same numbers on every machine, and one thread per job never makes the jobs fight for the cores.
+#: Parallelism comes from the workers instead (``--jobs``, default: the cores on CPU).
+THREADS = 1
+
 
 class Executor(Protocol):
     """Where jobs train: this process, worker processes, Ray tasks. The scheduler (:mod:`.sweep`) is the
@@ -42,14 +48,21 @@ EXECUTORS = ("local", "ray", "slurm")
 
 
 def make_executor(kind: str, device: str, jobs: int | None, threads: int | None, gpus: str | None,
-                  jobs_per_gpu: int, ray_address: str | None, max_retries: int = 3,
-                  slurm: dict | None = None) -> Executor:
-    """The executor for ``mixcli run``'s options (``slurm``: the ``--slurm-*`` options, see
-    :class:`.slurm.SlurmOptions`)."""
+                  jobs_per_gpu: int, ray_address: str | None, in_process: bool = False,
+                  n_jobs: int | None = None, max_retries: int = 3, slurm: dict | None = None) -> Executor:
+    """The executor for ``mixcli run``'s options. ``n_jobs``: how many jobs the sweep has (no more workers
+    than that are started); ``slurm``: the ``--slurm-*`` options (:class:`.slurm.SlurmOptions`)."""
     from ..training.engine import pick_device
 
     if kind not in EXECUTORS:
         raise MixcliError(f"--executor {kind}: expected local, ray or slurm")
+    if in_process and kind != "local":
+        name = {"ray": "Ray", "slurm": "SLURM"}[kind]
+        raise MixcliError(f"--in-process: the jobs run in this process, not as {name} tasks; drop --executor "
+                          f"{kind}")
+    if in_process and jobs is not None and jobs > 1:
+        raise MixcliError(f"--in-process runs one job at a time in this process; drop --jobs {jobs} "
+                          "(or --in-process)")
     if jobs is not None and jobs < 1:
         raise MixcliError(f"--jobs {jobs}: expected a positive number of jobs at once")
     if jobs_per_gpu < 1:
@@ -99,10 +112,17 @@ def make_executor(kind: str, device: str, jobs: int | None, threads: int | None,
     else:
         if gpus is not None:
             raise MixcliError(f"--gpus {gpus}: the jobs run on the CPU here (--device {device})")
-        n = jobs or 1
-        threads = threads or max(1, cores() // n)
+        n = jobs or cores()
+    threads = threads or THREADS
+    if in_process:
+        n = 1
+    elif jobs is None and n_jobs is not None:
+        n = max(1, min(n, n_jobs))  # the default: no idle workers
     from .local import InlineExecutor, ProcessPool
 
-    if n == 1 and gpus is None:
+    if in_process:
+        if gpu_list is not None and gpus is not None:
+            raise MixcliError(f"--in-process: the job runs in this process on the default GPU; drop --gpus {gpus} "
+                              "(CUDA_VISIBLE_DEVICES picks the GPU)")
         return InlineExecutor(device, threads)
     return ProcessPool(n, device, threads, gpus=gpu_list, jobs_per_gpu=jobs_per_gpu)

@@ -25,9 +25,12 @@ from ..config.loggers import parse_cli
 from ..config.spec import Experiment, load_experiment
 from ..results.loggers import open_loggers
 from ..results.store import Store
-from .executors import Executor, make_executor
+from .executors import Executor, cores, make_executor
 from .stale import forget, stale_runs
 from .sweep import Sweep, run_sweep
+
+
+MAX_JOBS_PER_CORE = 4  # local CPU workers beyond this only thrash (each is a process with its own torch)
 
 
 @dataclass
@@ -86,6 +89,28 @@ def check_stale(jobs: list[Job], rerun: bool, warn: Callable[[str], None] = _war
             warn(f"  {job.run_id}: {stale[job.run_id]} ({verb})")
 
 
+def check_threads(jobs: list[Job], threads: int | None, warn: Callable[[str], None] = _warn) -> None:
+    """Warn about runs recorded with another torch thread count than this sweep's: a finished run is reused
+    as it is, an interrupted one resumes with the new count (its numbers then differ from a run trained in
+    one go with either count)."""
+    if not threads:
+        return
+    odd = []
+    for job in jobs:
+        row = Store(job.out).run_row(job.run_id) or {}
+        had = row.get("threads")
+        if had is not None and had == had and int(had) != threads and row.get("status") != "failed":
+            odd.append((job.run_id, int(had), row.get("status")))
+    if not odd:
+        return
+    warn(f"warning: {len(odd)} run(s) were trained with another --threads than this sweep's {threads}; a "
+         "run's numbers depend on its thread count:")
+    for rid, had, st in odd:
+        verb = "finished, reused as it is" if st == "finished" else \
+            f"{st}, resumes with --threads {threads} (pass --threads {had} to keep its numbers)"
+        warn(f"  {rid}: --threads {had} ({verb})")
+
+
 class _Silent:
     """A display that shows nothing (library use)."""
 
@@ -98,7 +123,7 @@ def run_experiment(experiment: str | Path | Plan, overrides: list[str] = (), *, 
                    threads: int | None = None, gpus: str | None = None, jobs_per_gpu: int = 1,
                    executor: str = "local", ray_address: str | None = None, max_retries: int = 3,
                    slurm: dict | None = None, retry_failed: bool = False,
-                   rerun_stale: bool = False, display: Callable[[Executor], object] | None = None,
+                   rerun_stale: bool = False, in_process: bool = False, display: Callable[[Executor], object] | None = None,
                    on_start: Callable[[Plan, Executor], None] | None = None,
                    warn: Callable[[str], None] = _warn) -> SweepResult:
     """Run every job of ``experiment`` (a file, or a :func:`plan`), skipping finished runs and resuming
@@ -113,14 +138,23 @@ def run_experiment(experiment: str | Path | Plan, overrides: list[str] = (), *, 
     if executor == "local":  # a bad --device is refused before anything is written (a cluster's devices
         pick_device(device)  # are the cluster's: its executor checks them)
     for o in dict.fromkeys(j.out for j in todo):
-        Store(o)  # refuses an unwritable output directory before anything starts
+        for line in Store(o).move_strays():  # refuses an unwritable output directory before anything starts
+            warn(f"note: {line}")
     check_stale(todo, rerun_stale, warn)
     if retry_failed:
         failed_ids = {j.run_id for j in todo if (Store(j.out).run_row(j.run_id) or {}).get("status") == "failed"}
         if not failed_ids:
             return SweepResult(p, None)
         todo = [j for j in todo if j.run_id in failed_ids]
-    ex = make_executor(executor, device, jobs, threads, gpus, jobs_per_gpu, ray_address, max_retries, slurm)
+    if jobs is not None and jobs > len(todo):
+        warn(f"note: --jobs {jobs} capped at the {len(todo)} job(s) this sweep trains")
+        jobs = max(1, len(todo))
+    if jobs is not None and executor == "local" and pick_device(device).type == "cpu" and jobs > MAX_JOBS_PER_CORE * cores():
+        warn(f"note: --jobs {jobs} capped at {MAX_JOBS_PER_CORE} per CPU core ({MAX_JOBS_PER_CORE * cores()} here)")
+        jobs = MAX_JOBS_PER_CORE * cores()
+    ex = make_executor(executor, device, jobs, threads, gpus, jobs_per_gpu, ray_address, in_process,
+                       n_jobs=len(todo), max_retries=max_retries, slurm=slurm)
+    check_threads(todo, ex.threads, warn)
     if on_start is not None:
         on_start(Plan(p.exp, p.targets, todo), ex)
     from .local import sigterm_interrupts

@@ -1,10 +1,13 @@
-"""The local executors: jobs in this process (one at a time), or in a pool of persistent worker processes.
+"""The local executors: a pool of persistent worker processes (the default), or this process, one job at a
+time (``--in-process``, for debugging: breakpoints and profilers see the job).
 
-Workers are started once (``spawn``: torch is imported once per worker, not per job) and each runs one job
-at a time through :func:`mixcli.execution.worker.execute`, sending its progress back over a pipe. On CUDA
-each worker is pinned to one GPU (``CUDA_VISIBLE_DEVICES``), ``jobs_per_gpu`` workers share a GPU; on CPU
-each worker gets ``threads`` torch threads (default: cores // workers, so workers x threads <= cores). A
-worker that dies while it runs a job (OOM kill, segfault) has the job recorded ``failed`` and is replaced.
+Workers are started when the first job needs them and then kept (``spawn``: torch is imported once per
+worker, not per job); each runs one job at a time through :func:`mixcli.execution.worker.execute`, sending
+its progress back over a pipe. On CUDA each worker is pinned to one GPU (``CUDA_VISIBLE_DEVICES``),
+``jobs_per_gpu`` workers share a GPU; every worker gets ``threads`` torch threads (default
+:data:`mixcli.execution.executors.THREADS`). A worker that dies while it runs a job (a native crash in a plugin's
+extension, an OOM kill) has the job recorded ``failed`` with the signal, and is replaced; the sweep goes on.
+In this process, such a crash would end the whole sweep.
 """
 from __future__ import annotations
 
@@ -85,12 +88,12 @@ class Events:
 
 
 class InlineExecutor:
-    """One job at a time in this process (``--jobs 1``); an :class:`~mixcli.execution.executors.Executor`."""
+    """One job at a time in this process (``--in-process``); an :class:`~mixcli.execution.executors.Executor`."""
 
     def __init__(self, device: str, threads: int | None) -> None:
         from ..training.engine import pick_device
 
-        self.device = pick_device(device)
+        self.device, self.threads = pick_device(device), threads
         self.slots, self._queue = 1, []
         set_threads(threads)
 
@@ -172,10 +175,8 @@ class ProcessPool:
         self._ctx = mp.get_context("spawn")
         self._procs: list = [None] * workers
         self._conns: list = [None] * workers
-        self._jobs: list = [None] * workers
+        self._jobs: list = [None] * workers  # (workers start on their first job: see submit)
         self._sinks: list = [None] * workers  # where the events of worker i's job go
-        for i in range(workers):
-            self._spawn(i)
 
     def _spawn(self, i: int) -> None:
         env = {}
@@ -196,13 +197,19 @@ class ProcessPool:
 
     def submit(self, job, on_event) -> None:
         i = self._jobs.index(None)
+        if self._procs[i] is None:
+            self._spawn(i)
         self._jobs[i], self._sinks[i] = job, on_event
         self._conns[i].send(job)
 
     def poll(self, timeout: float) -> None:
-        ready = wait(self._conns + [p.sentinel for p in self._procs], timeout)
+        live = [p for p in self._procs if p is not None]
+        if not live:
+            time.sleep(timeout)
+            return
+        ready = wait([c for c in self._conns if c is not None] + [p.sentinel for p in live], timeout)
         for i, conn in enumerate(self._conns):
-            if conn in ready:
+            if conn is not None and conn in ready:
                 try:
                     while conn.poll():
                         msg = conn.recv()
@@ -213,7 +220,7 @@ class ProcessPool:
                 except (EOFError, OSError):
                     pass  # the worker died: handled below
         for i, p in enumerate(self._procs):
-            if p.sentinel in ready and not p.is_alive():
+            if p is not None and p.sentinel in ready and not p.is_alive():
                 self._lost(i, p.exitcode)
 
     def _lost(self, i: int, code: int | None) -> None:
@@ -234,10 +241,14 @@ class ProcessPool:
                 sink(("done", job.run_id, Outcome(job.run_id, FAILED, error=reason)))
             else:
                 sink(("done", job.run_id, Outcome(job.run_id, HELD)))
-        self._spawn(i)
+        self._conns[i].close()
+        # a new worker starts with the next job
+        self._procs[i] = self._conns[i] = self._jobs[i] = self._sinks[i] = None
 
     def close(self, interrupted: bool = False) -> None:
         for i, p in enumerate(self._procs):
+            if p is None:
+                continue
             if interrupted and self._jobs[i] is not None and p.is_alive():
                 os.kill(p.pid, signal.SIGINT)  # the job records itself interrupted
             else:
@@ -246,7 +257,7 @@ class ProcessPool:
                 except (OSError, ValueError):
                     pass
         deadline = time.monotonic() + 30
-        for p in self._procs:
+        for p in filter(None, self._procs):
             p.join(max(0.1, deadline - time.monotonic()))
             if p.is_alive():
                 p.terminate()

@@ -28,7 +28,7 @@ def forget(job) -> bool:
         store = Store(job.out)
         for p in (store.table_path("runs", job.run_id), store.table_path("epochs", job.run_id),
                   store.checkpoint_path(job.run_id)):
-            p.unlink(missing_ok=True)
+            store.remove(p)
     finally:
         claim.release()
     return True

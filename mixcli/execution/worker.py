@@ -12,7 +12,6 @@ import signal
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..api import PluginError
 from ..errors import MixcliError, RunFailed
@@ -144,8 +143,9 @@ def execute(job: Job, device, progress=None) -> Outcome:
         store = Store(job.out)
         store.remove_temporaries(job.run_id)
         for p in store.damaged(job.run_id):
-            notes.append(f"{p.relative_to(job.out)} was damaged; rebuilt from the run's checkpoint")
-            p.unlink()
+            what = "was damaged" if p.exists() else "was missing"
+            notes.append(f"{p.relative_to(job.out)} {what}; rebuilt from the run's checkpoint")
+            store.remove(p)
         prev = store.run_row(job.run_id)
         if prev is not None and prev.get("status") == FINISHED and not notes:
             return Outcome(job.run_id, SKIPPED, row=prev)
@@ -189,12 +189,13 @@ def _signals_held():
 
 
 def _save_traceback(job: Job, exc: BaseException) -> None:
+    from ..results.store import Store
+
     try:
-        d = Path(job.out) / "jobs" / job.run_id
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "traceback.txt").write_text("".join(traceback.format_exception(exc)))
-    except OSError:
-        pass
+        store = Store(job.out)
+        store.write_file(store.job_dir(job.run_id) / "traceback.txt", "".join(traceback.format_exception(exc)))
+    except (OSError, MixcliError):
+        pass  # the reason is in the runs row; the traceback file is a convenience
 
 
 def _safe_record(job, device, status, error, plugin, epochs) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..api import Context, PluginError
+from ..api import Context, PluginError, to_device
 
 __all__ = ["half_sides", "box_at", "cut_box", "box_lam", "paste", "box_mask", "cutmix_draw", "check_minmax",
            "check_images", "mix_rows"]
@@ -31,7 +31,10 @@ def box_at(cy, cx, lam, h: int, w: int):
     found on the device (SaliencyMix) never goes through the host."""
     rh, rw = half_sides(lam, h, w)
     if isinstance(cy, torch.Tensor):
-        rh, rw = torch.as_tensor(rh, device=cy.device), torch.as_tensor(rw, device=cy.device)
+        if isinstance(rh, np.ndarray) and rh.ndim:  # one copy for both half sides
+            rh, rw = to_device(np.stack([rh, rw]), cy.device)
+        else:
+            rh, rw = int(rh), int(rw)
         return ((cy - rh).clamp(min=0), (cy + rh).clamp(max=h), (cx - rw).clamp(min=0), (cx + rw).clamp(max=w))
     return (np.clip(cy - rh, 0, h), np.clip(cy + rh, 0, h), np.clip(cx - rw, 0, w), np.clip(cx + rw, 0, w))
 
@@ -82,7 +85,11 @@ def paste(x: torch.Tensor, perm: torch.Tensor, box) -> torch.Tensor:
 def box_mask(box, h: int, w: int, device) -> torch.Tensor:
     """Boolean mask of shape (B, 1, H, W) that is True inside ``box = (y1, y2, x1, x2)``; each bound is a
     tensor or array of B values (one box per row) or of 1 value (one box for all rows)."""
-    y1, y2, x1, x2 = (torch.as_tensor(v, device=device).reshape(-1, 1) for v in box)
+    if all(isinstance(v, torch.Tensor) for v in box):
+        y1, y2, x1, x2 = (v.to(device).reshape(-1, 1) for v in box)
+    else:  # host bounds: one copy for the four of them
+        y1, y2, x1, x2 = to_device(np.stack(np.broadcast_arrays(*(np.asarray(v).reshape(-1) for v in box))),
+                                   device).unsqueeze(-1)
     ys, xs = torch.arange(h, device=device), torch.arange(w, device=device)
     rows = (ys >= y1) & (ys < y2)
     cols = (xs >= x1) & (xs < x2)

@@ -246,4 +246,6 @@ def uniform_partners(rng: np.random.Generator, rows: int, n: int, device) -> tor
     ``np.random.choice(N)`` over the whole training set (the row itself included); this is that draw, from
     the method's seeded host generator, so it never waits on the device. Fetch the inputs with ``ctx.fetch``.
     """
-    return torch.from_numpy(rng.integers(0, n, rows)).to(device, non_blocking=True)
+    from ..api import to_device
+
+    return to_device(rng.integers(0, n, rows), device)

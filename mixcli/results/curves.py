@@ -381,9 +381,19 @@ def plot_png(cv: Curves, path: Path | str, dpi: int = 150) -> Path:
     n = max(c.runs for c in cv.curves)
     fig.suptitle(f"{cv.experiment}: {cv.split} {cv.metric}, mean ± 1 std over {n} seed{'s' * (n > 1)}",
                  fontsize=11)
+    path = figure_path(path, f"curves_{cv.split}_{cv.metric}.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def figure_path(path: Path | str, default_name: str) -> Path:
+    """Where ``--png PATH`` writes: into PATH when it is a folder (``default_name``), PATH itself when it
+    names a file; a name without a suffix gets ``.png`` (what matplotlib would silently add)."""
+    path = Path(path)
+    if path.is_dir():
+        return path / default_name
+    return path if path.suffix else path.with_suffix(".png")
 
 
 def _has_color(color: bool | None) -> bool:

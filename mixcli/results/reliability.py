@@ -134,7 +134,9 @@ def plot_png(experiment: str, groups: list[Group], path: Path | str, dpi: int = 
     for sub in list(outer.flat)[len(groups):]:
         sub.set_visible(False)
     fig.suptitle(f"{experiment}: reliability on test (pooled over seeds)", fontsize=11)
-    path = Path(path)
+    from .curves import figure_path
+
+    path = figure_path(path, "reliability.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path

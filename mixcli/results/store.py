@@ -25,6 +25,7 @@ import functools
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -36,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from .. import fs
 from ..errors import MixcliError
 from ..metrics import METRICS, evaluator_metrics
 
@@ -55,6 +57,8 @@ _RUN_BASE: dict[str, str] = {
     "error_plugin": "the plugin whose code raised, for a failed run (e.g. method 'mixup')",
     "attempts": "how many times training of this run was started (1 for a run trained in one go)",
     "host": "the host that last trained the run", "pid": "the process id that last trained the run",
+    "threads": "torch's intra-op threads in the process that last trained the run (mixcli run --threads; "
+               "the numbers depend on it)",
     "slurm_job": "the SLURM job that last trained the run (<array job>_<task> for an array task)",
     "node": "the node that last trained the run (SLURM's node name, else the host)",
     "ray_node": "the Ray node id that last trained the run", "ray_task": "the Ray task id that last trained it",
@@ -89,7 +93,7 @@ for _s in SPLITS:
 
 _STRINGS = {"run_id", "experiment", "method", "dataset", "model", "loss", "task", "status", "error", "config",
             "best_on", "selection", "device", "mixcli_version", "started_at", "finished_at"}
-_INTS = {"seed", "epochs", "best_epoch", "epoch", "attempts", "pid"}
+_INTS = {"seed", "epochs", "best_epoch", "epoch", "attempts", "pid", "threads"}
 _STRINGS |= {"error_plugin", "host", "slurm_job", "node", "ray_node", "ray_task"}
 _STRINGS |= {"git_commit", "torch_version", "cuda_version", "gpu", "plugin_versions"}
 _BOOLS = {"git_dirty"}
@@ -168,38 +172,20 @@ def arrow_table(rows: list[dict], table: str) -> pa.Table:
 
 def _write_table(path: Path, rows: list[dict], table: str) -> None:
     arrow = arrow_table(rows, table)
-    atomic_write(path, lambda f: pq.write_table(arrow, f))
+    atomic_write(path, lambda f: pq.write_table(arrow, f), root=path.parent.parent)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+TMP_SUFFIX = fs.TMP_SUFFIX
 
 
-_FILE_MODE = 0o666 & ~_umask()
-TMP_SUFFIX = ".tmp"
-
-
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
-    """Write via a hidden temporary file in the same directory, fsync, then rename over ``path``. The file
-    gets the umask's permissions (``mkstemp`` alone would make it private to its owner)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any], root: Path | None = None) -> None:
+    """Write via a hidden temporary file in the same directory, fsync, then rename over ``path``
+    (:func:`mixcli.fs.atomic_write`: with ``root``, the output folder, no link below it is followed). The
+    file gets the umask's permissions. A full disk is said so (torch.save reports it obscurely)."""
     try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, Exception) and _disk_full(exc, path.parent):
-            # (torch.save reports a full disk as an obscure RuntimeError: say what happened)
+        fs.atomic_write(path, write, root)
+    except Exception as exc:
+        if _disk_full(exc, Path(path).parent):
             raise OSError(errno.ENOSPC, "no space left on device while writing", str(path)) from None
         raise
 
@@ -217,8 +203,9 @@ class Store:
     def __init__(self, out: Path | str) -> None:
         self.out = Path(out)
         try:
+            self.out.mkdir(parents=True, exist_ok=True)
             for sub in ("runs", "epochs", "jobs"):
-                (self.out / sub).mkdir(parents=True, exist_ok=True)
+                os.close(fs.open_dir(self.out, [sub]))  # real folders, not links planted in OUT
             probe = tempfile.NamedTemporaryFile(dir=self.out / "runs", prefix=".probe", delete=True)
             probe.close()
         except OSError as exc:
@@ -238,6 +225,16 @@ class Store:
         except Exception:  # noqa: BLE001 - an unreadable file is treated as absent and rewritten
             return None
 
+    def write_file(self, path: Path, data: bytes | str) -> None:
+        """Any other file of the output folder (e.g. a failed run's traceback), written atomically and never
+        through a link below the output folder."""
+        blob = data.encode() if isinstance(data, str) else data
+        atomic_write(path, lambda f: f.write(blob), root=self.out)
+
+    def remove(self, path: Path) -> None:
+        """Delete a file of the output folder (a planted link is deleted itself, not what it points to)."""
+        fs.unlink(path, self.out)
+
     def write_run(self, row: dict) -> None:
         _write_table(self.out / "runs" / f"{row['run_id']}.parquet", [row], "runs")
 
@@ -248,27 +245,63 @@ class Store:
         return self.out / table / f"{run_id}.parquet"
 
     def damaged(self, run_id: str) -> list[Path]:
-        """The result files of ``run_id`` that exist but cannot be read back (truncated, garbage)."""
-        return [p for p in (self.table_path(t, run_id) for t in TABLES) if p.exists() and not readable(p)]
+        """The result files of ``run_id`` that exist but cannot be read back (truncated, garbage), and the
+        epochs file of a finished run when it is missing (deleted): the next sweep rebuilds them."""
+        found = [p for p in (self.table_path(t, run_id) for t in TABLES) if p.exists() and not readable(p)]
+        epochs = self.table_path("epochs", run_id)
+        if not found and not epochs.exists() and (self.run_row(run_id) or {}).get("status") == "finished":
+            found.append(epochs)
+        return found
+
+    def move_strays(self) -> list[str]:
+        """Move what is not a mixcli result file out of ``runs/`` and ``epochs/`` (into ``stray/``), so that
+        ``pandas.read_parquet(OUT / "runs")`` reads the folder; returns a line per file moved. Hidden files
+        (``.`` or ``_``: temporaries) are left, as pandas skips them."""
+        moved = []
+        for table in TABLES:
+            folder = self.out / table
+            for name in sorted(fs.entries(folder, self.out)):
+                if name.startswith((".", "_")):
+                    continue
+                path = folder / name
+                why = None
+                if not name.endswith(".parquet") or not path.is_file() or path.is_symlink():
+                    why = "not a parquet file"
+                elif readable(path):
+                    try:
+                        cols = pq.read_schema(path).names
+                    except Exception:  # noqa: BLE001 - unreadable: left for the sweep to rebuild
+                        cols = _KEY_COLUMNS[table]
+                    if any(c not in cols for c in _KEY_COLUMNS[table]):
+                        why = f"not a mixcli {table} file"
+                if why:
+                    dest = self.out / "stray" / table
+                    os.close(fs.open_dir(self.out, ["stray", table]))
+                    os.replace(path, dest / name)
+                    moved.append(f"moved {path} to {dest} ({why}), so that pandas reads {folder}")
+        return moved
 
     def remove_temporaries(self, run_id: str) -> int:
         """Delete the temporary files a killed writer of ``run_id`` left behind (call while holding its claim,
         so no live writer owns them). Returns how many were removed."""
+        import fnmatch
+
         pats = [(self.out / t, f".{run_id}.parquet.*{TMP_SUFFIX}") for t in TABLES]
         pats += [(self.job_dir(run_id), f".*{TMP_SUFFIX}"), (self.out / "claims", f".{run_id}.json.*{TMP_SUFFIX}")]
         n = 0
-        for d, pat in pats:
-            for p in d.glob(pat) if d.is_dir() else ():
-                try:
-                    p.unlink()
-                    n += 1
-                except OSError:
-                    pass
+        for d, pat in pats:  # read and deleted without following a link (mixcli.fs)
+            for name in fs.entries(d, self.out):
+                if fnmatch.fnmatchcase(name, pat):
+                    try:
+                        fs.unlink(d / name, self.out)
+                        n += 1
+                    except OSError:
+                        pass
         return n
 
     def write_config(self, run_id: str, cfg: dict) -> None:
         text = config_yaml(cfg).encode()
-        atomic_write(self.job_dir(run_id) / "config.yaml", lambda f: f.write(text))
+        atomic_write(self.job_dir(run_id) / "config.yaml", lambda f: f.write(text), root=self.out)
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def checkpoint_path(self, run_id: str) -> Path:
@@ -277,7 +310,7 @@ class Store:
     def save_checkpoint(self, run_id: str, state: dict) -> None:
         import torch
 
-        atomic_write(self.checkpoint_path(run_id), lambda f: torch.save(state, f))
+        atomic_write(self.checkpoint_path(run_id), lambda f: torch.save(state, f), root=self.out)
 
     def load_checkpoint(self, run_id: str) -> dict | None:
         path = self.checkpoint_path(run_id)
@@ -312,16 +345,32 @@ def _warn_stderr(msg: str) -> None:
 _KEY_COLUMNS = {"runs": ("run_id", "status", "config"), "epochs": ("run_id", "epoch")}
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0/C1 controls but tab and newline
+
+
+def clean_text(value: Any) -> Any:
+    """``value`` with terminal control characters removed when it is text (anything read from disk is shown
+    on a terminal: a crafted file must not move the cursor, retitle the window or recolour the screen)."""
+    return _CONTROL.sub("", value) if isinstance(value, str) else value
+
+
+def _clean_frame(df: pd.DataFrame) -> pd.DataFrame:
+    for col in df.columns:
+        if df[col].dtype == object or pd.api.types.is_string_dtype(df[col].dtype):
+            df[col] = df[col].map(clean_text)
+    return df
+
+
 def read_table(out: Path | str, table: str, warn: Callable[[str], None] = _warn_stderr) -> pd.DataFrame:
     """All rows of ``runs`` or ``epochs`` under ``out`` (empty frame if none). A damaged file is skipped
     and reported through ``warn`` (default: a line on stderr; the next ``mixcli run`` of its experiment
-    rebuilds it)."""
+    rebuilds it). Text is returned without terminal control characters (:func:`clean_text`)."""
     d = Path(out) / table
     files = sorted(p for p in d.glob("*.parquet")) if d.is_dir() else []
     frames = []
     for p in files:
         try:
-            frames.append(pq.read_table(p).to_pandas())
+            frames.append(_clean_frame(pq.read_table(p).to_pandas()))
         except FileNotFoundError:
             continue  # replaced or removed between the listing and the read
         except Exception as exc:  # noqa: BLE001 - a damaged file must not take the report down

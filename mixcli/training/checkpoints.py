@@ -33,6 +33,7 @@ from ..errors import MixcliError
 from ..results.selection import PRIMARY, best_index
 from ..results.store import Store, atomic_write
 from .callbacks import Callback, RunState
+from .epoch_writer import EpochWriter, snapshot
 
 KEEP = ("last", "best", "both")
 STEP_SCHEMA = pa.schema([("step", pa.int64()), ("epoch", pa.int64()), ("loss", pa.float64()),
@@ -101,16 +102,22 @@ class StoreWrites(Callback):
 
     def __init__(self, listeners_state) -> None:
         self.listeners_state = listeners_state  # () -> the listeners' checkpoint state
+        self.writer = EpochWriter()  # the epoch's files are written off the training thread, in order
 
     def on_start(self, run: RunState) -> None:
         run.store.write_config(run.run_id, run.job.config)
         run.store.write_run({**run.base_row, "status": "running", "epochs": len(run.rows)})
 
     def on_epoch_end(self, run: RunState, row: dict) -> None:
-        run.store.write_epochs(run.run_id, evaluated(run.rows, run.job.config["task"]))
-        run.store.save_checkpoint(run.run_id, training_state(run, self.listeners_state()))
+        self.writer.submit(run.store.write_epochs, run.run_id, evaluated(run.rows, run.job.config["task"]))
+        self.writer.submit(run.store.save_checkpoint, run.run_id,
+                           snapshot(training_state(run, self.listeners_state())))
+
+    def on_exception(self, run: RunState, exc: BaseException) -> None:
+        self.writer.close(raise_errors=False)  # what was submitted reaches the disk; the error goes on
 
     def on_end(self, run: RunState, result: dict) -> None:
+        self.writer.close()  # every epoch's files are on disk (a failed write is raised here)
         # the epochs again: this rebuilds a damaged file of a finished run
         run.store.write_epochs(run.run_id, evaluated(run.rows, run.job.config["task"]))
         run.store.write_run(result)
@@ -139,11 +146,11 @@ class Keeper(Callback):
         if i == len(evaluated) - 1:
             state = {"model": {k.replace("._orig_mod", ""): v for k, v in model.state_dict().items()},
                      "epoch": int(rows[-1]["epoch"])}
-            atomic_write(best_path(self.store, self.run_id), lambda f: torch.save(state, f))
+            atomic_write(best_path(self.store, self.run_id), lambda f: torch.save(state, f), root=self.store.out)
 
     def finish(self) -> None:
         if self.keep == "best":
-            self.store.checkpoint_path(self.run_id).unlink(missing_ok=True)
+            self.store.remove(self.store.checkpoint_path(self.run_id))
 
 
 class StepLog(Callback):
@@ -182,7 +189,7 @@ class StepLog(Callback):
             self.rows += new
             self.pending = []
         table = pa.Table.from_pylist(self.rows, schema=STEP_SCHEMA)
-        atomic_write(steps_path(self.store, self.run_id), lambda f: pq.write_table(table, f))
+        atomic_write(steps_path(self.store, self.run_id), lambda f: pq.write_table(table, f), root=self.store.out)
         return new
 
 

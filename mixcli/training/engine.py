@@ -169,7 +169,7 @@ def resume(run: RunState, prior_attempts: int | None) -> dict | None:
         compile_stages(run.model)
     run.base_row = {**identity_row(job, run.device), "started_at": run.started_at, "attempts": run.attempt,
                     "host": socket.gethostname(), "pid": os.getpid(),
-                    **provenance(cfg, job.source, run.device)}  # git state, versions, GPU
+                    "threads": torch.get_num_threads(), **provenance(cfg, job.source, run.device)}  # git state, versions, GPU
     return ckpt
 
 

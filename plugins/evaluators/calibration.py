@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from mixcli.api import EvalContext, Evaluator, PluginError, metric
+from mixcli.api import EvalContext, Evaluator, PluginError, metric, write_artifact
 from mixcli.api import adaptive_ece, confidences, ece, fit_temperature
 
 ARTIFACT = "calibration.json"
@@ -65,6 +65,5 @@ class Calibration(Evaluator):
             doc = {"epoch": ctx.epoch, "temperature": t, "bins": self.bins, "n": int(len(yt)),
                    "ece": ece(conf, correct, self.bins), "ts_ece": out["ts_ece"],
                    "before": bin_sums(conf, correct, self.bins), "after": bin_sums(conf_t, correct, self.bins)}
-            ctx.artifacts_dir.mkdir(parents=True, exist_ok=True)
-            (ctx.artifacts_dir / ARTIFACT).write_text(json.dumps(doc))
+            write_artifact(ctx.artifacts_dir, ARTIFACT, json.dumps(doc))
         return out

@@ -14,7 +14,8 @@ def decoupled_log_prob(logits: torch.Tensor, c: torch.Tensor, d: torch.Tensor, d
     """``log phi(z)_{c | not d} = z_c / tau - log sum_{k != d} exp(z_k / tau)`` per row; rows where ``drop``
     is false keep every class in the denominator (plain log-softmax), so same-class rows stay finite."""
     z = logits.float() / tau
-    mask = F.one_hot(d, z.shape[1]).bool() & drop[:, None]
+    # (a comparison, not F.one_hot: one_hot checks its indices on the host, a sync per call on CUDA)
+    mask = (torch.arange(z.shape[1], device=z.device) == d[:, None]) & drop[:, None]
     z = z.masked_fill(mask, float("-inf"))
     return z.gather(1, c[:, None]).squeeze(1) - torch.logsumexp(z, dim=1)
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from mixcli.mixing.boxes import check_images
 
-from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation
+from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation, to_device
 
 
 def spectrum_scale(h: int, w: int, decay_power: float, device) -> torch.Tensor:
@@ -78,8 +78,8 @@ class FMix(Method):
         if key not in self._scale:
             self._scale[key] = spectrum_scale(h, w, self.decay_power, device)
         lam = float(ctx.rng.beta(self.alpha, self.alpha))
-        noise = torch.from_numpy(ctx.rng.standard_normal((h, w // 2 + 1, 2), dtype=np.float32))
-        image = low_freq_image(noise.to(device, non_blocking=True), self._scale[key], h, w)
+        noise = to_device(ctx.rng.standard_normal((h, w // 2 + 1, 2), dtype=np.float32), device)
+        image = low_freq_image(noise, self._scale[key], h, w)
         num = math.ceil(lam * h * w) if ctx.rng.random() > 0.5 else math.floor(lam * h * w)
         return binarise(image, num, self.max_soft, lam).view(1, 1, h, w), num / (h * w)
 

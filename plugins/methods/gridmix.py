@@ -6,7 +6,8 @@ import math
 import numpy as np
 import torch
 
-from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation
+from mixcli.api import (Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation,
+                        to_device)
 from mixcli.mixing.boxes import check_images
 
 
@@ -116,6 +117,6 @@ class GridMix(Method):
         if mask is None:
             return MixOutput(model(x), batch.y, batch.y[perm], lam_tensor(1.0, n, x.device), self.smoothing)
         lam = 1.0 - float(mask.mean())
-        m = torch.from_numpy(mask).to(x.device, non_blocking=True).to(x.dtype)
+        m = to_device(mask, x.device).to(x.dtype)
         mixed = torch.lerp(x, x[perm], m)
         return MixOutput(model(mixed), batch.y, batch.y[perm], lam_tensor(lam, n, x.device), self.smoothing)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, interpolate, lam_tensor
+from mixcli.api import (Batch, Context, Method, MixOutput, Model, PluginError, check_range, interpolate, lam_tensor,
+                        to_device)
 from mixcli.mixing.boxes import box_mask, mix_rows, paste
 from mixcli.mixing.partners import check_partners, uniform_partners
 from mixcli.mixing.switch import LAM_MODES, MixCutSwitch  # noqa: F401 (LAM_MODES: the mode option's values)
@@ -77,7 +78,7 @@ class Mixup(MixCutSwitch, Method):
             x2, y2 = ctx.fetch(uniform_partners(ctx.rng, n, len(ctx.train), x.device))
             w = lam_t.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
             return MixOutput(model(w * x + (1 - w) * x2), batch.y, y2, lam_t, self.smoothing)
-        perm = torch.from_numpy(perm).to(x.device, non_blocking=True)
+        perm = to_device(perm, x.device)
         if not cut.any():
             mixed = x if (lam == 1).all() else interpolate(x, perm, lam_t)
         elif self.mode == "batch":

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
-import os
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,10 +10,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation
+from mixcli.api import (Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation,
+                        to_device)
 from mixcli.mixing.boxes import check_images
 
 SOLVERS = ("auto", "gco", "exact")
+
+#: gco-wrapper keeps every graph in one global ``std::map`` (handle -> instance) that each of its C calls
+#: reads and that creating / destroying a graph writes, with no lock; ctypes releases the GIL, so two
+#: threads cutting at once corrupt the map and the heap (``free(): invalid pointer``, "Invalid instance
+#: handle", segfaults). Every gco call therefore holds this lock (tests/test_gco_threads.py).
+GCO_LOCK = threading.Lock()
 
 
 def input_saliency(model: Model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -129,7 +136,8 @@ def graphcut_mask(u_self, u_partner, pw_x, pw_y, lam, beta_n, eta, n_labels, sol
         labels = exact_labels(unary, np.maximum(cost_v, 0), np.maximum(cost_h, 0), n_labels)
     else:
         import gco
-        labels = gco.cut_grid_graph(unary, pairwise, cost_v, cost_h, algorithm="swap")
+        with GCO_LOCK:  # gco is not thread-safe (see GCO_LOCK)
+            labels = gco.cut_grid_graph(unary, pairwise, cost_v, cost_h, algorithm="swap")
     return (1.0 - labels / (n_labels - 1)).reshape(n, n)
 
 
@@ -231,8 +239,9 @@ class PuzzleMix(Method):
 
     The terms, the transport and the mixing are batched on the device; the graph cut runs per image on the
     CPU with the ``gco-wrapper`` package (the reference's pyGCO, ``pip install "mixcli[puzzlemix]"``), on
-    ``graph_threads`` threads (null: min(8, CPUs); the reference uses 8 processes): one host synchronisation
-    per step. ``solver``: ``gco`` (the reference's alpha-beta swap, a local minimum), ``exact`` (the global
+    ``graph_threads`` threads for the exact solver (null: the job's torch threads, ``mixcli run --threads``;
+    gco is not thread-safe, its cuts run one at a time; the reference uses 8 processes): one host
+    synchronisation per step. ``solver``: ``gco`` (the reference's alpha-beta swap, a local minimum), ``exact`` (the global
     minimum of the same integer energy by one min-cut per image, :func:`exact_labels`; no extra package; it
     can differ from the swap's labeling where the swap stops early), ``auto`` (gco when installed, else exact
     with a warning). Options: ``alpha`` (1.0), ``block_num`` ([2, 4, 8, 16]: grid sides drawn
@@ -268,7 +277,7 @@ class PuzzleMix(Method):
         check_range("label_smoothing", label_smoothing, 0, 1, high_open=True)
         if graph_threads is not None and not (isinstance(graph_threads, int) and graph_threads >= 1):
             raise PluginError(f"graph_threads must be an integer >= 1 or null, got {graph_threads}")
-        self.threads = graph_threads or min(8, os.cpu_count() or 1)
+        self.graph_threads = graph_threads
         if solver not in SOLVERS:
             raise PluginError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
         self.solver = solver
@@ -289,6 +298,9 @@ class PuzzleMix(Method):
 
     def setup(self, ctx: Context) -> None:
         check_images(ctx, "puzzlemix")
+        # null: the job's own torch thread count (mixcli run --threads, 1 by default), so that a job never
+        # uses more cores than it was given; the labels do not depend on it
+        self.threads = self.graph_threads or torch.get_num_threads()
         have_gco = importlib.util.find_spec("gco") is not None
         if self.solver == "gco" and not have_gco:
             raise PluginError('puzzlemix solver gco needs the gco-wrapper package: pip install "mixcli[puzzlemix]" '
@@ -317,18 +329,22 @@ class PuzzleMix(Method):
         block = width // n
         u1, u2, pw_x, pw_y, beta_n, sal_pool = graph_terms(
             x.float() * self.std + self.mean, sal, perm, n, self.beta, self.gamma, self.neigh_size)
-        host = [t.detach().float().cpu().numpy() for t in (u1, u2, pw_x, pw_y)]  # float32, as the reference
+        # one device-to-host copy (one sync) for the four terms, float32 as the reference
+        flat = torch.cat([t.detach().float().reshape(b, -1) for t in (u1, u2, pw_x, pw_y)], 1).cpu().numpy()
+        sizes = np.cumsum([0] + [t[0].numel() for t in (u1, u2, pw_x, pw_y)])
+        host = [flat[:, lo:hi].reshape(b, *t.shape[1:]) for lo, hi, t in zip(sizes[:-1], sizes[1:], (u1, u2, pw_x, pw_y))]
         def cut(i):
             return graphcut_mask(host[0][i], host[1][i], host[2][i], host[3][i], lam, beta_n, self.eta, self.n_labels,
                                  self.use)
 
-        if self.threads > 1:  # gco runs in C through ctypes, which releases the GIL: the cuts run in parallel
+        # (gco's cuts are serialised by GCO_LOCK: only the exact solver's cuts run in parallel)
+        if self.threads > 1 and self.use == "exact":
             if getattr(self, "_pool", None) is None:
                 self._pool = ThreadPoolExecutor(self.threads)
             masks = np.stack(list(self._pool.map(cut, range(b))))
         else:
             masks = np.stack([cut(i) for i in range(b)])
-        mask = torch.from_numpy(masks.astype(np.float32)).to(x.device).unsqueeze(1)
+        mask = to_device(masks, x.device, np.float32).unsqueeze(1)
         x1, x2 = x, x[perm]
         if self.transport:
             t_size = block if self.t_size == -1 else min(self.t_size, block)

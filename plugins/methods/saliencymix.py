@@ -6,6 +6,8 @@ OpenCV's ``StaticSaliencyFineGrained``, the official code's detector and the def
 """
 from __future__ import annotations
 
+import functools
+
 import math
 
 import torch
@@ -79,7 +81,7 @@ def gray_u8(pixels: torch.Tensor) -> torch.Tensor:
 def _blur3_u8(g: torch.Tensor) -> torch.Tensor:
     """OpenCV's ``GaussianBlur(ksize 3x3, sigma 0)`` of 8-bit maps (B, H, W), bit-exact: the fixed kernel
     [1, 2, 1] / 4 in both directions, BORDER_REFLECT_101, rounded half up to an integer."""
-    k = torch.tensor([1.0, 2.0, 1.0], device=g.device)
+    k = 2.0 - (torch.arange(3, device=g.device, dtype=torch.float32) - 1).abs()  # [1, 2, 1], made on the device
     s = g.unsqueeze(1)
     # torch's reflect = OpenCV's reflect-101; on a 1-pixel side OpenCV's reflect-101 repeats the pixel
     # (borderInterpolate gives 0), which torch's reflect refuses: replicate there, the same values
@@ -153,13 +155,19 @@ def saliency_peak(x: torch.Tensor, detector: str = "fine_grained", mean=None, st
     return peak // w, peak % w
 
 
+@functools.lru_cache(maxsize=16)
+def _channel_stats(mean: tuple, std: tuple, device: torch.device):
+    """The per-channel mean and std as (1, C, 1, 1) float32 tensors on ``device``, copied there once."""
+    return (torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(device),
+            torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).to(device))
+
+
 def to_pixels(x: torch.Tensor, mean=None, std=None) -> torch.Tensor:
     """Normalized images back to 0..255 pixel values: ``255 (x std + mean)`` per channel, else a per-image
     min-max scaling."""
     x = x.float()
     if mean is not None and std is not None:
-        m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
-        s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+        m, s = _channel_stats(tuple(mean), tuple(std), x.device)
         return (255.0 * (x * s + m)).round().clamp(0, 255)
     lo = x.amin((1, 2, 3), keepdim=True)
     hi = x.amax((1, 2, 3), keepdim=True)

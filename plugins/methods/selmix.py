@@ -82,14 +82,13 @@ shows them.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, lam_tensor
+from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, lam_tensor, write_artifact
 
 OBJECTIVES = ("mean_recall", "min_recall", "min_ht_recall", "gmean", "hmean", "mean_recall_min_coverage")
 PROTOCOLS = ("paper", "reference")
@@ -362,7 +361,8 @@ class SelMix(Method):
                   "objective": objective_value(C, self.objective, self.head), "step": ctx.step,
                   "epoch": ctx.epoch}
         if self.save_gains and ctx.artifacts_dir is not None:
-            _save_npz(Path(ctx.artifacts_dir) / "selmix" / f"gains_{ctx.step:07d}.npz", record)
+            write_artifact(ctx.artifacts_dir, f"selmix/gains_{ctx.step:07d}.npz",
+                           lambda f: np.savez(f, **{k: np.asarray(v) for k, v in record.items()}))
         return record
 
     # -------------------------------------------------------------------------------------------- step
@@ -410,14 +410,6 @@ class SelMix(Method):
         if png is not None:
             plot_gains(rec, png)
         return t
-
-
-def _save_npz(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **{k: np.asarray(v) for k, v in record.items()})
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------ inspection

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mixcli.api import Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation
+from mixcli.api import (Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation,
+                        to_device)
 from mixcli.mixing.boxes import check_images
 
 LABELS = ("paper", "openmixup")
@@ -71,6 +72,6 @@ class SmoothMix(Method):
             return MixOutput(model(x), batch.y, batch.y[perm], lam_tensor(1.0, n, x.device), self.smoothing)
         share = float(g.mean())
         lam = share if self.label == "openmixup" else 1.0 - share
-        m = torch.from_numpy(g).to(x.device, non_blocking=True).to(x.dtype)
+        m = to_device(g, x.device).to(x.dtype)
         mixed = torch.lerp(x, x[perm], m)
         return MixOutput(model(mixed), batch.y, batch.y[perm], lam_tensor(lam, n, x.device), self.smoothing)

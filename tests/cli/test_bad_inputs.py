@@ -449,7 +449,7 @@ def test_labels_out_of_range_name_the_dataset(env, monkeypatch):
     monkeypatch.setattr(Digits, "load", broken)
     path = env / "exp.yaml"
     path.write_text(BASE)
-    failed_run(*invoke("run", path, "--out", env.parent / "out"),
+    failed_run(*invoke("run", path, "--out", env.parent / "out", "--in-process"),  # the patch reaches the job
                "dataset 'digits': the train split has 3 label(s) outside [0, 10) (found 0..99)")
 
 

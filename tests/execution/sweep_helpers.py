@@ -52,6 +52,13 @@ class Killer(_Faulty):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class Crasher(_Faulty):
+    """Crashes natively (a segfault in C code, as a broken extension would) in the middle of training."""
+    def fire(self):
+        import ctypes
+        ctypes.string_at(0)
+
+
 class Slow(_Faulty):
     """Sleeps at each step, so that a test can interrupt a run mid-epoch."""
     def fire(self):
@@ -71,7 +78,7 @@ def install_faulty(root: Path, monkeypatch) -> Path:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mixcli-faulty\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
         "[mixcli.methods]\nraiser = mixcli_faulty:Raiser\nexiter = mixcli_faulty:Exiter\n"
-        "killer = mixcli_faulty:Killer\nslow = mixcli_faulty:Slow\n")
+        "killer = mixcli_faulty:Killer\nslow = mixcli_faulty:Slow\ncrasher = mixcli_faulty:Crasher\n")
     monkeypatch.syspath_prepend(str(root))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     monkeypatch.setattr(REGISTRY, "_entries", {})

@@ -112,7 +112,9 @@ def test_killed_process_resumes_and_keeps_files_readable(write, tmp_path):
     """A real SIGKILL mid-run: the parquet files stay readable, and the rerun resumes and finishes."""
     p = write(TINY.replace("epochs: 3", "epochs: 40").replace("widths: [32]", "widths: [256, 256]"))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "mixcli.cli", "run", str(p), "--out", str(out), "--device", "cpu"]
+    # --in-process: the SIGKILL hits the process that trains (a worker would be told by its parent's death
+    # and record itself interrupted: tests/test_sweeps.py)
+    cmd = [sys.executable, "-m", "mixcli.cli", "run", str(p), "--out", str(out), "--device", "cpu", "--in-process"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
