@@ -146,7 +146,7 @@ def run_experiment(experiment: str | Path | Plan, overrides: list[str] = (), *, 
         if not failed_ids:
             return SweepResult(p, None)
         todo = [j for j in todo if j.run_id in failed_ids]
-    if jobs is not None and jobs > len(todo):
+    if jobs is not None and jobs > len(todo) and not in_process:  # (--in-process with --jobs N is refused)
         warn(f"note: --jobs {jobs} capped at the {len(todo)} job(s) this sweep trains")
         jobs = max(1, len(todo))
     if jobs is not None and executor == "local" and pick_device(device).type == "cpu" and jobs > MAX_JOBS_PER_CORE * cores():

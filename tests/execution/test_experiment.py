@@ -6,6 +6,7 @@ import pytest
 from conftest import TINY
 
 from mixcli.errors import MixcliError
+from mixcli.execution.executors import cores
 from mixcli.execution.experiment import plan, run_experiment
 
 
@@ -15,7 +16,7 @@ def test_run_experiment_trains_records_and_skips_on_a_second_call(write, tmp_pat
     seen = []
     result = run_experiment(p, ["train.epochs=2"], out=out, device="cpu",
                             on_start=lambda todo, ex: seen.append((len(todo.jobs), ex.slots)))
-    assert seen == [(2, 1)]
+    assert seen == [(2, min(2, cores()))]  # one worker per core by default, no more than the jobs
     assert [o.status for o in result.sweep.outcomes.values()] == ["finished", "finished"]
     runs = pd.read_parquet(out / "runs")
     assert sorted(runs["run_id"]) == sorted(j.run_id for j in result.plan.targets)
