@@ -67,16 +67,23 @@ class _Base:
         self.n = self.k = 0
         self.counts = {"done": 0, "failed": 0}
         self.durations: list[float] = []
-        self.live: dict[str, dict] = {}  # run_id -> {epochs, steps, done_steps, label, k}
+        self.live: dict[str, dict] = {}  # run_id -> {epochs, steps, done_steps, label, k, started}
+        self.numbers: dict[str, int] = {}  # run_id -> its number k (kept when a run is submitted again)
         self.t0 = time.monotonic()
 
     def begin(self, n: int) -> None:
         self.n = n
 
     def submitted(self, job) -> None:
-        self.k += 1
-        self.live[job.run_id] = {"k": self.k, "label": job.label, "epochs": 0, "steps": 0, "done": 0,
-                                 "info": "starting"}
+        if job.run_id not in self.numbers:
+            self.k = min(self.k + 1, max(self.n, 1))
+            self.numbers[job.run_id] = self.k
+        self.live[job.run_id] = {"k": self.numbers[job.run_id], "label": job.label, "epochs": 0, "steps": 0,
+                                 "done": 0, "info": "waiting to start", "started": False}
+
+    def running(self) -> int:
+        """Jobs that started training (a job handed to Ray or SLURM may still wait in their queue)."""
+        return sum(j["started"] for j in self.live.values())
 
     def held(self, job) -> None:
         self._line(f"  [dim]{job.run_id}: held by another live process; waiting for it (taken over if it "
@@ -90,8 +97,9 @@ class _Base:
         return "ETA " + _clock(sum(self.durations) / len(self.durations) * max(0.0, left) / self.slots)
 
     def summary(self) -> str:
-        queued = self.n - sum(self.counts.values()) - len(self.live)
-        return f"{self.counts['failed']} failed · {len(self.live)} running · {queued} queued · {self.eta()}"
+        running = self.running()
+        queued = max(0, self.n - sum(self.counts.values()) - running)
+        return f"{self.counts['failed']} failed · {running} running · {queued} queued · {self.eta()}"
 
     def progress(self, job, kind: str, payload) -> None:
         j = self.live.get(job.run_id)
@@ -99,7 +107,8 @@ class _Base:
             return
         if kind == "start":
             epochs, steps, start = payload
-            j.update(epochs=epochs, total=epochs * steps, done=(start - 1) * steps, info=f"ep {start}/{epochs}")
+            j.update(epochs=epochs, total=epochs * steps, done=(start - 1) * steps, info=f"ep {start}/{epochs}",
+                     started=True)
         elif kind == "step":
             j["done"] += payload
         elif kind == "epoch":
@@ -110,7 +119,7 @@ class _Base:
 
     def done(self, job, outcome) -> None:
         j = self.live.pop(job.run_id, None)
-        k = j["k"] if j else self.k
+        k = j["k"] if j else self.numbers.get(job.run_id, self.k)
         tag = f"\\[{k}/{self.n}]"
         for note in outcome.notes:
             self._line(f"  [yellow]{tag} {job.run_id}: {escape(note)}[/]")
@@ -197,7 +206,7 @@ class LogDisplay(_Base):
 
     def submitted(self, job) -> None:
         super().submitted(job)
-        self._line(f"  \\[{self.k}/{self.n}] start {job.run_id}  {escape(short_label(job))}")
+        self._line(f"  \[{self.numbers[job.run_id]}/{self.n}] start {job.run_id}  {escape(short_label(job))}")
 
     def _epoch(self, job, j) -> None:
         self._line(f"  \\[{j['k']}/{self.n}] {job.run_id}  {j['info']}")

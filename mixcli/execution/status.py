@@ -9,6 +9,7 @@ from ..config.jobs import name_jobs, titles
 from ..errors import MixcliError
 from ..results.store import read_table
 from .claims import heartbeat_age, holder
+from .placement import short
 
 ORDER = ("finished", "running", "interrupted", "failed", "pending")
 
@@ -17,10 +18,11 @@ ORDER = ("finished", "running", "interrupted", "failed", "pending")
 class Status:
     counts: dict = field(default_factory=lambda: {s: 0 for s in ORDER})
     running: list = field(default_factory=list)      # dicts: run_id, label, holder, heartbeat_s, epoch, epochs
-    failed: list = field(default_factory=list)       # (run_id, error)
+    failed: list = field(default_factory=list)       # (run_id, error, where: SLURM job / Ray node)
     interrupted: list = field(default_factory=list)  # run_ids
     eta_s: float | None = None
     damaged: list = field(default_factory=list)
+    arrays: list = field(default_factory=list)       # (SLURM array id, {state: tasks}) of --executor slurm
 
 
 def sweep_status(outs: list[Path], expected: dict[str, tuple[Path, str]] | None = None) -> Status:
@@ -33,6 +35,10 @@ def sweep_status(outs: list[Path], expected: dict[str, tuple[Path, str]] | None 
     for out in outs:
         runs = read_table(out, "runs", warn=st.damaged.append)
         rows += [(out, r) for r in runs.to_dict("records") if expected is None or r["run_id"] in expected]
+        if (Path(out) / "slurm").is_dir():
+            from .slurm_state import array_states
+
+            st.arrays += array_states(out)
     cfgs = [json.loads(r["config"]) if isinstance(r.get("config"), str) else {} for _, r in rows]
     names = titles(cfgs)  # the runs' names among these runs: method, the values that vary, seed
     for (out, r), cfg, name in zip(rows, cfgs, names):
@@ -48,13 +54,14 @@ def sweep_status(outs: list[Path], expected: dict[str, tuple[Path, str]] | None 
                 epochs = h.get("epochs") or (cfg.get("train") or {}).get("epochs")
                 done = h.get("epoch") or 0
                 st.running.append({"run_id": rid, "label": label, "holder": f"{h.get('host')}:{h.get('pid')}",
-                                   "heartbeat_s": heartbeat_age(h), "epoch": done, "epochs": epochs})
+                                   "where": short(h), "heartbeat_s": heartbeat_age(h), "epoch": done,
+                                   "epochs": epochs})
                 left += 1 - (done / epochs if epochs else 0)
         if status == "interrupted":
             st.interrupted.append(rid)
             left += 1
         if status == "failed":
-            st.failed.append((rid, r.get("error") or ""))
+            st.failed.append((rid, r.get("error") or "", short(r)))
         if status == "finished" and r.get("wall_time_s") == r.get("wall_time_s"):
             walls.append(float(r["wall_time_s"]))
         st.counts[status] = st.counts.get(status, 0) + 1
