@@ -74,6 +74,14 @@ def cpu(args, work: Path) -> None:
                                                "--jobs", str(n))))
     except ImportError:
         print('(Ray not installed: pip install "mixcli[ray]" to compare it)')
+    import shutil
+
+    if shutil.which("sbatch"):  # a SLURM cluster (e.g. scripts/slurm_up.sh's single node): one array
+        rows.append((f"slurm, {n} tasks", *sweep(exp, work, "slurm", "--device", "cpu", "--executor", "slurm",
+                                                 "--slurm-parallelism", str(n),
+                                                 "--threads", str(max(1, cores // n)))))
+    else:
+        print("(no SLURM here: bash scripts/slurm_up.sh starts a single-node one to compare it)")
     base = rows[0][1]
     print(f"\n16-job digits sweep ({args.epochs} epochs/job, cnn), {os.cpu_count()} cores, wall time incl. start-up")
     print(f"{'executor':<16}{'wall s':>9}{'speed-up':>10}{'sum of job s':>14}")

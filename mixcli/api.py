@@ -394,10 +394,17 @@ class Logger(Plugin):
     user's destination (a tracking URI, a directory), None for the default. A missing optional dependency
     raises :class:`PluginError` naming the extra to install. ``run`` is a runs row (see
     ``mixcli.results.store.RUN_COLUMNS``; ``config`` is JSON) and ``tags`` the run's descriptive tags (experiment,
-    method, seed, run id and the grid values)."""
+    method, seed, run id, the grid values, ``mixcli.name``: the run's name among its sweep's runs such as
+    ``mixup alpha=0.4 s1``, and ``mixcli.group``: that name without the seed)."""
 
     def __init__(self, out: Path, uri: str | None = None) -> None:
         self.out, self.uri = Path(out), uri
+
+    def prepare(self, experiments: list[str]) -> None:
+        """Called once by the sweep's driver (and by ``export``) before any run, with the experiment names
+        the runs belong to: create the destination (a store, its schema, its experiments) so that many
+        workers never race to, and check within seconds that it answers. Raising turns the logger off for
+        the sweep, with one warning line."""
 
     def start(self, run: dict, tags: dict[str, str]) -> None:
         """A training session of ``run`` begins (again, when it resumes). Export: once per run."""

@@ -67,16 +67,39 @@ def run(
     in_process: bool = typer.Option(False, "--in-process", help="Run the jobs one at a time in this process "
                                     "instead of worker processes (for debuggers and profilers; a native "
                                     "crash then ends the sweep)."),
-    executor: str = typer.Option("local", "--executor", help="local (this machine) or ray (a Ray instance "
-                                 "or cluster; pip install \"mixcli[ray]\")."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Address of a running Ray cluster "
-                                              "(default: start a local Ray instance)."),
+    executor: str = typer.Option("local", "--executor", help="local (this machine), ray (a Ray instance or "
+                                 "cluster; pip install \"mixcli[ray]\") or slurm (a job array, one run per "
+                                 "task; pip install \"mixcli[slurm]\")."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="HOST:PORT (or auto) of a running "
+                                              "Ray cluster to join (default: a private local Ray instance)."),
+    max_retries: int = typer.Option(3, "--max-retries", help="Ray: times a task lost with its worker or "
+                                    "node is retried (it resumes from its checkpoint)."),
+    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="SLURM partition of the "
+                                                  "array (default: the cluster's)."),
+    slurm_time: str = typer.Option("1:00:00", "--slurm-time", help="Time limit of one array task (one run), "
+                                   "e.g. 4:00:00; the run is requeued at the limit."),
+    slurm_gpus: int = typer.Option(0, "--slurm-gpus-per-task", help="GPUs per array task (0: a CPU sweep)."),
+    slurm_cpus: Optional[int] = typer.Option(None, "--slurm-cpus-per-task", help="CPUs per array task "
+                                             "(default: --threads, else 1)."),
+    slurm_mem: Optional[str] = typer.Option(None, "--slurm-mem", help="Memory per array task, e.g. 16G."),
+    slurm_account: Optional[str] = typer.Option(None, "--slurm-account", help="SLURM account to charge."),
+    slurm_qos: Optional[str] = typer.Option(None, "--slurm-qos", help="SLURM quality of service."),
+    slurm_constraint: Optional[str] = typer.Option(None, "--slurm-constraint", help="SLURM node features "
+                                                   "required, e.g. a100."),
+    slurm_setup: Optional[List[str]] = typer.Option(None, "--slurm-setup", help="A shell line run before "
+                                                    "each task, e.g. 'module load cuda' (repeatable)."),
+    slurm_parallelism: Optional[int] = typer.Option(None, "--slurm-parallelism", help="Array tasks running at "
+                                                    "once (default: as many as SLURM allows)."),
+    slurm_requeues: int = typer.Option(3, "--slurm-requeues", help="Times one task is requeued at its time "
+                                       "limit or on preemption before its run is recorded failed."),
+    slurm_signal_s: int = typer.Option(120, "--slurm-signal-s", help="Seconds before the time limit at which "
+                                       "a task records its run interrupted and requeues itself."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Rerun only the runs recorded failed "
                                       "(a plain rerun leaves them alone)."),
     rerun_stale: bool = typer.Option(False, "--rerun-stale", help="Retrain finished runs produced by "
                                      "another version of a plugin package the experiment uses."),
     log: Optional[List[str]] = typer.Option(None, "--log", help="Send results to a logger while runs train: "
-                                            "mlflow or tensorboard, NAME=URI for a destination "
+                                            "mlflow, tensorboard or wandb, NAME=URI for a destination "
                                             "(repeatable; replaces the file's 'log:')."),
 ) -> None:
     """Run every job of an experiment (skipping finished runs, resuming interrupted ones), then compare.
@@ -103,11 +126,27 @@ def run(
         return
     def on_start(todo, ex) -> None:
         where = f"{ex.slots} at once" if ex.slots > 1 else "one at a time"
+        if executor == "ray":
+            where += f" on {ex.nodes} Ray node(s), {ex.cpus:g} CPU(s)" + \
+                (f" + {ex.gpus_per_job:g} GPU" if ex.gpus_per_job else "") + " per task"
+        elif executor == "slurm":
+            where = (f"a SLURM array, {ex.opts.parallelism or 'all'} task(s) at once, {ex.cpus} CPU(s)"
+                     + (f" + {ex.opts.gpus_per_task} GPU(s)" if ex.opts.gpus_per_task else "") + " per task")
         console.print(f"[bold]{exp.name}[/]: {len(todo.jobs)} job(s) on {device_label(ex)}, {where} -> {exp.out}")
 
+    slurm = None
+    if executor == "slurm":
+        slurm = dict(partition=slurm_partition, time=slurm_time, gpus_per_task=slurm_gpus, cpus_per_task=slurm_cpus,
+                     mem=slurm_mem, account=slurm_account, qos=slurm_qos, constraint=slurm_constraint,
+                     setup=slurm_setup or [], parallelism=slurm_parallelism, requeues=slurm_requeues,
+                     signal_s=slurm_signal_s)
+    elif any(v is not None for v in (slurm_partition, slurm_cpus, slurm_mem, slurm_account, slurm_qos,
+                                     slurm_constraint, slurm_parallelism)) or slurm_setup or slurm_gpus:
+        raise MixcliError("--slurm-* options are only used with --executor slurm")
     try:
         result = run_experiment(p, device=device, jobs=jobs_n, threads=threads, gpus=gpus,
                                 jobs_per_gpu=jobs_per_gpu, executor=executor, ray_address=ray_address,
+                                max_retries=max_retries, slurm=slurm,
                                 retry_failed=retry_failed, rerun_stale=rerun_stale, in_process=in_process, display=lambda ex: make_display(console, ex.slots),
                                 on_start=on_start, warn=_warn_line)
     except KeyboardInterrupt:
@@ -181,21 +220,46 @@ def status(
     t.add_row(*[str(st.counts.get(s, 0)) for s in ORDER], eta)
     console.print(t)
     if st.running:
-        r = Table(title="running", title_justify="left")
+        from rich import box
+
+        r = Table(title="running", title_justify="left", box=box.SIMPLE_HEAD)  # the job's name fits 80 columns
         for col in ("run_id", "job", "holder", "heartbeat", "epoch"):
-            r.add_column(col, overflow="fold")
+            r.add_column(col, overflow="fold", no_wrap=col in ("run_id", "job"))
         for j in st.running:
             hb = "?" if j["heartbeat_s"] is None else f"{j['heartbeat_s']:.0f}s ago"
-            r.add_row(*(clean_text(str(v)) for v in (j["run_id"], j["label"], j["holder"], hb,
+            who = j["holder"] + (f" ({j['where']})" if j.get("where") else "")
+            r.add_row(*(clean_text(str(v)) for v in (j["run_id"], j["label"], who, hb,
                                                        f"{j['epoch']}/{j['epochs']}")))
         console.print(r)
+    for array, counts in st.arrays:
+        states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+        console.print(f"slurm array {array}: {states}", highlight=False, soft_wrap=True)
     if st.interrupted:
         console.print(clean_text(f"interrupted (resumed by the next `mixcli run`): {', '.join(st.interrupted)}"),
                       highlight=False, soft_wrap=True, markup=False)
-    for rid, error in st.failed:
-        console.print(f"[red]failed[/] {escape(clean_text(f'{rid}: {error}'))}", highlight=False, soft_wrap=True)
+    for rid, error, where in st.failed:
+        console.print(f"[red]failed[/] {escape(clean_text(f'{rid}: {error}'))}" +
+                      (f" \\[{escape(clean_text(where))}]" if where else ""), highlight=False, soft_wrap=True)
     for msg in st.damaged:
         err.print(f"[yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
+
+
+# -------------------------------------------------------------------------------------------------- doctor
+@app.command()
+@user_errors
+def doctor(
+    directory: Path = typer.Argument(..., help="An output directory that several machines are to share."),
+) -> None:
+    """Check that DIRECTORY's file locks work and reach across machines (what the claims need); exit
+    code 1 on a problem."""
+    from .execution.doctor import doctor as checks
+
+    found = checks(directory)
+    for ok, line in found:
+        console.print(("[green]ok[/]      " if ok else "[red]problem[/] ") + escape(line), highlight=False,
+                      soft_wrap=True)
+    if not all(ok for ok, _ in found):
+        raise typer.Exit(1)
 
 
 # -------------------------------------------------------------------------------------------------- export
@@ -203,11 +267,12 @@ def status(
 @user_errors
 def export(
     directory: Path = typer.Argument(..., help="An output directory holding runs/ and epochs/."),
-    to: str = typer.Option(..., "--to", help="The logger to send the runs to: mlflow or tensorboard."),
+    to: str = typer.Option(..., "--to", help="The logger to send the runs to: mlflow, tensorboard or wandb."),
     uri: Optional[str] = typer.Option(None, "--uri", help="Its destination: an MLflow tracking URI or a "
-                                      "TensorBoard directory (default: OUT/mlflow.db, OUT/tensorboard)."),
+                                      "TensorBoard directory or a W&B [ENTITY/]PROJECT (default: OUT/mlflow.db, "
+                                      "OUT/tensorboard, the experiment's name)."),
 ) -> None:
-    """Send the runs already under DIRECTORY (with their epochs, config and PNGs) to MLflow or TensorBoard.
+    """Send the runs already under DIRECTORY (with their epochs, config and PNGs) to MLflow, TensorBoard or W&B.
     Runs the destination already holds are skipped."""
     from .results.export import export as do_export
 

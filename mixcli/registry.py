@@ -109,3 +109,32 @@ def plugin_options(kind: str, cls: Any) -> dict[str, Any]:
 
 
 REGISTRY = Registry()
+
+
+def option_type_ok(default: Any, v: Any) -> bool:
+    """The rule of experiment files and :func:`mixcli.mixing.create`: a value has the type of the option's
+    default (any value when the default is None or there is none)."""
+    if default is None or default is inspect.Parameter.empty:
+        return True
+    if isinstance(default, bool):
+        return isinstance(v, bool)
+    if isinstance(default, int):
+        return isinstance(v, int) and not isinstance(v, bool)
+    if isinstance(default, float):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if isinstance(default, str):
+        return isinstance(v, str)
+    if isinstance(default, (list, tuple)):
+        return isinstance(v, (list, tuple))
+    if isinstance(default, dict):
+        return isinstance(v, dict)
+    return True
+
+
+def option_type_name(default: Any) -> str:
+    """How :func:`option_type_ok` names the type it expects."""
+    for t, name in ((bool, "true or false"), (int, "an integer"), (float, "a number"), (str, "a string"),
+                    ((list, tuple), "a list"), (dict, "a mapping")):
+        if isinstance(default, t):
+            return name
+    return "a value"

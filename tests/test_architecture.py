@@ -51,15 +51,16 @@ def _resolve(name: str) -> str | None:
     return name or None
 
 
-def imports_of(module: str) -> set[str]:
-    """Every module of ours that ``module`` imports anywhere (top level or inside a function)."""
+def imported(module: str):
+    """``(target, names)`` of every import statement of ``module`` (top level or inside a function): the
+    module a ``from`` import reads (relative ones resolved) with the names it takes, or each imported
+    module with no names."""
     path = MODULES[module]
-    tree = ast.parse(path.read_text(), str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    out = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
+            for a in node.names:
+                yield a.name, []
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
@@ -67,9 +68,14 @@ def imports_of(module: str) -> set[str]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            names = [target] + [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in MODULES]
-        else:
-            continue
+            yield target, [a.name for a in node.names]
+
+
+def imports_of(module: str) -> set[str]:
+    """Every module of ours that ``module`` imports anywhere (top level or inside a function)."""
+    out = set()
+    for target, taken in imported(module):
+        names = [target] + [f"{target}.{n}" for n in taken if f"{target}.{n}" in MODULES]
         for n in names:
             m = _resolve(n)
             if m and m != module:
@@ -82,24 +88,9 @@ GRAPH = {m: imports_of(m) for m in MODULES}
 
 def missing_imports() -> list[str]:
     """Imports of a module of ours that does not exist (e.g. a relative import left behind by a move)."""
-    bad = []
-    for module, path in MODULES.items():
-        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.split(".")
-                    base = base[:len(base) - (node.level - 1)]
-                    target = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    target = node.module or ""
-                ours = target.split(".")[0] in ("mixcli", "mixcli_plugins")
-                if ours and target not in MODULES:
-                    bad.append(f"{module} imports {target}, which does not exist")
-            elif isinstance(node, ast.Import):
-                bad += [f"{module} imports {a.name}, which does not exist" for a in node.names
-                        if a.name.split(".")[0] in ("mixcli", "mixcli_plugins") and a.name not in MODULES]
-    return bad
+    return [f"{module} imports {target}, which does not exist" for module in MODULES
+            for target, _ in imported(module)
+            if target.split(".")[0] in ("mixcli", "mixcli_plugins") and target not in MODULES]
 
 
 def layer(module: str) -> int | None:

@@ -20,6 +20,7 @@ class Job:
     parent: "Job | None" = None  # the job it fine-tunes from (init_from: {experiment: ...}), run first
     source: str | None = None    # the experiment file (its git state is recorded as provenance)
     log: dict = field(default_factory=dict)  # loggers {name: uri or None} (log: / --log; mixcli.config.loggers)
+    title: str = ""       # the job among its sweep's jobs, e.g. ``mixup alpha=0.4 lr=0.1 s1`` (:func:`name_jobs`)
 
     @property
     def label(self) -> str:
@@ -34,6 +35,78 @@ def short_value(v) -> str:
         rest = ",".join(f"{k}={x}" for k, x in v.items() if k != "name")
         return f"{name}({rest})" if rest else str(name)
     return str(v)
+
+
+PLUGINS = ("method", "dataset", "model", "loss")  # their options are compared among runs of the same plugin
+#: configuration keys that never tell runs apart in a title (what a run keeps, where it starts from)
+UNTITLED = ("name", "seed", "init_from", "checkpoint.keep", "train.log_steps")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(_flat(v, key) if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _text(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_text(x) for x in v) + "]"
+    return str(v)
+
+
+def titles(configs: list[dict]) -> list[str]:
+    """Short names of runs that tell them apart: the method, then ``key=value`` for each configuration key
+    whose value differs between the runs (a plugin's options: between the runs of that plugin; keys by their
+    last dotted part, or more where two would read alike), then the seed: ``mixup alpha=0.4 lr=0.1 s1``."""
+    flats = [{k: v for k, v in _flat(c).items() if not any(k == u or k.startswith(u + ".") for u in UNTITLED)}
+             for c in configs]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    keys = [k for k in keys if k.startswith("method.")] + [k for k in keys if not k.startswith("method.")]
+    shown: dict[str, set | None] = {}  # key -> the plugins among whose runs it differs (None: every run)
+    for k in keys:
+        if k == "method.name":
+            continue
+        head = k.split(".")[0]
+        if head in PLUGINS and not k.endswith(".name"):  # compared within the runs of one plugin
+            groups: dict = {}
+            for f in flats:
+                if k in f:
+                    groups.setdefault(_text(f.get(f"{head}.name")), set()).add(_text(f[k]))
+            differs = {p for p, g in groups.items() if len(g) > 1}
+            if differs:
+                shown[k] = differs
+        elif len({_text(f.get(k, "-")) for f in flats}) > 1:
+            shown[k] = None
+    plain = {k: k[:-5] if k.endswith(".name") else k for k in shown}  # loss.name -> loss
+    short = {}
+    for k, p in plain.items():  # the last dotted part, more of the key where two shown keys would read alike
+        n = 1
+        while n < len(p.split(".")) and \
+                [".".join(x.split(".")[-n:]) for x in plain.values()].count(".".join(p.split(".")[-n:])) > 1:
+            n += 1
+        short[k] = ".".join(p.split(".")[-n:])
+    out = []
+    for f, c in zip(flats, configs):
+        method = c.get("method")
+        method = method.get("name") if isinstance(method, dict) else method
+        bits = [_text(method) if method is not None else "?"]
+        bits += [f"{short[k]}={_text(f[k])}" for k, among in shown.items()
+                 if k in f and (among is None or _text(f.get(k.split(".")[0] + ".name")) in among)]
+        out.append(" ".join(bits + ([f"s{c['seed']}"] if c.get("seed") is not None else [])))
+    return out
+
+
+def name_jobs(jobs: list[Job]) -> list[Job]:
+    """Give every job its :attr:`Job.title` among ``jobs`` (a sweep's)."""
+    for j, t in zip(jobs, titles([j.config for j in jobs])):
+        j.title = t
+    return jobs
 
 
 def expand(exp: Experiment) -> list[Job]:

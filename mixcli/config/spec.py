@@ -38,6 +38,8 @@ import yaml
 from ..errors import MixcliError, did_you_mean
 from ..metrics import metric_clashes
 from ..registry import REGISTRY, SINGULAR, plugin_options
+from ..registry import option_type_name as _type_name
+from ..registry import option_type_ok as _type_ok
 from . import init_from, yamlsafe
 from .loggers import parse_log
 from .schema import (COMMON_METHOD_OPTIONS, DEFAULT_LOSS, MAX_EPOCHS, MAX_JOBS, MAX_MODEL_SIZE, MAX_SEED,
@@ -330,24 +332,6 @@ def _model_problem(model: dict, method: dict, in_shape: tuple, out_dim: int, met
     return problem
 
 
-def _type_ok(default: Any, v: Any) -> bool:
-    if default is None or default is _empty():
-        return True
-    if isinstance(default, bool):
-        return isinstance(v, bool)
-    if isinstance(default, int):
-        return isinstance(v, int) and not isinstance(v, bool)
-    if isinstance(default, float):
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if isinstance(default, str):
-        return isinstance(v, str)
-    if isinstance(default, (list, tuple)):
-        return isinstance(v, (list, tuple))
-    if isinstance(default, dict):
-        return isinstance(v, dict)
-    return True
-
-
 def _plain(v: Any) -> Any:
     """Tuples (plugin defaults) as lists, so configs serialize to YAML and JSON alike."""
     if isinstance(v, (list, tuple)):
@@ -355,14 +339,6 @@ def _plain(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _plain(x) for k, x in v.items()}
     return v
-
-
-def _type_name(default: Any) -> str:
-    for t, name in ((bool, "true or false"), (int, "an integer"), (float, "a number"), (str, "a string"),
-                    ((list, tuple), "a list"), (dict, "a mapping")):
-        if isinstance(default, t):
-            return name
-    return "a value"
 
 
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:

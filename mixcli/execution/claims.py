@@ -50,8 +50,9 @@ class Claim:
         self._thread: threading.Thread | None = None
         self.info: dict = {}
 
-    def acquire(self) -> bool:
-        """Take the claim; False when a live process holds it."""
+    def acquire(self, where: dict | None = None) -> bool:
+        """Take the claim; False when a live process holds it. ``where``: the holder's placement
+        (:func:`.placement.placement`: SLURM job, node, Ray node and task), recorded in the holder file."""
         out = self.lock_path.parent.parent
         dfd = fs.open_dir(out, ["claims"])  # a real folder, never a planted link (mixcli.fs)
         try:
@@ -70,17 +71,27 @@ class Claim:
                 return False
             raise MixcliError(f"{self.lock_path}: cannot take a file lock ({exc.strerror}); the output "
                               "directory's filesystem must support flock (see README: sweeps)") from None
+        try:
+            check_other_host(self.info_path)
+        except MixcliError:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise
         self._fd = fd
         self.info = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now(), "heartbeat": _now(),
-                     "epoch": 0}
+                     "epoch": 0, **(where or {})}
         self._write()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.run_id}", daemon=True)
         self._thread.start()
         return True
 
-    def update(self, **fields) -> None:
-        """Record progress (e.g. ``epoch=3``) in the holder file at the next heartbeat."""
+    def update(self, write: bool = False, **fields) -> None:
+        """Record progress (e.g. ``epoch=3``) in the holder file at the next heartbeat (``write``: now; a
+        driver that does not hear the worker directly, Ray's or SLURM's, follows the epochs there)."""
         self.info.update(fields)
+        if write:
+            self.info["heartbeat"] = _now()
+            self._write()
 
     def _write(self) -> None:
         from ..results.store import atomic_write
@@ -115,6 +126,43 @@ class Claim:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+LOCAL_LOCKS = ("local_lock=flock", "local_lock=all", "nolock", "localflock")
+
+
+def check_other_host(info_path: Path) -> None:
+    """Just after this process got a run's lock: a holder file naming another host whose heartbeat is
+    fresh means that host holds the same lock, so the filesystem's locks do not reach across machines
+    (NFS mounted ``local_lock=flock``/``nolock``, Lustre ``localflock``). Refused: training would double."""
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        return
+    age = heartbeat_age(info)
+    if info.get("host") in (None, "?", socket.gethostname()) or age is None or age > 3 * HEARTBEAT_S:
+        return
+    opts = mount_options(info_path.parent)
+    raise MixcliError(f"{info_path.parent}: {info['host']} holds run {info_path.stem} (heartbeat {age:.0f}s ago) "
+                      f"and this host ({socket.gethostname()}) got its lock too: file locks on this "
+                      f"filesystem ({opts or 'mount options unknown'}) do not reach across machines. Remount "
+                      "it without local_lock=flock/all, nolock or localflock (NFS v4, or v3 with lockd; "
+                      "Lustre -o flock); `mixcli doctor OUT` checks it")
+
+
+def mount_options(path: Path) -> str:
+    """``type options`` of the mount holding ``path`` (from /proc/mounts; '' where unknown)."""
+    try:
+        p = Path(path).resolve()
+        best = None
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 4 and (str(p) + "/").startswith(parts[1].rstrip("/") + "/"):
+                if best is None or len(parts[1]) > len(best[1]):
+                    best = parts
+        return f"{best[2]} {best[3]}" if best else ""
+    except OSError:
+        return ""
 
 
 def holder(out: Path, run_id: str) -> dict | None:

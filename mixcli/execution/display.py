@@ -25,7 +25,10 @@ def score(row: dict | None) -> str:
 
 
 def short_label(job) -> str:
-    """The job's grid values and seed, compact: ``mixup(alpha=0.4) lr=0.1 s1``."""
+    """The job's name among the sweep's jobs (:attr:`mixcli.config.jobs.Job.title`: the method and the grid
+    values that vary, ``mixup alpha=0.4 lr=0.1 s1``); without one, its grid values and seed."""
+    if getattr(job, "title", ""):
+        return job.title
     out = []
     for bit in job.label.split(" "):
         key, _, value = bit.partition("=")
@@ -36,6 +39,20 @@ def short_label(job) -> str:
         else:
             out.append(f"{key.rsplit('.', 1)[-1]}={value}")
     return " ".join(out)
+
+
+def fit(label: str, width: int) -> str:
+    """``label`` in ``width`` characters: cut inside its values, never dropping the seed at its end."""
+    if len(label) <= width:
+        return label
+    head, sep, seed = label.rpartition(" ")
+    if not sep or len(seed) + 2 > width:
+        return label[:max(1, width - 1)] + "…"
+    return head[:width - len(seed) - 2] + "… " + seed
+
+
+INFO_W = 30  # "ep 12/200 loss 1.234 acc 71.03%"
+BAR_W = 10
 
 
 def _clock(seconds: float) -> str:
@@ -50,16 +67,23 @@ class _Base:
         self.n = self.k = 0
         self.counts = {"done": 0, "failed": 0}
         self.durations: list[float] = []
-        self.live: dict[str, dict] = {}  # run_id -> {epochs, steps, done_steps, label, k}
+        self.live: dict[str, dict] = {}  # run_id -> {epochs, steps, done_steps, label, k, started}
+        self.numbers: dict[str, int] = {}  # run_id -> its number k (kept when a run is submitted again)
         self.t0 = time.monotonic()
 
     def begin(self, n: int) -> None:
         self.n = n
 
     def submitted(self, job) -> None:
-        self.k += 1
-        self.live[job.run_id] = {"k": self.k, "label": job.label, "epochs": 0, "steps": 0, "done": 0,
-                                 "info": "starting"}
+        if job.run_id not in self.numbers:
+            self.k = min(self.k + 1, max(self.n, 1))
+            self.numbers[job.run_id] = self.k
+        self.live[job.run_id] = {"k": self.numbers[job.run_id], "label": job.label, "epochs": 0, "steps": 0,
+                                 "done": 0, "info": "waiting to start", "started": False}
+
+    def running(self) -> int:
+        """Jobs that started training (a job handed to Ray or SLURM may still wait in their queue)."""
+        return sum(j["started"] for j in self.live.values())
 
     def held(self, job) -> None:
         self._line(f"  [dim]{job.run_id}: held by another live process; waiting for it (taken over if it "
@@ -73,8 +97,9 @@ class _Base:
         return "ETA " + _clock(sum(self.durations) / len(self.durations) * max(0.0, left) / self.slots)
 
     def summary(self) -> str:
-        queued = self.n - sum(self.counts.values()) - len(self.live)
-        return f"{self.counts['failed']} failed · {len(self.live)} running · {queued} queued · {self.eta()}"
+        running = self.running()
+        queued = max(0, self.n - sum(self.counts.values()) - running)
+        return f"{self.counts['failed']} failed · {running} running · {queued} queued · {self.eta()}"
 
     def progress(self, job, kind: str, payload) -> None:
         j = self.live.get(job.run_id)
@@ -82,7 +107,8 @@ class _Base:
             return
         if kind == "start":
             epochs, steps, start = payload
-            j.update(epochs=epochs, total=epochs * steps, done=(start - 1) * steps, info=f"ep {start}/{epochs}")
+            j.update(epochs=epochs, total=epochs * steps, done=(start - 1) * steps, info=f"ep {start}/{epochs}",
+                     started=True)
         elif kind == "step":
             j["done"] += payload
         elif kind == "epoch":
@@ -93,7 +119,7 @@ class _Base:
 
     def done(self, job, outcome) -> None:
         j = self.live.pop(job.run_id, None)
-        k = j["k"] if j else self.k
+        k = j["k"] if j else self.numbers.get(job.run_id, self.k)
         tag = f"\\[{k}/{self.n}]"
         for note in outcome.notes:
             self._line(f"  [yellow]{tag} {job.run_id}: {escape(note)}[/]")
@@ -103,7 +129,8 @@ class _Base:
         elif outcome.status == FINISHED:
             self.counts["done"] += 1
             self.durations.append(outcome.seconds)
-            self._line(f"  [green]✓[/] {tag} {job.run_id}  {score(outcome.row)}  ({outcome.seconds:.1f}s)")
+            self._line(f"  [green]✓[/] {tag} {job.run_id}  {escape(short_label(job))}  {score(outcome.row)}  "
+                       f"({outcome.seconds:.1f}s)")
         elif outcome.status == FAILED:
             self.counts["failed"] += 1
             self._line(f"  [red]✗ {tag} {job.run_id} failed: {escape(str(outcome.error))}[/]")
@@ -126,9 +153,11 @@ class LiveDisplay(_Base):
 
     def __init__(self, console: Console, slots: int) -> None:
         super().__init__(console, slots)
-        self.p = Progress(TextColumn("{task.description}", table_column=Column(width=24, no_wrap=True,
+        # the label column takes what the bar and the epoch line leave (35 columns at 80, at most 52)
+        self.label_w = max(24, min(52, console.width - BAR_W - INFO_W - 5))
+        self.p = Progress(TextColumn("{task.description}", table_column=Column(width=self.label_w, no_wrap=True,
                                                                                 overflow="ellipsis")),
-                          BarColumn(bar_width=10, table_column=Column(width=10, no_wrap=True)),
+                          BarColumn(bar_width=BAR_W, table_column=Column(width=BAR_W, no_wrap=True)),
                           TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
                           console=console, transient=False, refresh_per_second=4)
         self.tasks: dict[str, int] = {}
@@ -141,8 +170,9 @@ class LiveDisplay(_Base):
     def submitted(self, job) -> None:
         super().submitted(job)
         j = self.live[job.run_id]
-        self.tasks[job.run_id] = self.p.add_task(f" {j['k']}. {escape(short_label(job))}", total=None,
-                                                 info="starting")
+        num = f" {j['k']}. "
+        self.tasks[job.run_id] = self.p.add_task(num + escape(fit(short_label(job), self.label_w - len(num))),
+                                                 total=None, info="starting")
         self._refresh()
 
     def progress(self, job, kind: str, payload) -> None:
@@ -176,7 +206,7 @@ class LogDisplay(_Base):
 
     def submitted(self, job) -> None:
         super().submitted(job)
-        self._line(f"  \\[{self.k}/{self.n}] start {job.run_id}  {escape(job.label)}")
+        self._line(f"  \[{self.numbers[job.run_id]}/{self.n}] start {job.run_id}  {escape(short_label(job))}")
 
     def _epoch(self, job, j) -> None:
         self._line(f"  \\[{j['k']}/{self.n}] {job.run_id}  {j['info']}")

@@ -44,17 +44,22 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+EXECUTORS = ("local", "ray", "slurm")
+
+
 def make_executor(kind: str, device: str, jobs: int | None, threads: int | None, gpus: str | None,
                   jobs_per_gpu: int, ray_address: str | None, in_process: bool = False,
-                  n_jobs: int | None = None) -> Executor:
+                  n_jobs: int | None = None, max_retries: int = 3, slurm: dict | None = None) -> Executor:
     """The executor for ``mixcli run``'s options. ``n_jobs``: how many jobs the sweep has (no more workers
-    than that are started)."""
+    than that are started); ``slurm``: the ``--slurm-*`` options (:class:`.slurm.SlurmOptions`)."""
     from ..training.engine import pick_device
 
-    if kind not in ("local", "ray"):
-        raise MixcliError(f"--executor {kind}: expected local or ray")
-    if in_process and kind == "ray":
-        raise MixcliError("--in-process: the jobs run in this process, not as Ray tasks; drop --executor ray")
+    if kind not in EXECUTORS:
+        raise MixcliError(f"--executor {kind}: expected local, ray or slurm")
+    if in_process and kind != "local":
+        name = {"ray": "Ray", "slurm": "SLURM"}[kind]
+        raise MixcliError(f"--in-process: the jobs run in this process, not as {name} tasks; drop --executor "
+                          f"{kind}")
     if in_process and jobs is not None and jobs > 1:
         raise MixcliError(f"--in-process runs one job at a time in this process; drop --jobs {jobs} "
                           "(or --in-process)")
@@ -64,6 +69,25 @@ def make_executor(kind: str, device: str, jobs: int | None, threads: int | None,
         raise MixcliError(f"--jobs-per-gpu {jobs_per_gpu}: expected a positive integer")
     if threads is not None and threads < 1:
         raise MixcliError(f"--threads {threads}: expected a positive integer")
+    if max_retries < 0:
+        raise MixcliError(f"--max-retries {max_retries}: expected 0 or more")
+    if ray_address is not None and kind != "ray":
+        raise MixcliError("--ray-address is only used with --executor ray")
+    if kind != "slurm" and any(v not in (None, [], ()) for v in (slurm or {}).values()):
+        raise MixcliError("--slurm-* options are only used with --executor slurm")
+    if kind in ("ray", "slurm"):  # the devices are the cluster's, not this machine's
+        if device not in ("auto", "cpu", "cuda"):
+            raise MixcliError(f"--device {device}: expected auto, cpu or cuda")
+        if gpus is not None:
+            raise MixcliError(f"--gpus {gpus}: with --executor {kind} the cluster gives each job its GPU "
+                              "(use --jobs-per-gpu with ray, --slurm-gpus-per-task with slurm)")
+        if kind == "ray":
+            from .ray_executor import RayExecutor
+
+            return RayExecutor(device, threads, ray_address, jobs_per_gpu, slots=jobs, max_retries=max_retries)
+        from .slurm import SlurmExecutor, SlurmOptions
+
+        return SlurmExecutor(SlurmOptions.of(slurm or {}), device, threads, slots=jobs, max_retries=max_retries)
     dev = pick_device(device)
     gpu_list = None
     if dev.type == "cuda":
@@ -94,13 +118,6 @@ def make_executor(kind: str, device: str, jobs: int | None, threads: int | None,
         n = 1
     elif jobs is None and n_jobs is not None:
         n = max(1, min(n, n_jobs))  # the default: no idle workers
-    if kind == "ray":
-        from .ray_executor import RayExecutor
-
-        per_gpu = 1.0 / jobs_per_gpu if dev.type == "cuda" else 0.0
-        return RayExecutor(device, threads, ray_address, per_gpu, slots=jobs)
-    if ray_address is not None:
-        raise MixcliError("--ray-address is only used with --executor ray")
     from .local import InlineExecutor, ProcessPool
 
     if in_process:

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Callable
 
 from ..config.init_from import with_parents
-from ..config.jobs import Job, expand
+from ..config.jobs import Job, expand, name_jobs
 from ..config.loggers import parse_cli
 from ..config.spec import Experiment, load_experiment
-from ..results.loggers import open_loggers
+from ..results.loggers import open_loggers, prepare_loggers
 from ..results.store import Store
 from .executors import Executor, cores, make_executor
 from .stale import forget, stale_runs
@@ -65,7 +65,8 @@ def plan(experiment: str | Path, overrides: list[str] = (), out: str | Path | No
         exp.log = parse_cli(log)
     open_loggers(exp.log, exp.out)  # a logger's missing extra fails here, before anything trains
     targets = expand(exp)
-    return Plan(exp, targets, with_parents(targets))  # fine-tunes of another experiment's runs need those first
+    jobs = name_jobs(with_parents(targets))  # fine-tunes of another experiment's runs need those first
+    return Plan(exp, targets, jobs)
 
 
 def _warn(line: str) -> None:
@@ -121,7 +122,8 @@ class _Silent:
 def run_experiment(experiment: str | Path | Plan, overrides: list[str] = (), *, out: str | Path | None = None,
                    log: list[str] | None = None, device: str = "auto", jobs: int | None = None,
                    threads: int | None = None, gpus: str | None = None, jobs_per_gpu: int = 1,
-                   executor: str = "local", ray_address: str | None = None, retry_failed: bool = False,
+                   executor: str = "local", ray_address: str | None = None, max_retries: int = 3,
+                   slurm: dict | None = None, retry_failed: bool = False,
                    rerun_stale: bool = False, in_process: bool = False, display: Callable[[Executor], object] | None = None,
                    on_start: Callable[[Plan, Executor], None] | None = None,
                    warn: Callable[[str], None] = _warn) -> SweepResult:
@@ -129,12 +131,13 @@ def run_experiment(experiment: str | Path | Plan, overrides: list[str] = (), *, 
     interrupted ones; the options are ``mixcli run``'s. ``display(executor)`` makes what hears every
     event of the sweep (:func:`.display.make_display`; default: nothing is shown), ``on_start(plan,
     executor)`` is called once the executor is up, before the first job, and ``warn`` receives the warning
-    lines (stale runs)."""
+    lines (stale runs). ``slurm``: the ``--slurm-*`` options (:class:`.slurm.SlurmOptions`)."""
     from ..training.engine import pick_device
 
     p = experiment if isinstance(experiment, Plan) else plan(experiment, overrides, out, log)
     todo = p.jobs
-    pick_device(device)  # a bad --device is refused before anything is written
+    if executor == "local":  # a bad --device is refused before anything is written (a cluster's devices
+        pick_device(device)  # are the cluster's: its executor checks them)
     for o in dict.fromkeys(j.out for j in todo):
         for line in Store(o).move_strays():  # refuses an unwritable output directory before anything starts
             warn(f"note: {line}")
@@ -150,8 +153,9 @@ def run_experiment(experiment: str | Path | Plan, overrides: list[str] = (), *, 
     if jobs is not None and executor == "local" and pick_device(device).type == "cpu" and jobs > MAX_JOBS_PER_CORE * cores():
         warn(f"note: --jobs {jobs} capped at {MAX_JOBS_PER_CORE} per CPU core ({MAX_JOBS_PER_CORE * cores()} here)")
         jobs = MAX_JOBS_PER_CORE * cores()
+    prepare_loggers(todo, warn)  # stores created once, unreachable trackers off for the sweep (one line)
     ex = make_executor(executor, device, jobs, threads, gpus, jobs_per_gpu, ray_address, in_process,
-                       n_jobs=len(todo))
+                       n_jobs=len(todo), max_retries=max_retries, slurm=slurm)
     check_threads(todo, ex.threads, warn)
     if on_start is not None:
         on_start(Plan(p.exp, p.targets, todo), ex)

@@ -1,7 +1,9 @@
 """The scheduler: hands the jobs of a sweep to an executor, parents before the runs fine-tuned from them,
 waits for runs that another live process holds (taking them over if their holder dies), and collects one
-outcome per job. Executors (:mod:`.local`, :mod:`.ray_executor`) hide where a job runs; the scheduler never
-trains anything itself and never reads another process's in-flight state.
+outcome per job. Executors (:mod:`.local`, :mod:`.ray_executor`, :mod:`.slurm`) hide where a job runs; the
+scheduler never trains anything itself. Waiting for a run that another process holds costs nothing: the
+scheduler looks at the run's claim itself (:func:`.claims.holder`) and submits the run again only once its
+holder has gone (to find it finished, or to take it over).
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..results.store import Store
+from .claims import holder
 from .executors import Executor
 from .worker import FAILED, FINISHED, HELD, INTERRUPTED, SKIPPED, Outcome
 
@@ -32,6 +35,7 @@ class Scheduler:
         self.sweep = Sweep()
         self.running: set[str] = set()
         self.retry_at: dict[str, float] = {}   # runs held elsewhere -> when to look again
+        self.waiting: dict[str, object] = {}   # run_id -> job held by another live process
         self.stores: dict[str, Store] = {}
 
     def store(self, job) -> Store:
@@ -54,7 +58,7 @@ class Scheduler:
             if rid not in self.retry_at:
                 self.display.held(job)
             self.retry_at[rid] = time.monotonic() + HELD_RETRY_S
-            self.queue.append(job)
+            self.waiting[rid] = job
             return
         if self.retry_at.pop(rid, None) is not None and outcome.status == SKIPPED:
             self.sweep.by_others.add(rid)
@@ -89,18 +93,33 @@ class Scheduler:
         elif status == FAILED and self.skip_failed and job.run_id not in self.retry_at:
             self.done(job.run_id, Outcome(job.run_id, FAILED, row=row, error=row.get("error"),
                                           notes=["failed in an earlier sweep; not retried"]))
+        elif holder(job.out, job.run_id) is not None:
+            self.done(job.run_id, Outcome(job.run_id, HELD))  # a live process trains it: no task for it
         else:
             self.running.add(job.run_id)
             self.display.submitted(job)
             self.executor.submit(job, self.on_event)
 
+    def look_at_waiting(self) -> None:
+        """Runs held elsewhere whose holder has gone go back to the queue (found finished, or taken over)."""
+        now = time.monotonic()
+        for rid, job in list(self.waiting.items()):
+            if self.retry_at.get(rid, 0) > now:
+                continue
+            if holder(job.out, rid) is None:
+                del self.waiting[rid]
+                self.queue.insert(0, job)
+            else:
+                self.retry_at[rid] = now + HELD_RETRY_S
+
     def run(self) -> Sweep:
         self.display.begin(len(self.queue))
         try:
-            while self.queue or self.running:
+            while self.queue or self.running or self.waiting:
+                self.look_at_waiting()
                 while self.executor.free() > 0 and (job := self.next_job()) is not None:
                     self.dispatch(job)
-                if not self.running and self.queue:
+                if not self.running and (self.queue or self.waiting):
                     time.sleep(0.2)  # only runs held elsewhere (or waiting for a parent) remain
                 self.executor.poll(0.2 if self.running else 0.0)
         finally:

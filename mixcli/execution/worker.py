@@ -17,6 +17,7 @@ from ..api import PluginError
 from ..errors import MixcliError, RunFailed
 from ..config.jobs import Job
 from .claims import Claim
+from .placement import placement
 
 #: outcomes of :func:`execute`
 FINISHED, FAILED, INTERRUPTED, HELD, SKIPPED = "finished", "failed", "interrupted", "held", "skipped"
@@ -44,7 +45,7 @@ class Tracker:
     def start(self, job, epochs: int, steps: int, start_epoch: int) -> None:
         self.started, self.done_epochs = True, start_epoch - 1
         if self.claim is not None:
-            self.claim.update(epoch=start_epoch - 1, epochs=epochs)
+            self.claim.update(write=True, epoch=start_epoch - 1, epochs=epochs, steps=steps)
         if self.progress is not None:
             self.progress.start(job, epochs, steps, start_epoch)
 
@@ -55,7 +56,9 @@ class Tracker:
     def epoch(self, epoch: int, row: dict) -> None:
         self.done_epochs = epoch
         if self.claim is not None:
-            self.claim.update(epoch=epoch)
+            keep = {k: v for k, v in row.items() if k in ("train_loss", "test_accuracy", "test_rmse")
+                    and isinstance(v, (int, float))}
+            self.claim.update(write=True, epoch=epoch, last=keep)
         if self.progress is not None:
             self.progress.epoch(epoch, row)
 
@@ -92,15 +95,17 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def record(job: Job, device, status: str, error: str, plugin: str | None = None, epochs: int | None = None) -> None:
+def record(job: Job, device, status: str, error: str, plugin: str | None = None, epochs: int | None = None,
+           where: dict | None = None) -> None:
     """Write ``status`` (failed / interrupted) and its reason into the run's row, keeping what it had
-    (``epochs``: the epochs completed, when known)."""
+    (``epochs``: the epochs completed, when known; ``where``: the placement of the process that trained it,
+    :func:`.placement.placement`, when that process records it)."""
     from ..training.engine import identity_row
     from ..results.store import Store
 
     store = Store(job.out)
     prev = store.run_row(job.run_id) or {}
-    store.write_run({**prev, **identity_row(job, device), "status": status, "error": error,
+    store.write_run({**prev, **identity_row(job, device), **(where or {}), "status": status, "error": error,
                      "error_plugin": plugin, "epochs": prev.get("epochs") if epochs is None else epochs})
 
 
@@ -126,8 +131,12 @@ def execute(job: Job, device, progress=None) -> Outcome:
 
     t0 = time.perf_counter()
     claim = Claim(job.out, job.run_id)
-    if not claim.acquire():
-        return Outcome(job.run_id, HELD)
+    where = placement()
+    try:
+        if not claim.acquire(where):
+            return Outcome(job.run_id, HELD)
+    except MixcliError as exc:  # the filesystem cannot lock (or its locks are local to each machine)
+        return Outcome(job.run_id, FAILED, error=str(exc), input_error=True)
     tracker = Tracker(progress, claim)
     notes: list[str] = []
     try:
@@ -141,7 +150,8 @@ def execute(job: Job, device, progress=None) -> Outcome:
         if prev is not None and prev.get("status") == FINISHED and not notes:
             return Outcome(job.run_id, SKIPPED, row=prev)
         n = (prev or {}).get("attempts")
-        row = run_job(job, store, device, tracker, prior_attempts=n if n is not None and n >= 0 else None)
+        row = run_job(job, store, device, tracker, prior_attempts=n if n is not None and n >= 0 else None,
+                      notes=notes, where=where)
         return Outcome(job.run_id, FINISHED, row=row, seconds=time.perf_counter() - t0, notes=notes)
     except KeyboardInterrupt:
         with _signals_held():  # a second Ctrl-C / SIGTERM must not cut the record short
@@ -190,7 +200,7 @@ def _save_traceback(job: Job, exc: BaseException) -> None:
 
 def _safe_record(job, device, status, error, plugin, epochs) -> None:
     try:
-        record(job, device, status, error, plugin, epochs)
+        record(job, device, status, error, plugin, epochs, placement())
     except OSError as exc:  # e.g. the disk is full: the claim's release still marks the run as not running
         print(f"mixcli: could not record run {job.run_id} as {status}: {exc.strerror or exc}", flush=True)
 

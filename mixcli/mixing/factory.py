@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any
 
 from ..api import Method, PluginError
 from ..errors import MixcliError, did_you_mean
+from ..registry import option_type_name as _type_name
+from ..registry import option_type_ok as _type_ok
 
 __all__ = ["create", "method_names"]
 
@@ -17,33 +18,6 @@ def method_names() -> list[str]:
     from ..registry import REGISTRY
 
     return REGISTRY.names("methods")
-
-
-def _type_ok(default: Any, v: Any) -> bool:
-    """The experiment file's rule (``mixcli validate``): a value has the type of the option's default."""
-    if default is None or default is inspect.Parameter.empty:
-        return True
-    if isinstance(default, bool):
-        return isinstance(v, bool)
-    if isinstance(default, int):
-        return isinstance(v, int) and not isinstance(v, bool)
-    if isinstance(default, float):
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if isinstance(default, str):
-        return isinstance(v, str)
-    if isinstance(default, (list, tuple)):
-        return isinstance(v, (list, tuple))
-    if isinstance(default, dict):
-        return isinstance(v, dict)
-    return True
-
-
-def _type_name(default: Any) -> str:
-    for t, name in ((bool, "true or false"), (int, "an integer"), (float, "a number"), (str, "a string"),
-                    ((list, tuple), "a list"), (dict, "a mapping")):
-        if isinstance(default, t):
-            return name
-    return "a value"
 
 
 def create(name: str, **options) -> Method:

@@ -59,6 +59,9 @@ _RUN_BASE: dict[str, str] = {
     "host": "the host that last trained the run", "pid": "the process id that last trained the run",
     "threads": "torch's intra-op threads in the process that last trained the run (mixcli run --threads; "
                "the numbers depend on it)",
+    "slurm_job": "the SLURM job that last trained the run (<array job>_<task> for an array task)",
+    "node": "the node that last trained the run (SLURM's node name, else the host)",
+    "ray_node": "the Ray node id that last trained the run", "ray_task": "the Ray task id that last trained it",
     "config": "the fully resolved configuration, as JSON",
     "selection": "the epoch selection rule the experiment asks reports to use (eval.selection)",
     "epochs": "epochs completed", "best_epoch": "the epoch selected by the best-epoch rule",
@@ -91,7 +94,7 @@ for _s in SPLITS:
 _STRINGS = {"run_id", "experiment", "method", "dataset", "model", "loss", "task", "status", "error", "config",
             "best_on", "selection", "device", "mixcli_version", "started_at", "finished_at"}
 _INTS = {"seed", "epochs", "best_epoch", "epoch", "attempts", "pid", "threads"}
-_STRINGS |= {"error_plugin", "host"}
+_STRINGS |= {"error_plugin", "host", "slurm_job", "node", "ray_node", "ray_task"}
 _STRINGS |= {"git_commit", "torch_version", "cuda_version", "gpu", "plugin_versions"}
 _BOOLS = {"git_dirty"}
 

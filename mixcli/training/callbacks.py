@@ -76,6 +76,7 @@ class RunState:
     base_row: dict = field(default_factory=dict)  # the runs-row columns every status shares
     epoch: int = 0
     step_rows: list = field(default_factory=list)  # the per-step log rows of the epoch that just ended
+    notes: list | None = None  # one-line notes for the run's outcome (a logger that failed); None: stderr
 
     @property
     def run_id(self) -> str:
@@ -157,12 +158,12 @@ class ProgressEvents(Callback):
 class Loggers(Callback):
     """The logger plugins of the job (``log:`` / ``--log``, :mod:`mixcli.results.loggers`): told of every
     session's start, every epoch (with its per-step rows) and the end, also when training stops early
-    (``failed``, or ``interrupted`` for Ctrl-C / SIGTERM)."""
+    (``failed``, or ``interrupted`` for Ctrl-C / SIGTERM). A logger that fails is one line in ``run.notes``."""
 
     fan = None
 
     def on_start(self, run: RunState) -> None:
-        self.fan = loggers.for_job(run.job, {**run.base_row, "status": "running"})
+        self.fan = loggers.for_job(run.job, {**run.base_row, "status": "running"}, run.notes)
 
     def on_epoch_end(self, run: RunState, row: dict) -> None:
         self.fan.steps(run.run_id, run.step_rows)

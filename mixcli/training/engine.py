@@ -66,16 +66,20 @@ def _seed_all(seed: int) -> None:
 
 
 def run_job(job, store: Store, device: torch.device, progress: Progress | None = None,
-            prior_attempts: int | None = None) -> dict:
+            prior_attempts: int | None = None, notes: list | None = None, where: dict | None = None) -> dict:
     """Train ``job`` (a :class:`mixcli.config.jobs.Job`) to completion (resuming from its checkpoint), record
     it, and return its runs row.
 
     The caller holds the run's claim (:mod:`mixcli.execution`). ``prior_attempts``: the training starts
     recorded in the run's row (None when it has none: the checkpoint's count is used); this start is
     recorded as one more (``attempts``). A checkpoint of the last epoch rebuilds the result files without
-    training (and without counting a start). A loss that is not finite raises :class:`RunFailed`."""
+    training (and without counting a start). A loss that is not finite raises :class:`RunFailed`.
+    ``notes`` receives one line per logger that failed (None: they go to stderr). ``where``: runs-row columns
+    saying where it trains (SLURM job, node, Ray ids: the executor's)."""
     run, recipe = build(job, store, device)     # build: data, model, method, loss, optimizer
     ckpt = resume(run, prior_attempts)          # restore: an interrupted run continues where it stopped
+    run.notes = notes
+    run.base_row.update(where or {})
     callbacks = Callbacks([                     # the listeners, called only through this object
         recipe.evaluations,  # evaluator plugins: add their metrics to an evaluated epoch's row
         StoreWrites(lambda: callbacks.state_dict()),

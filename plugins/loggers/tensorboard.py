@@ -17,13 +17,23 @@ def tag_of(column: str) -> str:
     return f"train/{column}"
 
 
+def _hvalue(text: str):
+    """A grid value for HParams: a number when it reads as one (so that the view can sort and plot it)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 class TensorBoard(Logger):
     """TensorBoard: event files per run under OUT/tensorboard/<run_id> (scalars per epoch, config as text).
 
     Scalars: every ``epochs`` column at step = epoch, as ``train/loss``, ``train/lr``, ``val/accuracy``,
     ``test/nll``, ...; ``step/loss`` and ``step/lr`` per optimizer step with ``train.log_steps``; the runs row's ``final_*``/``best_*`` as ``summary/...`` at the last epoch. Text:
-    the resolved configuration (``config``) and the tags (``tags``). PNGs of the run as images. Another root
-    directory by ``log: {tensorboard: DIR}`` or ``--log tensorboard=DIR``."""
+    the resolved configuration (``config``) and the tags (``tags``). PNGs of the run as images. HParams (the
+    HPARAMS tab): each run's method, seed and grid values (``grid.<key>``) with its ``summary/final_*`` and
+    ``summary/best_*`` metrics. Another root directory by ``log: {tensorboard: DIR}`` or
+    ``--log tensorboard=DIR``."""
 
     def __init__(self, out: Path, uri: str | None = None) -> None:
         super().__init__(out, uri)
@@ -34,6 +44,7 @@ class TensorBoard(Logger):
         self.root = Path(uri) if uri else self.out / "tensorboard"
         self._writers: dict = {}
         self._last: dict[str, int] = {}
+        self._hparams: dict[str, dict] = {}
 
     def exists(self, run: dict) -> bool:
         d = self.root / str(run["run_id"])
@@ -47,6 +58,9 @@ class TensorBoard(Logger):
         cfg = json.dumps(json.loads(run["config"]), indent=2)
         w.add_text("config", "\n".join("    " + line for line in cfg.splitlines()))
         w.add_text("tags", "\n\n".join(f"{k}: {v}" for k, v in tags.items()))
+        hp = {"name": tags.get("mixcli.name", rid), "method": str(run["method"]), "seed": int(run["seed"])}
+        hp.update({k: _hvalue(v) for k, v in tags.items() if k.startswith("grid.")})
+        self._hparams[rid] = hp
 
     def epoch(self, run_id: str, row: dict) -> None:
         w, step = self._writers[run_id], int(row["epoch"])
@@ -64,9 +78,15 @@ class TensorBoard(Logger):
         rid = str(run["run_id"])
         w = self._writers.pop(rid)
         step = self._last.pop(rid, 0)
-        for k, v in scalars(run).items():
-            if k.startswith(("final_", "best_")):
-                w.add_scalar(f"summary/{k}", v, step)
+        summary = {f"summary/{k}": v for k, v in scalars(run).items() if k.startswith(("final_", "best_"))}
+        for k, v in summary.items():
+            w.add_scalar(k, v, step)
+        hp = self._hparams.pop(rid, None)
+        if hp is not None and summary:
+            from torch.utils.tensorboard.summary import hparams
+
+            for s in hparams(hp, summary):  # into this run's own directory: one HParams session per run
+                w.file_writer.add_summary(s)
         for f in files:
             if f.suffix == ".png":
                 import matplotlib.image as mpimg

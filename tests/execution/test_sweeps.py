@@ -52,7 +52,7 @@ def test_bad_options_of_the_executor(cli, write, tmp_path, monkeypatch):
     for args, msg in [(["--jobs", "0"], "--jobs 0: expected a positive"),
                       (["--threads", "0"], "--threads 0"),
                       (["--gpus", "0"], "--gpus 0: the jobs run on the CPU"),
-                      (["--executor", "slurm"], "--executor slurm: expected local or ray"),
+                      (["--executor", "k8s"], "--executor k8s: expected local, ray or slurm"),
                       (["--ray-address", "x:1"], "--ray-address is only used with --executor ray")]:
         code, text = cli("run", p, "--out", tmp_path / "o", "--device", "cpu", *args)
         assert code == 2 and msg in text and "Traceback" not in text, (args, text)

@@ -40,7 +40,7 @@ def test_run_logs_to_mlflow_and_tensorboard_and_export_matches(cli, write, tmp_p
     for r in found:
         rid = r.data.tags["mixcli.run_id"]
         row = runs.loc[rid]
-        assert r.info.status == "FINISHED" and r.info.run_name == rid
+        assert r.info.status == "FINISHED" and r.info.run_name == f"{row.method} s0"  # the values that vary
         assert r.data.tags["method"] == row.method and r.data.tags["seed"] == "0"
         assert r.data.tags["experiment"] == "tiny"
         assert r.data.tags["grid.method"] in ("erm", "mixup(alpha=0.4)")
@@ -53,7 +53,9 @@ def test_run_logs_to_mlflow_and_tensorboard_and_export_matches(cli, write, tmp_p
         assert [(m.step, m.value) for m in sorted(hist, key=lambda m: m.step)] == \
             list(zip(ep.epoch, ep.test_accuracy))
         assert [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] == [1, 2]
-        assert r.data.metrics["final_test_accuracy"] == row.final_test_accuracy
+        assert float(r.data.tags["summary.final_test_accuracy"]) == pytest.approx(row.final_test_accuracy, rel=1e-5)
+        assert r.data.metrics["test_accuracy"] == row.final_test_accuracy  # the series' latest value
+        assert not any(k.startswith(("final_", "best_")) for k in r.data.metrics)
         steps = pd.read_parquet(out / "jobs" / rid / "steps.parquet")
         assert len(steps) > 2 and (steps.step % 4 == 0).all()
         hist = sorted(client.get_metric_history(r.info.run_id, "step_loss"), key=lambda m: m.step)
@@ -81,6 +83,7 @@ def test_run_logs_to_mlflow_and_tensorboard_and_export_matches(cli, write, tmp_p
     for r in found:
         e = exported[r.data.tags["mixcli.run_id"]]
         assert e.data.params == r.data.params and e.data.metrics == r.data.metrics
+        assert e.info.run_name == r.info.run_name and e.info.start_time <= r.info.start_time
         assert [(m.step, m.value) for m in c2.get_metric_history(e.info.run_id, "step_loss")] == \
             [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "step_loss")]
         assert e.data.tags["grid.method"] == e.data.tags["method"] == r.data.tags["method"]
