@@ -148,7 +148,105 @@ class ViTAdapter(_Wrapped):
 
 
 class _Stop(Exception):
-    """Ends a timm forward early (a forward hook of :meth:`TimmAdapter.forward_to`)."""
+    """Ends a timm forward early (the capture hook of :func:`timm_forward_to`)."""
+
+
+# ------------------------------------------------- timm's feature API, shared with the ``timm`` model plugin
+def timm_forward_to(net: nn.Module, level, num_stages: int, x: torch.Tensor, position: int) -> torch.Tensor:
+    """A timm model run from the input up to ``position``: the input (0), the output of feature level
+    ``level(position)`` (1..S-1, read by a forward hook that stops the forward), ``forward_features`` (S) or
+    the pooled pre-logits (S + 1)."""
+    if position <= 0:
+        return x
+    if position >= num_stages:
+        h = net.forward_features(x)
+        return h if position == num_stages else net.forward_head(h, pre_logits=True)
+    out = []
+
+    def capture(_m, _i, o):
+        out.append(o)
+        raise _Stop
+
+    handle = level(position).register_forward_hook(capture)
+    try:
+        net.forward_features(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return out[0]
+
+
+def timm_forward_from(net: nn.Module, level, num_stages: int, classifier: nn.Module, h: torch.Tensor,
+                      position: int, in_shape) -> torch.Tensor:
+    """The rest of a timm model from ``h`` at ``position`` (see :func:`timm_forward_to`). An inner level is
+    resumed by running ``forward_features`` on a zero input of ``in_shape`` (eval mode, no gradients) whose
+    ``level(position)`` output a hook replaces by ``h``; from there on the network runs in its own mode, with
+    gradients."""
+    if position <= 0:
+        return net(h)
+    if position > num_stages:
+        return classifier(h)
+    if position == num_stages:
+        return net.forward_head(h)
+    if in_shape is None:
+        raise PluginError("a timm model resumed at an inner level needs one forward first (its input shape)")
+    flags = [(m, m.training) for m in net.modules()]
+    grad = torch.is_grad_enabled()
+
+    def replace(_m, _i, _o):
+        for m, t in flags:  # the rest of the network runs in its own mode, with gradients
+            m.training = t
+        torch.set_grad_enabled(grad)
+        return h
+
+    handle = level(position).register_forward_hook(replace)
+    net.eval()
+    try:
+        with torch.no_grad():
+            z = torch.zeros(h.shape[0], *in_shape, device=h.device, dtype=h.dtype)
+            feats = net.forward_features(z)
+    finally:
+        handle.remove()
+        for m, t in flags:
+            m.training = t
+    return net.forward_head(feats)
+
+
+def timm_last_attention(net: nn.Module):
+    """The last attention module of a timm model (timm's ``Attention``: a ``fused_attn`` switch and an
+    ``attn_drop`` submodule), or None."""
+    found = None
+    for m in net.modules():
+        if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module):
+            found = m
+    return found
+
+
+def timm_class_attention(net: nn.Module, x: torch.Tensor, missing: str):
+    """(logits, attention) of a timm ViT with a class token: the last block's attention runs unfused for
+    this call and its softmaxed weights are read at ``attn_drop``; class token -> patches, mean over heads,
+    (B, Hp, Wp), detached. ``missing``: the error when ``net`` has no such attention."""
+    attn_mod = timm_last_attention(net)
+    grid = getattr(getattr(net, "patch_embed", None), "grid_size", None)
+    prefix = int(getattr(net, "num_prefix_tokens", 0))
+    if attn_mod is None or grid is None or prefix < 1:
+        raise PluginError(missing)
+    seen = []
+
+    def capture(_m, inp, _o):
+        seen.append(inp[0])
+
+    fused = attn_mod.fused_attn
+    attn_mod.fused_attn = False
+    handle = attn_mod.attn_drop.register_forward_hook(capture)
+    try:
+        logits = net(x)
+    finally:
+        handle.remove()
+        attn_mod.fused_attn = fused
+    a = seen[-1].detach()[:, :, 0, prefix:].float().mean(1)
+    return logits, a.view(a.shape[0], *grid)
 
 
 class TimmAdapter(_Wrapped):
@@ -187,81 +285,13 @@ class TimmAdapter(_Wrapped):
 
     def forward_to(self, x: torch.Tensor, position: int) -> torch.Tensor:
         self._in_shape = tuple(x.shape[1:])
-        if position <= 0:
-            return x
-        s = self.num_stages
-        if position >= s:
-            h = self.net.forward_features(x)
-            return h if position == s else self.net.forward_head(h, pre_logits=True)
-        out = []
-
-        def capture(_m, _i, o):
-            out.append(o)
-            raise _Stop
-
-        handle = self._level(position).register_forward_hook(capture)
-        try:
-            self.net.forward_features(x)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        return out[0]
+        return timm_forward_to(self.net, self._level, self.num_stages, x, position)
 
     def forward_from(self, h: torch.Tensor, position: int) -> torch.Tensor:
-        s = self.num_stages
-        if position <= 0:
-            return self.net(h)
-        if position > s:
-            return self.classifier(h)
-        if position == s:
-            return self.net.forward_head(h)
-        if self._in_shape is None:
-            raise PluginError("a timm model resumed at an inner level needs one forward first (its input shape)")
-        flags = [(m, m.training) for m in self.net.modules()]
-        grad = torch.is_grad_enabled()
-
-        def replace(_m, _i, _o):
-            for m, t in flags:
-                m.training = t
-            torch.set_grad_enabled(grad)
-            return h
-
-        handle = self._level(position).register_forward_hook(replace)
-        self.net.eval()
-        try:
-            with torch.no_grad():
-                z = torch.zeros(h.shape[0], *self._in_shape, device=h.device, dtype=h.dtype)
-                feats = self.net.forward_features(z)
-        finally:
-            handle.remove()
-            for m, t in flags:
-                m.training = t
-        return self.net.forward_head(feats)
+        return timm_forward_from(self.net, self._level, self.num_stages, self.classifier, h, position,
+                                 self._in_shape)
 
     def class_attention(self, x: torch.Tensor):
         """(logits, attn) of a timm ViT with a class token (as the ``timm`` model plugin)."""
-        attn_mod = None
-        for m in self.net.modules():
-            if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module):
-                attn_mod = m
-        grid = getattr(getattr(self.net, "patch_embed", None), "grid_size", None)
-        prefix = int(getattr(self.net, "num_prefix_tokens", 0))
-        if attn_mod is None or grid is None or prefix < 1:
-            raise PluginError(f"{type(self.net).__name__} has no class-token attention (TransMix needs a timm ViT "
-                              "with a class token)")
-        seen = []
-
-        def capture(_m, inp, _o):
-            seen.append(inp[0])
-
-        fused = attn_mod.fused_attn
-        attn_mod.fused_attn = False
-        handle = attn_mod.attn_drop.register_forward_hook(capture)
-        try:
-            logits = self.net(x)
-        finally:
-            handle.remove()
-            attn_mod.fused_attn = fused
-        a = seen[-1].detach()[:, :, 0, prefix:].float().mean(1)
-        return logits, a.view(a.shape[0], *grid)
+        return timm_class_attention(self.net, x, f"{type(self.net).__name__} has no class-token attention "
+                                    "(TransMix needs a timm ViT with a class token)")

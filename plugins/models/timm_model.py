@@ -27,10 +27,7 @@ import torch
 from torch import nn
 
 from mixcli.api import Model, PluginError
-
-class _Stop(Exception):
-    """Raised by the capture hook of :meth:`TimmModel.forward_to` to end the forward early."""
-
+from mixcli.mixing.adapters import timm_class_attention, timm_forward_from, timm_forward_to, timm_last_attention
 
 def _timm():
     if importlib.util.find_spec("timm") is None:
@@ -192,55 +189,11 @@ class TimmModel(Model):
         return self.net.get_submodule(self._names[position - 1])
 
     def forward_to(self, x: torch.Tensor, position: int) -> torch.Tensor:
-        if position <= 0:
-            return x
-        s = self.num_stages
-        if position >= s:
-            h = self.net.forward_features(x)
-            return h if position == s else self.net.forward_head(h, pre_logits=True)
-        out = []
-
-        def capture(_m, _i, o):
-            out.append(o)
-            raise _Stop
-
-        handle = self._level(position).register_forward_hook(capture)
-        try:
-            self.net.forward_features(x)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        return out[0]
+        return timm_forward_to(self.net, self._level, self.num_stages, x, position)
 
     def forward_from(self, h: torch.Tensor, position: int) -> torch.Tensor:
-        s = self.num_stages
-        if position <= 0:
-            return self.net(h)
-        if position > s:
-            return self.classifier(h)
-        if position == s:
-            return self.net.forward_head(h)
-        flags = [(m, m.training) for m in self.net.modules()]
-        grad = torch.is_grad_enabled()
-
-        def replace(_m, _i, _o):
-            for m, t in flags:  # the rest of the network runs in its own mode, with gradients
-                m.training = t
-            torch.set_grad_enabled(grad)
-            return h
-
-        handle = self._level(position).register_forward_hook(replace)
-        self.net.eval()
-        try:
-            with torch.no_grad():
-                z = torch.zeros(h.shape[0], *self._in_shape, device=h.device, dtype=h.dtype)
-                feats = self.net.forward_features(z)
-        finally:
-            handle.remove()
-            for m, t in flags:
-                m.training = t
-        return self.net.forward_head(feats)
+        return timm_forward_from(self.net, self._level, self.num_stages, self.classifier, h, position,
+                                 self._in_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -249,35 +202,14 @@ class TimmModel(Model):
     def class_attention(self, x: torch.Tensor):
         """(logits, attention): see :meth:`mixcli.api.Model.class_attention`. Found generically: the last
         block's attention module with timm's ``fused_attn`` switch and an ``attn_drop`` submodule (timm's
-        ``Attention``); it runs unfused for this call and the softmaxed weights are read at ``attn_drop``."""
-        attn_mod = self._last_attention()
-        grid = getattr(getattr(self.net, "patch_embed", None), "grid_size", None)
-        prefix = int(getattr(self.net, "num_prefix_tokens", 0))
-        if attn_mod is None or grid is None or prefix < 1:
-            raise PluginError(f"arch {self.arch} has no class-token attention (a timm ViT with a class token "
-                              "is needed, e.g. vit_tiny_patch16_224 with img_size/patch_size)")
-        seen = []
-
-        def capture(_m, inp, _o):
-            seen.append(inp[0])
-
-        fused = attn_mod.fused_attn
-        attn_mod.fused_attn = False
-        handle = attn_mod.attn_drop.register_forward_hook(capture)
-        try:
-            logits = self.net(x)
-        finally:
-            handle.remove()
-            attn_mod.fused_attn = fused
-        a = seen[-1].detach()[:, :, 0, prefix:].float().mean(1)  # (B, N): class token -> patches, head mean
-        return logits, a.view(a.shape[0], *grid)
+        ``Attention``); it runs unfused for this call and the softmaxed weights are read at ``attn_drop``
+        (:func:`mixcli.mixing.adapters.timm_class_attention`)."""
+        return timm_class_attention(self.net, x, f"arch {self.arch} has no class-token attention (a timm ViT "
+                                    "with a class token is needed, e.g. vit_tiny_patch16_224 with "
+                                    "img_size/patch_size)")
 
     def _last_attention(self):
-        found = None
-        for m in self.net.modules():
-            if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module):
-                found = m
-        return found
+        return timm_last_attention(self.net)
 
 
 class _Stages:
