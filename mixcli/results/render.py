@@ -263,26 +263,30 @@ def _rich_table(c: Comparison, compact: bool, color: bool):
     if c.against is None:
         return t
     caption = "ns rows dimmed" + ("; " + PAIRED_CAPTION if any(r.test == "Welch" for r in c.paired) else "")
-    one = len(c.metrics) == 1  # the metric goes in the title, the numbers keep the width
-    p = Table(title=(f"{header(c.metrics[0])}: " if one else "") + paired_title(c), caption=caption,
-              box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
-    for k in PAIRED_HEAD:
-        if not (one and k == "metric"):
-            p.add_column(k, style="cyan" if k == "group" else None, justify="left" if k in ("group", "metric")
-                         else "right", overflow="fold", no_wrap=k not in ("group", "Δ ± SE"))
-    for r in c.paired:
-        cells_ = paired_cells(c, r)
-        p.add_row(*(cells_[:1] + cells_[2:] if one else cells_), style="dim" if r.significant is False else None)
-    e = Table(title=(f"{header(c.metrics[0])}: " if one else "") + effect_title(c), box=box.SIMPLE_HEAD,
-              padding=(0, 1), pad_edge=False, collapse_padding=True)
-    for k in EFFECT_HEAD:
-        if not (one and k == "metric"):
-            e.add_column(k, style="cyan" if k == "group" else None, justify="left" if k in ("group", "metric")
-                         else "right", overflow="fold", no_wrap=k not in ("group", "seeds for 80% power"))
-    for r in c.paired:
-        cells_ = effect_cells(c, r)
-        e.add_row(*(cells_[:1] + cells_[2:] if one else cells_), style="dim" if r.significant is False else None)
+    p = _per_group_table(c, paired_title(c), PAIRED_HEAD, paired_cells, "Δ ± SE", caption)
+    e = _per_group_table(c, effect_title(c), EFFECT_HEAD, effect_cells, "seeds for 80% power")
     return Group(t, p, e)
+
+
+def _per_group_table(c: Comparison, title: str, head: list[str], cells, wraps: str, caption: str | None = None):
+    """One of the ``--against`` tables: a row per paired row (``cells(c, r)``), non-significant rows dimmed;
+    with one metric, the metric goes in the title and its column is left out, so the numbers keep the width.
+    ``wraps``: the column besides the group's that may wrap."""
+    from rich import box
+    from rich.table import Table
+
+    one = len(c.metrics) == 1
+    table = Table(title=(f"{header(c.metrics[0])}: " if one else "") + title, caption=caption,
+                  box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
+    for k in head:
+        if not (one and k == "metric"):
+            table.add_column(k, style="cyan" if k == "group" else None,
+                             justify="left" if k in ("group", "metric") else "right", overflow="fold",
+                             no_wrap=k not in ("group", wraps))
+    for r in c.paired:
+        row = cells(c, r)
+        table.add_row(*(row[:1] + row[2:] if one else row), style="dim" if r.significant is False else None)
+    return table
 
 
 def _num(v):
