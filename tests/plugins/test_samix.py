@@ -323,3 +323,18 @@ def test_samix_runs_and_resumes_exactly(cli, write, tmp_path, monkeypatch):
     for sa, sb in zip(a["method"]["opts"], b["method"]["opts"]):
         torch.testing.assert_close(sa["state"][0]["momentum_buffer"], sb["state"][0]["momentum_buffer"],
                                    rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("opts", [{"mask_adjust": 1.0}])
+def test_the_steady_state_step_never_syncs(opts, tmp_path):
+    from mixcli.api import DataBundle, Split
+    from mixcli.training.hostsync import engine_steps
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (128, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.arange(128) % 10
+    data = DataBundle("classification", Split(x, y), Split(x[:16].clone(), y[:16].clone()), num_classes=10,
+                      mean=(0.3,), std=(0.3,), augment=True, pad=1, flip=True)
+    c = engine_steps("samix", opts, data, torch.device("cpu"), batch_size=32, warmup=2, steps=3,
+                     artifacts_dir=tmp_path)
+    assert c.syncs == 0, c.where()
