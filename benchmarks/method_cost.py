@@ -62,6 +62,9 @@ VARIANTS = [
     ("puzzlemix (no transport)", "puzzlemix", {"transport": False}, "soft_ce"),
     ("automix", "automix", {}, "soft_ce"),
     ("transmix (ViTs only)", "transmix", {}, "soft_ce"),
+    ("samix", "samix", {}, "soft_ce"),
+    ("adautomix (3 images)", "adautomix", {}, "soft_ce"),
+    ("adautomix (2 images)", "adautomix", {"mix_samples": 2}, "soft_ce"),
 ]
 
 
@@ -79,9 +82,10 @@ class Runner:
         self.ctx = Context(task="classification", num_classes=10, device=device, rng=np.random.default_rng(0),
                            train=data.train.to(device), fetch=lambda i: (batch.x[i % len(batch.y)], batch.y[i % len(batch.y)]),
                            epochs=1, data=data, model=self.model)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        self.ctx.extra["optimizer"] = self.opt  # as the engine gives it (the learned mixers' heads follow it)
         self.method.setup(self.ctx)
         self.method.start_epoch(1, self.ctx)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
         self.autocast = autocast_for(device, device.type == "cuda" and not args.fp32)
         self.batch, self.device = batch, device
         self.loss_sum = torch.zeros((), device=device)
