@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from mixcli.api import Batch, Context, MixOutput, Model, PluginError, check_range, lam_tensor, permutation, to_device
 from mixcli.mixing.learned import AdaptiveMask, MomentumMixer, mixed_ce
 
+ADVERSARIAL = ("alternate", "always")
+
 
 class AdAutoMix(MomentumMixer):
     """AdAutoMix: an adversarial mask generator mixing several images, trained through an EMA teacher.
@@ -44,9 +46,10 @@ class AdAutoMix(MomentumMixer):
     continues exactly. Draws, in order, from ``ctx.rng``: perm_m, perm_q, (S, with ``random_samples``), the S
     Beta draws, then for S > 2 perm_3..perm_S and the S permutations of P_q.
 
-    Notes on the reference: the paper writes the mixed images as a Dirichlet-weighted mix and the generator
-    loss as the negated mixed CE plus a cosine term; the code's alternation (every other step adversarial, the
-    other steps the ordinary mixed CE) is the default and the only mode here. The generator's feature pass
+    Notes on the reference: the paper states a min-max objective (the generator maximises the mixed CE, kept
+    close to its sources by the cosine term); the code alternates (every other step adversarial, the other
+    steps the ordinary mixed CE): that is the default, ``adversarial: alternate``; ``adversarial: always``
+    makes every step the adversarial one. The generator's feature pass
     in the reference runs all of f_k; here f_k runs up to ``mask_position`` (its last stage's BatchNorm
     statistics still see every other f_k forward of the step). ``lam_concat`` (lambda as an extra channel) is
     off in every reference config.
@@ -59,8 +62,8 @@ class AdAutoMix(MomentumMixer):
                  mask_position: int | None = None, lam_margin: float = 0.03, mixup_ratio: float = 0.5,
                  beta_ratio: float = 0.3, momentum: float = 0.999, end_momentum: float = 0.999999,
                  mixblock_lr: float = 0.1, mixblock_min_lr: float = 0.05, upsampling: str = "bilinear",
-                 reduction: int = 2, lam_concat: bool = False, label_smoothing: float = 0.0,
-                 heads: str = "reference"):
+                 reduction: int = 2, lam_concat: bool = False, adversarial: str = "alternate",
+                 label_smoothing: float = 0.0, heads: str = "reference"):
         self.check_common(alpha, mask_position, lam_margin, momentum, end_momentum, mixblock_lr, mixblock_min_lr,
                           upsampling, label_smoothing, heads)
         if not (isinstance(mix_samples, int) and not isinstance(mix_samples, bool) and mix_samples >= 2):
@@ -68,6 +71,9 @@ class AdAutoMix(MomentumMixer):
         for name, v in (("random_samples", random_samples), ("lam_concat", lam_concat)):
             if not isinstance(v, bool):
                 raise PluginError(f"{name} must be true or false, got {v!r}")
+        if adversarial not in ADVERSARIAL:
+            raise PluginError(f"adversarial must be one of {', '.join(ADVERSARIAL)}, got {adversarial!r}")
+        self.adversarial = adversarial
         check_range("mixup_ratio", mixup_ratio, 0, 1)
         check_range("beta_ratio", beta_ratio, 0, 1)
         if not (isinstance(reduction, int) and not isinstance(reduction, bool) and reduction >= 1):
@@ -129,7 +135,7 @@ class AdAutoMix(MomentumMixer):
         with torch.no_grad():
             src = [self.k_logits(x[p]) for p in p_m]
         cos = sum(F.cosine_similarity(k_logits.float(), z.float(), dim=-1) * w for z, w in zip(src, lam_m)).mean()
-        adversarial = self.iter % 2 == 0
+        adversarial = self.iter % 2 == 0 or self.adversarial == "always"
         if adversarial:
             loss_k = -self.beta_ratio * loss_k + (1 - self.beta_ratio) * cos
         self.iter = 0 if adversarial else self.iter

@@ -241,6 +241,15 @@ def test_steps_agree_with_the_official_forward_train(mix_samples, lam_margin):
     assert m.iter == 1  # the reference's counter after three steps
 
 
+def test_adversarial_always_makes_every_step_adversarial():
+    m, model, ctx, opt, x, y = _setup(mix_samples=3, adversarial="always")
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        out = m(model, Batch(x, y, torch.arange(16)), ctx)
+        want = om_adautomix_step(m, model, x, y, rng, 0, mix_samples=3)  # the reference's adversarial branch
+        torch.testing.assert_close(out.loss, want.to(out.loss.dtype), atol=1e-5, rtol=1e-5)
+
+
 def test_random_samples_draws_two_to_mix_samples_images():
     m, model, ctx, opt, x, y = _setup(mix_samples=4, random_samples=True)
     seen = set()
@@ -273,6 +282,7 @@ def test_the_generator_alone_takes_the_adversarial_loss():
     ({"random_samples": 1}, "random_samples must be true or false"),
     ({"upsampling": "area"}, "upsampling must be one of nearest, bilinear, bicubic"),
     ({"lam_margin": 0.7}, "lam_margin must be in [0, 0.5]"),
+    ({"adversarial": "never"}, "adversarial must be one of alternate, always"),
 ])
 def test_bad_options(opts, message):
     with pytest.raises(PluginError, match=message.replace("[", r"\[")):
