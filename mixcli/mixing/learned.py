@@ -27,11 +27,13 @@ from .boxes import check_images
 from .inputs import param_dtype, probe_input
 
 __all__ = ["MixBlock", "SAMixBlock", "AdaptiveMask", "momentum_at", "ema_", "rescale_lam", "mixblock_mask_loss",
-           "adjust_mask_mean", "mixed_ce", "MomentumMixer", "UPSAMPLING", "HEADS", "MASK_LOSSES"]
+           "adjust_mask_mean", "mixed_ce", "MomentumMixer", "UPSAMPLING", "HEADS", "MASK_LOSSES",
+           "ENCODER_PASSES"]
 
 UPSAMPLING = ("nearest", "bilinear", "bicubic")
 HEADS = ("reference", "shared")
 MASK_LOSSES = ("L1", "L1+Variance", "L2+Variance")
+ENCODER_PASSES = ("full", "to_mask")
 
 
 def _attention_mask(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, use_scale: bool) -> torch.Tensor:
@@ -434,6 +436,16 @@ class MomentumMixer(Method):
             self.momentum_update(model, momentum_at(ctx.step - 1, total, self.base_m, self.end_m))
         self.k.train(model.training)
         self.block.train(model.training)
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, full: bool) -> torch.Tensor:
+        """f_k's features at ``mask_position`` for the generator (no grad). ``full``: run the rest of f_k too, as
+        the references' ``backbone_k(img)`` does (in train mode this updates the later stages' BatchNorm
+        statistics with the clean batch; the result is the same)."""
+        h = self.k.forward_to(x, self.pos)
+        if full:
+            self.k.forward_from(h, self.pos)
+        return h
 
     def k_logits(self, x: torch.Tensor) -> torch.Tensor:
         """f_k's mixed-head logits (``head_mix_k``; the classifier copy with ``heads: shared``)."""

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mixcli.api import Batch, Context, MixOutput, Model, PluginError, check_range, lam_tensor, permutation, to_device
-from mixcli.mixing.learned import AdaptiveMask, MomentumMixer, mixed_ce
+from mixcli.mixing.learned import ENCODER_PASSES, AdaptiveMask, MomentumMixer, mixed_ce
 
 ADVERSARIAL = ("alternate", "always")
 
@@ -49,9 +49,9 @@ class AdAutoMix(MomentumMixer):
     Notes on the reference: the paper states a min-max objective (the generator maximises the mixed CE, kept
     close to its sources by the cosine term); the code alternates (every other step adversarial, the other
     steps the ordinary mixed CE): that is the default, ``adversarial: alternate``; ``adversarial: always``
-    makes every step the adversarial one. The generator's feature pass
-    in the reference runs all of f_k; here f_k runs up to ``mask_position`` (its last stage's BatchNorm
-    statistics still see every other f_k forward of the step). ``lam_concat`` (lambda as an extra channel) is
+    makes every step the adversarial one. The generator's feature pass runs all of f_k as the reference's
+    ``backbone_k(img)`` (``encoder_pass: full``; ``to_mask``: up to ``mask_position`` only, the same masks
+    with other BatchNorm statistics in f_k's later stages). ``lam_concat`` (lambda as an extra channel) is
     off in every reference config.
     """
 
@@ -63,9 +63,12 @@ class AdAutoMix(MomentumMixer):
                  beta_ratio: float = 0.3, momentum: float = 0.999, end_momentum: float = 0.999999,
                  mixblock_lr: float = 0.1, mixblock_min_lr: float = 0.05, upsampling: str = "bilinear",
                  reduction: int = 2, lam_concat: bool = False, adversarial: str = "alternate",
-                 label_smoothing: float = 0.0, heads: str = "reference"):
+                 encoder_pass: str = "full", label_smoothing: float = 0.0, heads: str = "reference"):
         self.check_common(alpha, mask_position, lam_margin, momentum, end_momentum, mixblock_lr, mixblock_min_lr,
                           upsampling, label_smoothing, heads)
+        if encoder_pass not in ENCODER_PASSES:
+            raise PluginError(f"encoder_pass must be one of {', '.join(ENCODER_PASSES)}, got {encoder_pass!r}")
+        self.encoder_pass = encoder_pass
         if not (isinstance(mix_samples, int) and not isinstance(mix_samples, bool) and mix_samples >= 2):
             raise PluginError(f"mix_samples must be an integer >= 2 (images per mixed row), got {mix_samples}")
         for name, v in (("random_samples", random_samples), ("lam_concat", lam_concat)):
@@ -118,8 +121,7 @@ class AdAutoMix(MomentumMixer):
         self.begin_step(model, ctx, n)  # the EMA update after the previous step, with its momentum
         s, lam_m, lam_q, p_m, p_q = self.draw(ctx, n)
         size = x.shape[-2:]
-        with torch.no_grad():
-            h = self.k.forward_to(x, self.pos)
+        h = self.features(x, self.encoder_pass == "full")
         m_m = self.block([h[p] for p in p_m], lam_m, size, self.up)
         with torch.no_grad():
             m_q = self.block([h[p] for p in p_q], lam_q, size, self.up)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from mixcli.api import Batch, Context, MixOutput, Model, PluginError, check_range, lam_tensor, permutation
-from mixcli.mixing.learned import MASK_LOSSES, MomentumMixer, SAMixBlock, adjust_mask_mean, mixblock_mask_loss, mixed_ce
+from mixcli.mixing.learned import ENCODER_PASSES, MASK_LOSSES, MomentumMixer, SAMixBlock, adjust_mask_mean, mixblock_mask_loss, mixed_ce
 
 ADJUST_LAMS = ("mixblock", "backbone")
 
@@ -48,8 +48,9 @@ class SAMix(MomentumMixer):
     backbone's mask towards the MixBlock's lambda (``lam[0]``) in the reference, not its own lam_q; that is
     the default (``mask_adjust_lam: mixblock``), ``backbone`` the evident intent. The basic (400-epoch) config
     has ``mask_adjust: 0``; the 800-epoch one and the config's comment ("0.25 for CIFAR") use 0.25, the default.
-    As for AutoMix, the reference's feature pass runs all of f_k (updating its last stage's BatchNorm
-    statistics on clean images); here f_k runs up to ``mask_position`` only.
+    The reference's feature pass runs all of f_k (``backbone_k(img)``: in train mode its later stages'
+    BatchNorm statistics see the clean batch): ``encoder_pass: full``, the default; ``to_mask`` runs f_k up to
+    ``mask_position`` only, as mixcli's automix does (the masks are the same, f_k's statistics differ).
     """
 
     paper = "Li et al., Boosting Discriminative Visual Representation Learning with Scenario-Agnostic Mixup, 2021"
@@ -61,9 +62,12 @@ class SAMix(MomentumMixer):
                  end_momentum: float = 0.999999, mixblock_lr: float = 0.1, mixblock_min_lr: float = 0.05,
                  upsampling: str = "bilinear", reduction: int = 2, lam_mul: float = 1.0, lam_mul_k: float = 0.25,
                  lam_residual: bool = True, value_hidden: int | None = None, x_qk_concat: bool = True,
-                 label_smoothing: float = 0.0, heads: str = "reference"):
+                 encoder_pass: str = "full", label_smoothing: float = 0.0, heads: str = "reference"):
         self.check_common(alpha, mask_position, lam_margin, momentum, end_momentum, mixblock_lr, mixblock_min_lr,
                           upsampling, label_smoothing, heads)
+        if encoder_pass not in ENCODER_PASSES:
+            raise PluginError(f"encoder_pass must be one of {', '.join(ENCODER_PASSES)}, got {encoder_pass!r}")
+        self.encoder_pass = encoder_pass
         check_range("mask_loss", mask_loss, 0)
         if mask_loss_mode not in MASK_LOSSES:
             raise PluginError(f"mask_loss_mode must be one of {', '.join(MASK_LOSSES)}, got {mask_loss_mode!r}")
@@ -109,8 +113,7 @@ class SAMix(MomentumMixer):
         lam_m, lam_q = (float(v) for v in ctx.rng.beta(self.alpha, self.alpha, 2))
         perm_q, perm_m = permutation(ctx, n), permutation(ctx, n)
         adjust = self.mask_adjust > float(ctx.rng.random())
-        with torch.no_grad():
-            h = self.k.forward_to(x, self.pos)
+        h = self.features(x, self.encoder_pass == "full")
         m_m, m_q = self.masks(h, lam_m, lam_q, perm_m, perm_q, x.shape[-2:], adjust)
         x_m = torch.lerp(x, x[perm_m], m_m.to(x.dtype))
         x_q = torch.lerp(x, x[perm_q], m_q.to(x.dtype))

@@ -338,3 +338,19 @@ def test_the_steady_state_step_never_syncs(opts, tmp_path):
     c = engine_steps("samix", opts, data, torch.device("cpu"), batch_size=32, warmup=2, steps=3,
                      artifacts_dir=tmp_path)
     assert c.syncs == 0, c.where()
+
+
+def test_encoder_pass_full_runs_all_of_the_encoder_like_the_reference():
+    """``encoder_pass: full`` (the reference's ``backbone_k(img)``) gives the same features and, in train
+    mode, moves the later stages' BatchNorm statistics of f_k; ``to_mask`` leaves them alone."""
+    m, model, ctx, opt, x, y = _setup()
+    m.k.train()
+    last = [mod for mod in m.k.stages[-1].modules() if isinstance(mod, nn.BatchNorm2d)][0]
+    before = last.running_mean.clone()
+    h_part = m.features(x, full=False)
+    assert torch.equal(last.running_mean, before)
+    h_full = m.features(x, full=True)
+    torch.testing.assert_close(h_full, h_part)
+    assert not torch.equal(last.running_mean, before)
+    with pytest.raises(PluginError, match="encoder_pass must be one of full, to_mask"):
+        SAMix(encoder_pass="half")
