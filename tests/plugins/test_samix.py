@@ -354,3 +354,24 @@ def test_encoder_pass_full_runs_all_of_the_encoder_like_the_reference():
     assert not torch.equal(last.running_mean, before)
     with pytest.raises(PluginError, match="encoder_pass must be one of full, to_mask"):
         SAMix(encoder_pass="half")
+
+
+def test_a_bf16_model_gets_a_bf16_generator_and_trains():
+    torch.manual_seed(0)
+    x8 = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
+    y = torch.arange(16) % 4
+    model = CNN((1, 8, 8), 4, width=4).to(torch.bfloat16)
+    ctx = make_ctx(x8, y, 4, model=model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctx.extra["optimizer"] = opt
+    m = SAMix()
+    m.setup(ctx)
+    m.start_epoch(1, ctx)
+    assert all(p.dtype == torch.bfloat16 for p in m.block.parameters()) and m.head_mix_q.weight.dtype == torch.bfloat16
+    for step in range(2):
+        ctx.step = step
+        out = m(model, Batch(x8.to(torch.bfloat16) / 255, y, torch.arange(16)), ctx)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
