@@ -82,7 +82,8 @@ class AdAutoMix(MomentumMixer):
         if not (isinstance(reduction, int) and not isinstance(reduction, bool) and reduction >= 1):
             raise PluginError(f"reduction must be an integer >= 1, got {reduction}")
         self.mix_samples, self.random_samples = mix_samples, random_samples
-        self.mixup_ratio, self.beta_ratio, self.reduction, self.lam_concat = mixup_ratio, beta_ratio, reduction, lam_concat
+        self.mixup_ratio, self.beta_ratio = mixup_ratio, beta_ratio
+        self.reduction, self.lam_concat = reduction, lam_concat
         self.iter = 0
 
     def make_block(self, channels: int) -> AdaptiveMask:

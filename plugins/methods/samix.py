@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from mixcli.api import Batch, Context, MixOutput, Model, PluginError, check_range, lam_tensor, permutation
-from mixcli.mixing.learned import ENCODER_PASSES, MASK_LOSSES, MomentumMixer, SAMixBlock, adjust_mask_mean, mixblock_mask_loss, mixed_ce
+from mixcli.mixing.learned import (ENCODER_PASSES, MASK_LOSSES, MomentumMixer, SAMixBlock, adjust_mask_mean,
+                                   mixblock_mask_loss, mixed_ce)
 
 ADJUST_LAMS = ("mixblock", "backbone")
 

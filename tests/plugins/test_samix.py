@@ -97,7 +97,8 @@ def om_mask_adjust(mask_bb, lam0):
     _mean = _mask.mean(dim=[1, 2]).squeeze()
     idx_larg = _mean[:] > lam0 + epsilon
     idx_less = _mean[:] < lam0 - epsilon
-    mask_bb[idx_larg == True, 0, :, :] = _mask[idx_larg == True, :, :] * (lam0 / _mean[idx_larg == True].view(-1, 1, 1))  # noqa: E712
+    mask_bb[idx_larg == True, 0, :, :] = \
+        _mask[idx_larg == True, :, :] * (lam0 / _mean[idx_larg == True].view(-1, 1, 1))  # noqa: E712
     mask_bb[idx_larg == True, 1, :, :] = 1 - mask_bb[idx_larg == True, 0, :, :]  # noqa: E712
     mask_bb[idx_less == True, 1, :, :] = \
         (1 - _mask[idx_less == True, :, :]) * ((1 - lam0) / (1 - _mean[idx_less == True].view(-1, 1, 1)))  # noqa: E712
