@@ -67,23 +67,28 @@ class Split:
     ``x``: images as ``uint8`` of shape (N, C, H, W), or float features of shape (N, F).
     ``y``: int64 class labels (N,) for classification, float targets (N, D) for regression.
     ``domain``: optional int64 domain / group id per example (N,).
+    ``y_clean``: the clean labels (N,) when ``y`` was corrupted by the dataset's ``label_noise`` option
+    (:mod:`mixcli.data.noise`; training split only), else None.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     domain: torch.Tensor | None = None
+    y_clean: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def to(self, device: torch.device | str) -> "Split":
         d = None if self.domain is None else self.domain.to(device)
-        return Split(self.x.to(device), self.y.to(device), d)
+        c = None if self.y_clean is None else self.y_clean.to(device)
+        return Split(self.x.to(device), self.y.to(device), d, c)
 
     def subset(self, index) -> "Split":
         index = torch.as_tensor(index, dtype=torch.long)
         d = None if self.domain is None else self.domain[index]
-        return Split(self.x[index], self.y[index], d)
+        c = None if self.y_clean is None else self.y_clean[index]
+        return Split(self.x[index], self.y[index], d, c)
 
 
 @dataclass
@@ -500,6 +505,9 @@ class Evaluator(Plugin):
 
     metrics: ClassVar[tuple[MetricInfo, ...]] = ()
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    #: the evaluator reads the clean training labels (``Split.y_clean``), so it needs the dataset option
+    #: ``label_noise``; ``mixcli validate`` refuses it without one
+    needs_clean_labels: ClassVar[bool] = False
 
     def check(self, data: DataBundle) -> None:
         """Raise a PluginError if this evaluator cannot run on ``data``; called when a run starts, before
