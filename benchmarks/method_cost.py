@@ -62,6 +62,11 @@ VARIANTS = [
     ("puzzlemix (no transport)", "puzzlemix", {"transport": False}, "soft_ce"),
     ("automix", "automix", {}, "soft_ce"),
     ("transmix (ViTs only)", "transmix", {}, "soft_ce"),
+    # mdyr: plain mixup before bootstrap_from; bootstrapping adds two no-grad forwards of the batch (train and
+    # eval mode) per step, the same for hard and soft (soft from epoch 1 takes w = 0.5 without a fitted
+    # mixture); the once-per-epoch loss-tracking pass over the training set is not in a step's cost
+    ("mdyr (mixup phase)", "mdyr", {}, "soft_ce"),
+    ("mdyr (bootstrapping)", "mdyr", {"bootstrap": "soft", "bootstrap_from": 1}, "soft_ce"),
 ]
 
 
