@@ -497,7 +497,8 @@ def resolve(doc: dict, lines: Lines) -> dict:
     cfg["train"] = v.section("train", SCHEMA["train"], doc.get("train"))
     cfg["eval"] = v.section("eval", SCHEMA["eval"], doc.get("eval"))
     check_extra(v, cfg["eval"], task)
-    for i, spec in enumerate(cfg["eval"].get("extra") or []):  # e.g. label_noise's memorisation metrics
+    extra = cfg["eval"].get("extra")
+    for i, spec in enumerate(extra if isinstance(extra, list) else []):  # e.g. label_noise's memorisation
         cls = REGISTRY.get("evaluators", spec["name"])
         raw = doc.get("dataset")
         if getattr(cls, "needs_clean_labels", False) and not (isinstance(raw, dict) and raw.get("label_noise")):
