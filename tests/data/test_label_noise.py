@@ -241,3 +241,17 @@ def test_memorisation_counts():
     m = memorisation(pred, y, y_clean)
     assert m == {"noise_rate": 0.5, "noisy_memorized": pytest.approx(1 / 3),
                  "noisy_predicted_clean": pytest.approx(1 / 3), "clean_train_accuracy": pytest.approx(2 / 3)}
+
+
+def test_the_noisy_label_experiments_validate_and_the_cpu_one_runs(cli, tmp_path):
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2] / "experiments"
+    for name in ("noisy_labels_digits.yaml", "noisy_labels_cifar10.yaml"):
+        code, out = cli("validate", root / name)
+        assert code == 0, out
+    code, out = cli("run", root / "noisy_labels_digits.yaml", "--set", "train.epochs=2", "--set", "seeds=1",
+                    "--set", "eval.extra_every=1", "--out", tmp_path / "o", "--device", "cpu")
+    assert code == 0, out
+    runs = pd.concat(pd.read_parquet(f) for f in glob.glob(str(tmp_path / "o/runs/**/*.parquet"), recursive=True))
+    assert sorted(runs["method"]) == ["erm", "mdyr", "mixup"] and (runs["status"] == "finished").all()
+    assert runs["final_test_noisy_memorized"].notna().all()
