@@ -205,10 +205,10 @@ class MDYR(Method):
         clamped into [0.001, 0.999]; then clamped into [1e-4, 1 - 1e-4]. On the device, no host sync."""
         if self.bmm is None:
             return torch.full_like(losses, 0.5)
-        if self._lookup is None or self._lookup.device != losses.device:
+        if self._lookup is None or self._lookup.device != losses.device:  # once per fit: no per-step copies
             self._lookup = to_device(self.bmm.lookup, losses.device, np.float64)
-        lo = torch.tensor(self.loss_lo, dtype=torch.float32, device=losses.device)
-        hi = torch.tensor(self.loss_hi, dtype=torch.float32, device=losses.device)
+            self._range = to_device([self.loss_lo, self.loss_hi], losses.device, np.float32)
+        lo, hi = self._range[0], self._range[1]
         x = (losses.float() - lo) / (hi - lo + 1e-6)
         x = torch.where(x >= 1, torch.full_like(x, 1 - 10e-4), x)
         x = torch.where(x <= 0, torch.full_like(x, 10e-4), x)
