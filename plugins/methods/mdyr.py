@@ -128,7 +128,8 @@ class MDYR(Method):
     - ``alpha`` (32.0): the Beta parameter of mixup (both phases).
     - ``reg_term`` (1.0): the weight of the regulariser (the scripts' ``--reg-term 1.0``).
     - ``bootstrap_from`` (106): the first bootstrapped epoch (hard needs a mixture fitted after an epoch,
-      so >= 2; soft takes w = 0.5 in epoch 1 as the reference).
+      so >= 2; soft takes w = 0.5 in epoch 1 as the reference). A run shorter than that is plain mixup
+      throughout: set it for the run's length (the reference's is about a third of the epochs).
     - ``bmm_iters`` (10): EM iterations.
     - ``track_augment`` (true): the tracking pass sees augmented inputs (the reference); false: the
       training split as evaluated (no augmentation).
