@@ -235,6 +235,24 @@ class Model(nn.Module, Plugin):
                           "transformer, e.g. model: {name: timm, arch: vit_tiny_patch16_224, img_size: 32, "
                           "patch_size: 4})")
 
+    def patch_tokens(self, x: torch.Tensor):
+        """One forward pass that also returns the patch tokens (TokenMix, SMMix). Returns ``(logits,
+        tokens)``: ``tokens`` (B, Hp, Wp, D) are the last block's patch tokens after the final norm (the
+        sequence the head reads its class token from, without the prefix tokens), not detached; the classifier
+        applied to a token (or a mean of tokens) gives per-patch class scores. Models without patch tokens
+        (CNNs) raise a PluginError; the ``timm`` model provides it for ViTs."""
+        raise PluginError(f"model {type(self).__name__} has no patch tokens (it needs a vision transformer, "
+                          "e.g. model: {name: timm, arch: vit_tiny_patch16_224, img_size: 32, patch_size: 4})")
+
+    def patch_attention(self, x: torch.Tensor):
+        """One forward pass that also reads how much attention each patch receives in the last block (SMMix).
+        Returns ``(logits, attn)``: ``attn`` (B, Hp, Wp) is the last block's softmax attention from the patch
+        tokens to each patch token, averaged over heads and over the query patches (the class token's row and
+        column left out), detached. Models without one (CNNs) raise a PluginError; the ``timm`` model
+        provides it for ViTs."""
+        raise PluginError(f"model {type(self).__name__} has no patch attention (it needs a vision transformer, "
+                          "e.g. model: {name: timm, arch: vit_tiny_patch16_224, img_size: 32, patch_size: 4})")
+
 
 # ------------------------------------------------------------------------------------------------ methods
 @dataclass
@@ -301,7 +319,7 @@ class Context:
 
 #: the values of :attr:`Method.needs`
 NEEDS = ("images", "train", "index", "val", "normalization", "epochs", "class_labels", "stages",
-         "class_activation", "class_attention")
+         "class_activation", "class_attention", "patch_tokens", "patch_attention")
 
 
 class Method(Plugin):
@@ -319,7 +337,7 @@ class Method(Plugin):
     #: ``index`` (each batch row's index in the training split), ``val`` (a validation split), ``normalization``
     #: (the inputs' per-channel mean/std), ``epochs`` (the length of the run), ``class_labels`` (int64 class
     #: ids, not soft labels: the method reads them), ``stages`` (the model's ``forward_to`` / ``forward_from``
-    #: positions), ``class_activation`` and ``class_attention`` (those model hooks). The engine always provides
+    #: positions), ``class_activation``, ``class_attention``, ``patch_tokens`` and ``patch_attention`` (those model hooks). The engine always provides
     #: the data; ``mixcli.mixing.Mixer`` (a user's own loop) and ``mixcli validate`` read it through
     #: :meth:`requires` and :meth:`check_input`.
     needs: ClassVar[tuple[str, ...]] = ()
