@@ -36,7 +36,7 @@ from .metrics import MetricInfo, adaptive_ece, aupr, auroc, confidences, ece, fi
 
 __all__ = [
     "Plugin", "Split", "DataBundle", "Dataset", "Model", "Batch", "MixOutput", "Context", "Method", "Loss",
-    "soft_targets", "sample_lam", "PluginError", "permutation", "lam_tensor", "interpolate",
+    "soft_targets", "sample_lam", "PluginError", "permutation", "begin_step", "lam_tensor", "interpolate",
     "soft_cross_entropy", "mixed_regression_target", "check_range", "file_fingerprint", "Evaluator",
     "EvalContext", "metric", "dataset_class", "MetricInfo", "Logger", "scalars", "write_artifact", "NEEDS",
     # metric functions evaluator plugins build on (defined in mixcli.metrics, one definition each)
@@ -660,8 +660,20 @@ def to_device(a, device, dtype=None) -> torch.Tensor:
 
 
 def permutation(ctx: Context, n: int) -> torch.Tensor:
-    """A random permutation of ``n`` rows drawn from the method's seeded host generator, on the device."""
-    return to_device(ctx.rng.permutation(n), ctx.device)
+    """A random permutation of ``n`` rows drawn from the method's seeded host generator, on the device. It is
+    also recorded as this step's partners (``ctx.extra["partners"]``, see :func:`begin_step`)."""
+    perm = to_device(ctx.rng.permutation(n), ctx.device)
+    ctx.extra["partners"] = perm
+    return perm
+
+
+def begin_step(ctx: Context, batch: "Batch") -> None:
+    """What the training loops (the engine's step, ``Mixer``) record before a method's forward, for losses
+    that need more than the :class:`MixOutput` (``sumix``): ``ctx.extra["batch"]``, the clean batch, and
+    ``ctx.extra["partners"]`` cleared; :func:`permutation` and the mixup switch (``mixcli.mixing.switch``)
+    set the latter to the partner of each row (a method drawing partners otherwise leaves it unset)."""
+    ctx.extra["batch"] = batch
+    ctx.extra.pop("partners", None)
 
 
 def lam_tensor(lam, n: int, device) -> torch.Tensor:

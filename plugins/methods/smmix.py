@@ -1,4 +1,4 @@
-"""SMMix (Chen, Lin, Zhang, Zheng, Ji, ICCV 2023): self-motivated image mixing for vision transformers."""
+"""SMMix (Chen, Lin, Lin, Zhang, Chao, Ji, ICCV 2023): self-motivated image mixing for vision transformers."""
 from __future__ import annotations
 
 import torch
@@ -78,7 +78,7 @@ def smmix_loss(logits, target_logits, source_logits, teacher_logits, y_a, y_b, l
 class SMMix(Method):
     """SMMix: the model's own attention picks the regions; fine-grained token labels and a self-motivated loss.
 
-    Chen, Lin, Zhang, Zheng, Ji, "SMMix: Self-Motivated Image Mixing for Vision Transformers", ICCV 2023;
+    Chen, Lin, Lin, Zhang, Chao, Ji, "SMMix: Self-Motivated Image Mixing for Vision Transformers", ICCV 2023;
     defaults of the reference (ChenMnZ/SMMix ``smmix.py``, ``engine.py``, ``deit.py``, ``main.py``).
 
         each batch: SMMix with probability switch_prob, else mixup (lam ~ Beta(alpha, alpha), the smoothed

@@ -1,4 +1,4 @@
-"""TokenMix (Liu, Li, Li, Liu, Tian, ECCV 2022): token-level mask mixing with content-based labels for ViTs."""
+"""TokenMix (Liu, Liu, Zhou, Liu, Li, ECCV 2022): token-level mask mixing with content-based labels for ViTs."""
 from __future__ import annotations
 
 import math
@@ -98,7 +98,7 @@ def tokenmix_target(w_a: torch.Tensor, w_b: torch.Tensor, y_a: torch.Tensor, y_b
 class TokenMix(Method):
     """TokenMix: partner tokens pasted on a random block mask of the patch grid; labels by content.
 
-    Liu, Li, Li, Liu, Tian, "TokenMix: Rethinking Image Mixing for Data Augmentation in Vision Transformers",
+    Liu, Liu, Zhou, Liu, Li, "TokenMix: Rethinking Image Mixing for Data Augmentation in Vision Transformers",
     ECCV 2022; defaults of the reference (Sense-X/TokenMix ``tokenmix.py``, ``main.py``,
     ``exp/deit_small/run.sh``).
 
