@@ -13,6 +13,15 @@ HEADS = ("separate", "shared")
 HOOKS = ("patch_attention", "patch_tokens")
 
 
+def copy_optimizer(run_opt: torch.optim.Optimizer, params) -> torch.optim.Optimizer:
+    """An optimizer of ``run_opt``'s class and settings for ``params`` (the settings its constructor takes:
+    e.g. AdamW's ``defaults`` hold a ``decoupled_weight_decay`` that ``AdamW()`` refuses)."""
+    import inspect
+
+    accepted = inspect.signature(type(run_opt).__init__).parameters
+    return type(run_opt)(params, **{k: v for k, v in run_opt.defaults.items() if k in accepted})
+
+
 def region_tokens(center: torch.Tensor, side: int, grid: int) -> torch.Tensor:
     """Token indices (B, side^2, raster order) of the side x side squares at the unfold positions ``center``
     (B,) of a grid x grid token map (the reference's ``index_translate``)."""
@@ -158,7 +167,7 @@ class SMMix(Method):
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
             self.run_opt = run_opt
-            self.head_opt = type(run_opt)(self.head.parameters(), **run_opt.defaults)
+            self.head_opt = copy_optimizer(run_opt, self.head.parameters())
             self._pending = 0
             for p in self.head.parameters():
                 p.register_post_accumulate_grad_hook(self._step_head)
