@@ -337,9 +337,9 @@ class Method(Plugin):
     #: ``index`` (each batch row's index in the training split), ``val`` (a validation split), ``normalization``
     #: (the inputs' per-channel mean/std), ``epochs`` (the length of the run), ``class_labels`` (int64 class
     #: ids, not soft labels: the method reads them), ``stages`` (the model's ``forward_to`` / ``forward_from``
-    #: positions), ``class_activation``, ``class_attention``, ``patch_tokens`` and ``patch_attention`` (those model hooks). The engine always provides
-    #: the data; ``mixcli.mixing.Mixer`` (a user's own loop) and ``mixcli validate`` read it through
-    #: :meth:`requires` and :meth:`check_input`.
+    #: positions), ``class_activation``, ``class_attention``, ``patch_tokens`` and ``patch_attention`` (those
+    #: model hooks). The engine always provides the data; ``mixcli.mixing.Mixer`` (a user's own loop) and
+    #: ``mixcli validate`` read it through :meth:`requires` and :meth:`check_input`.
     needs: ClassVar[tuple[str, ...]] = ()
     #: the smallest image side (height and width) the method can mix
     min_side: ClassVar[int] = 1

@@ -13,7 +13,8 @@ from mixcli.api import Batch, Context, DataBundle, PluginError, Split, soft_cros
 from mixcli_plugins.methods.mixpro import MixPro
 from mixcli_plugins.models.timm_model import TimmModel
 
-VIT = dict(arch="vit_tiny_patch16_224", img_size=8, patch_size=2, timm_args={"depth": 2, "embed_dim": 16, "num_heads": 2})
+VIT = dict(arch="vit_tiny_patch16_224", img_size=8, patch_size=2,
+           timm_args={"depth": 2, "embed_dim": 16, "num_heads": 2})
 VIT_YAML = ("{name: timm, arch: vit_tiny_patch16_224, img_size: 8, patch_size: 2, "
             "timm_args: {depth: 1, embed_dim: 16, num_heads: 2}}")
 
@@ -148,7 +149,8 @@ def test_without_maskmix_it_is_the_mixup_cutmix_switch():
     assert all(lam.unique().numel() == 1 and 0 <= float(lam[0]) <= 1 for lam in lams)
 
 
-@pytest.mark.parametrize("opts,words", [({"maskmix_prob": 1.5}, "maskmix_prob"), ({"maskmix_alpha": 0}, "maskmix_alpha"),
+@pytest.mark.parametrize("opts,words", [({"maskmix_prob": 1.5}, "maskmix_prob"),
+                                        ({"maskmix_alpha": 0}, "maskmix_alpha"),
                                         ({"mask_size": 0}, "mask_size"), ({"pal": "yes"}, "pal")])
 def test_bad_options_are_one_line_errors(opts, words):
     with pytest.raises(PluginError, match=words) as e:

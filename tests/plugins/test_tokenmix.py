@@ -13,7 +13,8 @@ from mixcli.api import Batch, Context, DataBundle, PluginError, Split
 from mixcli_plugins.methods.tokenmix import TokenMix, block_mask, random_mask, tokenmix_target, tokenmix_weights
 from mixcli_plugins.models.timm_model import TimmModel
 
-VIT = dict(arch="vit_tiny_patch16_224", img_size=8, patch_size=2, timm_args={"depth": 2, "embed_dim": 16, "num_heads": 2})
+VIT = dict(arch="vit_tiny_patch16_224", img_size=8, patch_size=2,
+           timm_args={"depth": 2, "embed_dim": 16, "num_heads": 2})
 VIT_YAML = ("{name: timm, arch: vit_tiny_patch16_224, img_size: 8, patch_size: 2, "
             "timm_args: {depth: 1, embed_dim: 16, num_heads: 2}}")
 
