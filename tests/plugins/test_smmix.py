@@ -240,3 +240,50 @@ def test_resume_is_exact_and_runs_on_digits(cli, write, tmp_path, monkeypatch):
         torch.testing.assert_close(a["method"]["head"][key], b["method"]["head"][key], rtol=0, atol=0)
     for i, st in a["method"]["head_opt"]["state"].items():
         torch.testing.assert_close(st["exp_avg"], b["method"]["head_opt"]["state"][i]["exp_avg"], rtol=0, atol=0)
+
+
+def test_patch_attention_is_the_last_blocks_mean_attention_to_each_patch():
+    m = tiny_vit().eval()
+    x = torch.randn(3, 1, 8, 8)
+    blk = m.net.blocks[-1]
+    seen = {}
+    h = blk.register_forward_pre_hook(lambda mod, inp: seen.setdefault("x", inp[0]))
+    logits, attn = m.patch_attention(x)
+    h.remove()
+    torch.testing.assert_close(logits, m(x))
+    t = blk.norm1(seen["x"])
+    b, n, d = t.shape
+    qkv = blk.attn.qkv(t).reshape(b, n, 3, 2, d // 2).permute(2, 0, 3, 1, 4)
+    a = torch.softmax(qkv[0] @ qkv[1].transpose(-2, -1) / (d // 2) ** 0.5, -1)
+    torch.testing.assert_close(attn, a[:, :, 1:, 1:].mean((1, 2)).reshape(b, 4, 4))
+    assert not attn.requires_grad
+
+
+def test_smmix_in_a_users_loop_with_a_plain_timm_vit():
+    """Mixer adapts a raw timm ViT (its patch hooks) and gives the token head the user's optimizer."""
+    import timm
+
+    from mixcli.mixing import Mixer
+    torch.manual_seed(0)
+    net = timm.create_model("vit_tiny_patch16_224", img_size=8, patch_size=2, in_chans=1, num_classes=4,
+                            depth=1, embed_dim=16, num_heads=2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    mixer = Mixer("smmix", net, num_classes=4, seed=0, optimizer=opt, switch_prob=1.0)
+    x, y = torch.randn(8, 1, 8, 8), torch.arange(8) % 4
+    out = mixer(x, y)
+    assert out.loss is not None and torch.isfinite(out.loss)
+    out.loss.backward()
+
+
+def test_the_smmix_step_never_syncs_the_host():
+    from mixcli.training.hostsync import engine_steps
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 1, 8, 8), generator=g, dtype=torch.uint8)
+    yy = torch.arange(64) % 4
+    data = DataBundle("classification", Split(x, yy), Split(x[:8].clone(), yy[:8].clone()), num_classes=4,
+                      mean=(0.3,), std=(0.3,))
+    for method, opts in (("smmix", {"switch_prob": 1.0}), ("tokenmix", {"switch_prob": 1.0}),
+                         ("mixpro", {"maskmix_prob": 1.0})):
+        c = engine_steps(method, opts, data, torch.device("cpu"), model="timm", model_opts=VIT, batch_size=16,
+                         warmup=1, steps=2)
+        assert c.syncs == 0, (method, c.where())

@@ -240,3 +240,14 @@ def test_runs_on_digits(cli, write, tmp_path):
     assert code == 0, text
     import pandas as pd
     assert list(pd.read_parquet(tmp_path / "out" / "runs")["status"]) == ["finished"]
+
+
+def test_patch_tokens_are_the_normed_tokens_the_head_reads():
+    m = tiny_vit().eval()
+    x = torch.randn(3, 1, 8, 8)
+    logits, tokens = m.patch_tokens(x)
+    torch.testing.assert_close(logits, m(x))
+    feats = m.net.forward_features(x)
+    torch.testing.assert_close(tokens, feats[:, 1:].reshape(3, 4, 4, -1))
+    torch.testing.assert_close(m.classifier(feats[:, 0]), logits)
+    assert tokens.requires_grad
