@@ -142,6 +142,7 @@ class MixPro(Method):
         size = self.mask_pixels(h, gh)
         cells = math.ceil(h / size)
         perm = to_device(ctx.rng.permutation(n), x.device)
+        ctx.extra["partners"] = perm  # this step's partners, for losses that read them (sumix)
         mask_np, lam_area = maskmix_draw(ctx.rng, n, cells, self.maskmix_alpha)
         mask = to_device(mask_np, x.device)
         pm = mask.repeat_interleave(size, 1).repeat_interleave(size, 2)[:, :h, :w].unsqueeze(1).to(x.dtype)

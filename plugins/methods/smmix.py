@@ -208,6 +208,7 @@ class SMMix(Method):
     def __call__(self, model: Model, batch: Batch, ctx: Context) -> MixOutput:
         x, y, n = batch.x, batch.y, batch.x.shape[0]
         perm = to_device(ctx.rng.permutation(n), x.device)
+        ctx.extra["partners"] = perm  # this step's partners, for losses that read them (sumix)
         if not ctx.rng.random() < self.switch_prob:
             lam = float(ctx.rng.beta(self.alpha, self.alpha))
             lam_t = lam_tensor(lam, n, x.device)

@@ -200,6 +200,7 @@ class TokenMix(Method):
         perm_np = ctx.rng.permutation(n)
         lam, cut = self.switch.params(ctx.rng, 1)
         perm = to_device(perm_np, x.device)
+        ctx.extra["partners"] = perm  # this step's partners, for losses that read them (sumix)
         if not cut[0]:
             lam_t = lam_tensor(float(lam[0]), n, x.device)
             logits = model(x if lam[0] == 1 else interpolate(x, perm, lam_t))

@@ -161,3 +161,18 @@ def test_validate_and_runs_with_several_methods_on_digits(cli, write, tmp_path):
     assert sorted(pd.read_parquet(tmp_path / "out" / "runs")["status"]) == ["finished"] * 3
     code, text = cli("validate", p, "--set", "loss={name: sumix, uncertainty: head}")
     assert code == 2 and "not implemented" in text and "Traceback" not in text
+
+
+def test_composes_with_tokenmix_normalized_labels_on_a_vit():
+    """The ViT mixers record their partners too: sumix on tokenmix's normalized labels."""
+    from mixcli.mixing import Mixer
+    from mixcli_plugins.models.timm_model import TimmModel
+    torch.manual_seed(0)
+    model = TimmModel((1, 8, 8), 4, arch="vit_tiny_patch16_224", img_size=8, patch_size=2,
+                      timm_args={"depth": 1, "embed_dim": 16, "num_heads": 2})
+    mixer = Mixer("tokenmix", model, num_classes=4, seed=0, loss="sumix", switch_prob=1.0, labels="normalized")
+    x, y = torch.randn(8, 1, 8, 8), torch.arange(8) % 4
+    out = mixer(x, y)
+    assert torch.equal(out.y_b, y[mixer.ctx.extra["partners"]])
+    loss = mixer.loss(out)
+    assert torch.isfinite(loss) and loss.requires_grad
