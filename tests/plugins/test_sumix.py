@@ -176,3 +176,15 @@ def test_composes_with_tokenmix_normalized_labels_on_a_vit():
     assert torch.equal(out.y_b, y[mixer.ctx.extra["partners"]])
     loss = mixer.loss(out)
     assert torch.isfinite(loss) and loss.requires_grad
+
+
+def test_partners_from_the_dataset_are_not_taken_for_batch_rows():
+    """mixup with partners: dataset mixes with training examples outside the batch: sumix refuses it."""
+    from mixcli.mixing import Mixer
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 1, 8, 8), torch.arange(16) % 4
+    mixer = Mixer("mixup", CNN((1, 8, 8), 4, width=4), num_classes=4, seed=0, loss="sumix", partners="dataset",
+                  train=Split(x, y))
+    out = mixer(x[:8], y[:8], index=torch.arange(8))
+    with pytest.raises(PluginError, match="partners"):
+        mixer.loss(out)
