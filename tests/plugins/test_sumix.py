@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixcli.api import Batch, Context, DataBundle, MixOutput, PluginError, Split, begin_step, permutation
+from mixcli.api import Batch, Context, MixOutput, PluginError, Split, begin_step, permutation
 from mixcli_plugins.losses.sumix import SUMix
 from mixcli_plugins.models.cnn import CNN
 
