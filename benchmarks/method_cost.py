@@ -17,12 +17,13 @@ any device (the compilation itself happens in the warm-up).
 The dynamic methods (snapmix: a CAM forward; puzzlemix: a saliency forward/backward, graph cuts on the CPU
 and two transports; automix: the momentum encoder's feature and mixed forwards, two forwards of the model and
 the MixBlock) cost more than one forward/backward; OpenMixup reports PuzzleMix at about 2.4x an erm epoch
-and AutoMix at about 2.2x mixup's time (DeiT-S, CIFAR-100). transmix needs a ViT (``--model timm
---model-opts '{arch: vit_tiny_patch16_224, img_size: 32, patch_size: 4}'``); on a CNN its row is skipped.
+and AutoMix at about 2.2x mixup's time (DeiT-S, CIFAR-100). transmix, tokenmix, mixpro and smmix need a
+ViT (``--model timm --model-opts '{arch: vit_tiny_patch16_224, img_size: 32, patch_size: 4}'``); on a CNN
+their rows are skipped.
 
     python benchmarks/method_cost.py --device cpu
     python benchmarks/method_cost.py --device cuda --batch-size 128
-    python benchmarks/method_cost.py --device cuda --model timm --only mixup,cutmix,transmix \\
+    python benchmarks/method_cost.py --device cuda --model timm --only mixup,cutmix,transmix,tokenmix,mixpro,smmix \\
         --model-opts '{arch: vit_tiny_patch16_224, img_size: 32, patch_size: 4}'
 """
 from __future__ import annotations
@@ -62,6 +63,16 @@ VARIANTS = [
     ("puzzlemix (no transport)", "puzzlemix", {"transport": False}, "soft_ce"),
     ("automix", "automix", {}, "soft_ce"),
     ("transmix (ViTs only)", "transmix", {}, "soft_ce"),
+    # mdyr: plain mixup before bootstrap_from; bootstrapping adds two no-grad forwards of the batch (train and
+    # eval mode) per step, the same for hard and soft (soft from epoch 1 takes w = 0.5 without a fitted
+    # mixture); the once-per-epoch loss-tracking pass over the training set is not in a step's cost
+    ("mdyr (mixup phase)", "mdyr", {}, "soft_ce"),
+    ("mdyr (bootstrapping)", "mdyr", {"bootstrap": "soft", "bootstrap_from": 1}, "soft_ce"),
+    ("tokenmix (ViTs only)", "tokenmix", {}, "soft_ce"),
+    ("tokenmix, area target (ViTs)", "tokenmix", {"target": "area"}, "soft_ce"),
+    ("mixpro (ViTs only)", "mixpro", {}, "soft_ce"),
+    ("smmix (ViTs only)", "smmix", {}, "soft_ce"),
+    ("cutmix + sumix loss", "cutmix", {"alpha": 0.2}, "sumix"),
     ("samix", "samix", {}, "soft_ce"),
     ("adautomix (3 images)", "adautomix", {}, "soft_ce"),
     ("adautomix (2 images)", "adautomix", {"mix_samples": 2}, "soft_ce"),
@@ -83,7 +94,7 @@ class Runner:
                            train=data.train.to(device), fetch=lambda i: (batch.x[i % len(batch.y)], batch.y[i % len(batch.y)]),
                            epochs=1, data=data, model=self.model)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
-        self.ctx.extra["optimizer"] = self.opt  # as the engine gives it (the learned mixers' heads follow it)
+        self.ctx.extra["optimizer"] = self.opt  # as the engine gives it (learned mixers, smmix follow it)
         self.method.setup(self.ctx)
         self.method.start_epoch(1, self.ctx)
         self.autocast = autocast_for(device, device.type == "cuda" and not args.fp32)

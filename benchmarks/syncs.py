@@ -34,6 +34,7 @@ VARIANTS = [
     ("regmixup", "regmixup", {}, "soft_ce"), ("cutmix + decoupled", "cutmix", {"alpha": 0.2}, "decoupled"),
     ("snapmix", "snapmix", {}, "soft_ce"), ("puzzlemix", "puzzlemix", {}, "soft_ce"),
     ("automix", "automix", {}, "soft_ce"),
+    ("cutmix + sumix", "cutmix", {"alpha": 0.2}, "sumix"),  # the ViT mixers: tests/plugins/test_smmix.py
 ]
 
 

@@ -36,7 +36,7 @@ from .metrics import MetricInfo, adaptive_ece, aupr, auroc, confidences, ece, fi
 
 __all__ = [
     "Plugin", "Split", "DataBundle", "Dataset", "Model", "Batch", "MixOutput", "Context", "Method", "Loss",
-    "soft_targets", "sample_lam", "PluginError", "permutation", "lam_tensor", "interpolate",
+    "soft_targets", "sample_lam", "PluginError", "permutation", "begin_step", "lam_tensor", "interpolate",
     "soft_cross_entropy", "mixed_regression_target", "check_range", "file_fingerprint", "Evaluator",
     "EvalContext", "metric", "dataset_class", "MetricInfo", "Logger", "scalars", "write_artifact", "NEEDS",
     # metric functions evaluator plugins build on (defined in mixcli.metrics, one definition each)
@@ -67,23 +67,28 @@ class Split:
     ``x``: images as ``uint8`` of shape (N, C, H, W), or float features of shape (N, F).
     ``y``: int64 class labels (N,) for classification, float targets (N, D) for regression.
     ``domain``: optional int64 domain / group id per example (N,).
+    ``y_clean``: the clean labels (N,) when ``y`` was corrupted by the dataset's ``label_noise`` option
+    (:mod:`mixcli.data.noise`; training split only), else None.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     domain: torch.Tensor | None = None
+    y_clean: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def to(self, device: torch.device | str) -> "Split":
         d = None if self.domain is None else self.domain.to(device)
-        return Split(self.x.to(device), self.y.to(device), d)
+        c = None if self.y_clean is None else self.y_clean.to(device)
+        return Split(self.x.to(device), self.y.to(device), d, c)
 
     def subset(self, index) -> "Split":
         index = torch.as_tensor(index, dtype=torch.long)
         d = None if self.domain is None else self.domain[index]
-        return Split(self.x[index], self.y[index], d)
+        c = None if self.y_clean is None else self.y_clean[index]
+        return Split(self.x[index], self.y[index], d, c)
 
 
 @dataclass
@@ -235,6 +240,24 @@ class Model(nn.Module, Plugin):
                           "transformer, e.g. model: {name: timm, arch: vit_tiny_patch16_224, img_size: 32, "
                           "patch_size: 4})")
 
+    def patch_tokens(self, x: torch.Tensor):
+        """One forward pass that also returns the patch tokens (TokenMix, SMMix). Returns ``(logits,
+        tokens)``: ``tokens`` (B, Hp, Wp, D) are the last block's patch tokens after the final norm (the
+        sequence the head reads its class token from, without the prefix tokens), not detached; the classifier
+        applied to a token (or a mean of tokens) gives per-patch class scores. Models without patch tokens
+        (CNNs) raise a PluginError; the ``timm`` model provides it for ViTs."""
+        raise PluginError(f"model {type(self).__name__} has no patch tokens (it needs a vision transformer, "
+                          "e.g. model: {name: timm, arch: vit_tiny_patch16_224, img_size: 32, patch_size: 4})")
+
+    def patch_attention(self, x: torch.Tensor):
+        """One forward pass that also reads how much attention each patch receives in the last block (SMMix).
+        Returns ``(logits, attn)``: ``attn`` (B, Hp, Wp) is the last block's softmax attention from the patch
+        tokens to each patch token, averaged over heads and over the query patches (the class token's row and
+        column left out), detached. Models without one (CNNs) raise a PluginError; the ``timm`` model
+        provides it for ViTs."""
+        raise PluginError(f"model {type(self).__name__} has no patch attention (it needs a vision transformer, "
+                          "e.g. model: {name: timm, arch: vit_tiny_patch16_224, img_size: 32, patch_size: 4})")
+
 
 # ------------------------------------------------------------------------------------------------ methods
 @dataclass
@@ -301,7 +324,7 @@ class Context:
 
 #: the values of :attr:`Method.needs`
 NEEDS = ("images", "train", "index", "val", "normalization", "epochs", "class_labels", "stages",
-         "class_activation", "class_attention")
+         "class_activation", "class_attention", "patch_tokens", "patch_attention")
 
 
 class Method(Plugin):
@@ -319,9 +342,9 @@ class Method(Plugin):
     #: ``index`` (each batch row's index in the training split), ``val`` (a validation split), ``normalization``
     #: (the inputs' per-channel mean/std), ``epochs`` (the length of the run), ``class_labels`` (int64 class
     #: ids, not soft labels: the method reads them), ``stages`` (the model's ``forward_to`` / ``forward_from``
-    #: positions), ``class_activation`` and ``class_attention`` (those model hooks). The engine always provides
-    #: the data; ``mixcli.mixing.Mixer`` (a user's own loop) and ``mixcli validate`` read it through
-    #: :meth:`requires` and :meth:`check_input`.
+    #: positions), ``class_activation``, ``class_attention``, ``patch_tokens`` and ``patch_attention`` (those
+    #: model hooks). The engine always provides the data; ``mixcli.mixing.Mixer`` (a user's own loop) and
+    #: ``mixcli validate`` read it through :meth:`requires` and :meth:`check_input`.
     needs: ClassVar[tuple[str, ...]] = ()
     #: the smallest image side (height and width) the method can mix
     min_side: ClassVar[int] = 1
@@ -500,6 +523,9 @@ class Evaluator(Plugin):
 
     metrics: ClassVar[tuple[MetricInfo, ...]] = ()
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    #: the evaluator reads the clean training labels (``Split.y_clean``), so it needs the dataset option
+    #: ``label_noise``; ``mixcli validate`` refuses it without one
+    needs_clean_labels: ClassVar[bool] = False
 
     def check(self, data: DataBundle) -> None:
         """Raise a PluginError if this evaluator cannot run on ``data``; called when a run starts, before
@@ -642,8 +668,20 @@ def to_device(a, device, dtype=None) -> torch.Tensor:
 
 
 def permutation(ctx: Context, n: int) -> torch.Tensor:
-    """A random permutation of ``n`` rows drawn from the method's seeded host generator, on the device."""
-    return to_device(ctx.rng.permutation(n), ctx.device)
+    """A random permutation of ``n`` rows drawn from the method's seeded host generator, on the device. It is
+    also recorded as this step's partners (``ctx.extra["partners"]``, see :func:`begin_step`)."""
+    perm = to_device(ctx.rng.permutation(n), ctx.device)
+    ctx.extra["partners"] = perm
+    return perm
+
+
+def begin_step(ctx: Context, batch: "Batch") -> None:
+    """What the training loops (the engine's step, ``Mixer``) record before a method's forward, for losses
+    that need more than the :class:`MixOutput` (``sumix``): ``ctx.extra["batch"]``, the clean batch, and
+    ``ctx.extra["partners"]`` cleared; :func:`permutation` and the mixup switch (``mixcli.mixing.switch``)
+    set the latter to the partner of each row (a method drawing partners otherwise leaves it unset)."""
+    ctx.extra["batch"] = batch
+    ctx.extra.pop("partners", None)
 
 
 def lam_tensor(lam, n: int, device) -> torch.Tensor:

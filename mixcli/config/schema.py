@@ -6,6 +6,9 @@ Top-level keys (defaults in brackets)::
     name: str                          experiment name (required)
     task: classification|regression    [classification]
     dataset: NAME or {name: NAME, <option>: value, ...}      (required; options from `mixcli list datasets`)
+                                       classification datasets also take label_noise: {kind:
+                                       symmetric|asymmetric|instance, rate: [0,1], seed: [0], ...}
+                                       (mixcli.data.noise), the training labels' synthetic noise
     model:   NAME or {name: NAME, ...}                        (required)
     method:  NAME or {name: NAME, off_after_epoch: T, ...}    [erm]; off_after_epoch switches mixing off
                                                               after epoch T (plain training from T+1 on)
@@ -62,6 +65,9 @@ RULES = ("final", "best", "median_last10")  # eval.selection (mixcli.results.sel
 TASKS = ("classification", "regression")
 DEFAULT_LOSS = {"classification": "soft_ce", "regression": "mse"}
 COMMON_METHOD_OPTIONS = {"off_after_epoch": None}
+#: options every classification dataset takes besides its own (mixcli.data.noise: the training labels'
+#: synthetic noise, e.g. {kind: symmetric, rate: 0.4, seed: 0}); in the run id only when given
+COMMON_DATASET_OPTIONS = {"label_noise": None}
 
 _REQUIRED = object()
 

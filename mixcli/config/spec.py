@@ -42,7 +42,7 @@ from ..registry import option_type_name as _type_name
 from ..registry import option_type_ok as _type_ok
 from . import init_from, yamlsafe
 from .loggers import parse_log
-from .schema import (COMMON_METHOD_OPTIONS, DEFAULT_LOSS, MAX_EPOCHS, MAX_JOBS, MAX_MODEL_SIZE, MAX_SEED,
+from .schema import (COMMON_DATASET_OPTIONS, COMMON_METHOD_OPTIONS, DEFAULT_LOSS, MAX_EPOCHS, MAX_JOBS, MAX_MODEL_SIZE, MAX_SEED,
                      PLUGIN_KINDS, SCHEMA, SHORTHAND, TASKS, Check)
 
 
@@ -213,7 +213,7 @@ class Validator:
             self.error(f"{key}.name" if f"{key}.name" in self.lines.lines else key, str(exc))
             return None
         opts = plugin_options(kind, cls)
-        common = COMMON_METHOD_OPTIONS if kind == "methods" else {}
+        common = {"methods": COMMON_METHOD_OPTIONS, "datasets": COMMON_DATASET_OPTIONS}.get(kind, {})
         resolved = {"name": value["name"]}
         for k, v in value.items():
             if k == "name":
@@ -244,6 +244,8 @@ class Validator:
             if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t < 0):
                 self.error(f"{key}.off_after_epoch", f"expected an integer >= 0 or null, got {t!r}")
             resolved["off_after_epoch"] = t
+        if kind == "datasets" and value.get("label_noise") is not None:
+            self.label_noise(key, cls, value, resolved)
         supported = getattr(cls, "tasks", None) or (getattr(cls, "task", None),)
         if kind in ("methods", "losses", "datasets", "evaluators") and task not in supported:
             self.error(key, f"{SINGULAR[kind]} '{value['name']}' supports task {', '.join(map(str, supported))}, "
@@ -258,6 +260,16 @@ class Validator:
             except Exception as exc:  # noqa: BLE001 - report any plugin complaint as a user error
                 self.error(key, f"{SINGULAR[kind]} '{value['name']}': {exc}")
         return resolved
+
+    def label_noise(self, key: str, cls: type, value: dict, resolved: dict) -> None:
+        """The common dataset option ``label_noise`` (:mod:`mixcli.data.noise`), completed with its defaults
+        in ``resolved`` (so it is part of the run id); an error for a regression dataset or a bad value."""
+        from ..data.noise import check_label_noise
+        try:
+            resolved["label_noise"] = check_label_noise(value["label_noise"], value["name"],
+                                                        getattr(cls, "task", "classification"))
+        except Exception as exc:  # noqa: BLE001 - a PluginError saying what is expected
+            self.error(f"{key}.label_noise", str(exc))
 
     def model_fit(self, dataset: dict, model: dict, method: dict) -> str | None:
         """Build the model on the meta device when the dataset knows its shape: bad model options, and method
@@ -278,6 +290,12 @@ class Validator:
             except Exception as exc:  # noqa: BLE001 - a plugin's complaint about the data's shape
                 self.error("method", f"method '{method['name']}': {exc}")
                 return fingerprint
+        if shape is not None and dataset.get("label_noise") is not None:
+            from ..data.noise import check_classes
+            try:  # asymmetric pairs defined for 10 / 100 classes
+                check_classes(dataset["label_noise"], int(shape[1]))
+            except Exception as exc:  # noqa: BLE001 - a PluginError saying what is expected
+                self.error("dataset.label_noise", str(exc))
         if shape is not None:
             problem = _model_problem(model, method, tuple(shape[0]), int(shape[1]),
                                      self.instances.get("methods"))
@@ -479,6 +497,14 @@ def resolve(doc: dict, lines: Lines) -> dict:
     cfg["train"] = v.section("train", SCHEMA["train"], doc.get("train"))
     cfg["eval"] = v.section("eval", SCHEMA["eval"], doc.get("eval"))
     check_extra(v, cfg["eval"], task)
+    extra = cfg["eval"].get("extra")
+    for i, spec in enumerate(extra if isinstance(extra, list) else []):  # e.g. label_noise's memorisation
+        cls = REGISTRY.get("evaluators", spec["name"])
+        raw = doc.get("dataset")
+        if getattr(cls, "needs_clean_labels", False) and not (isinstance(raw, dict) and raw.get("label_noise")):
+            v.error(f"eval.extra[{i}]", f"evaluator '{spec['name']}' compares the noisy training labels with the "
+                                        "clean ones; give the dataset a label_noise option, e.g. label_noise: "
+                                        "{kind: symmetric, rate: 0.4}")
     cfg["checkpoint"] = v.section("checkpoint", SCHEMA["checkpoint"], doc.get("checkpoint"))
     cfg["init_from"] = init_from.check_init_from(doc.get("init_from"), v.error)
     init_from.check_train(doc.get("train"), cfg["train"], v.error)

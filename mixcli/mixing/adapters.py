@@ -29,7 +29,7 @@ from ..api import Model, PluginError
 __all__ = ["adapt", "TimmAdapter", "ResNetAdapter", "ViTAdapter", "SequentialAdapter", "MODEL_NEEDS"]
 
 #: the :attr:`mixcli.api.Method.needs` that require a model with positions or hooks
-MODEL_NEEDS = frozenset({"stages", "class_activation", "class_attention"})
+MODEL_NEEDS = frozenset({"stages", "class_activation", "class_attention", "patch_tokens", "patch_attention"})
 
 _RESNET = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")
 _VIT = ("conv_proj", "class_token", "encoder", "heads", "_process_input")
@@ -249,6 +249,47 @@ def timm_class_attention(net: nn.Module, x: torch.Tensor, missing: str):
     return logits, a.view(a.shape[0], *grid)
 
 
+def _timm_attention_weights(net: nn.Module, x: torch.Tensor, missing: str):
+    """(logits, weights, prefix, grid): ``net(x)`` with the last block's attention run unfused, its softmaxed
+    weights (B, heads, T, T) read at ``attn_drop`` (detached), the number of prefix tokens and the patch grid."""
+    attn_mod = timm_last_attention(net)
+    grid = getattr(getattr(net, "patch_embed", None), "grid_size", None)
+    if attn_mod is None or grid is None:
+        raise PluginError(missing)
+    seen = []
+    fused = attn_mod.fused_attn
+    attn_mod.fused_attn = False
+    handle = attn_mod.attn_drop.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0]))
+    try:
+        logits = net(x)
+    finally:
+        handle.remove()
+        attn_mod.fused_attn = fused
+    return logits, seen[-1].detach(), int(getattr(net, "num_prefix_tokens", 0)), tuple(grid)
+
+
+def timm_patch_attention(net: nn.Module, x: torch.Tensor, missing: str):
+    """(logits, attention) of a timm ViT: the last block's attention from the patch tokens to each patch
+    token, mean over heads and query patches (prefix tokens left out), (B, Hp, Wp), detached (SMMix's
+    ``attn[:, :, 1:, 1:].mean(dim=(1, 2))``)."""
+    logits, w, prefix, grid = _timm_attention_weights(net, x, missing)
+    a = w[:, :, prefix:, prefix:].float().mean((1, 2))
+    return logits, a.view(a.shape[0], *grid)
+
+
+def timm_patch_tokens(net: nn.Module, x: torch.Tensor, missing: str):
+    """(logits, tokens) of a timm ViT: ``forward_features`` (which ends with the final norm), its patch tokens
+    (the prefix tokens dropped) as (B, Hp, Wp, D), and ``forward_head`` of the same features."""
+    grid = getattr(getattr(net, "patch_embed", None), "grid_size", None)
+    if grid is None or not hasattr(net, "num_prefix_tokens") or timm_last_attention(net) is None:
+        raise PluginError(missing)
+    h = net.forward_features(x)
+    if h.dim() != 3:
+        raise PluginError(missing)
+    tokens = h[:, int(net.num_prefix_tokens):]
+    return net.forward_head(h), tokens.reshape(h.shape[0], *grid, h.shape[-1])
+
+
 class TimmAdapter(_Wrapped):
     """A timm model addressed through timm's feature API, as the ``timm`` model plugin does."""
 
@@ -295,3 +336,13 @@ class TimmAdapter(_Wrapped):
         """(logits, attn) of a timm ViT with a class token (as the ``timm`` model plugin)."""
         return timm_class_attention(self.net, x, f"{type(self.net).__name__} has no class-token attention "
                                     "(TransMix needs a timm ViT with a class token)")
+
+    def patch_tokens(self, x: torch.Tensor):
+        """(logits, patch tokens) of a timm ViT (as the ``timm`` model plugin)."""
+        return timm_patch_tokens(self.net, x, f"{type(self.net).__name__} has no patch tokens (a timm ViT is "
+                                 "needed)")
+
+    def patch_attention(self, x: torch.Tensor):
+        """(logits, patch attention) of a timm ViT (as the ``timm`` model plugin)."""
+        return timm_patch_attention(self.net, x, f"{type(self.net).__name__} has no patch attention (a timm ViT "
+                                    "is needed)")

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..api import (Batch, Context, DataBundle, Loss, Method, MixOutput, PluginError, Split, mixed_regression_target,
-                   soft_cross_entropy, soft_targets)
+from ..api import (Batch, Context, DataBundle, Loss, Method, MixOutput, PluginError, Split, begin_step,
+                   mixed_regression_target, soft_cross_entropy, soft_targets)
 from .adapters import MODEL_NEEDS, adapt
 from .factory import create
 from .inputs import check_batch
@@ -280,6 +280,7 @@ class Mixer:
         self.ctx.device = self.device
         labels = torch.arange(x.shape[0], device=y.device) if soft else (
             y.long() if self.task == "classification" else y)
+        begin_step(self.ctx, Batch(x, labels, index))  # the clean batch for losses that need it (sumix)
         if self._mixing():
             out = self.method(self.model, Batch(x, labels, index), self.ctx)
         else:

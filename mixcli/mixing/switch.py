@@ -85,4 +85,5 @@ class MixCutSwitch:
             for full, part in zip(box, drawn):
                 full[cut] = part
         lam, cut = np.append(lam, 1.0)[unit], np.append(cut, False)[unit]
+        ctx.extra["partners"] = perm  # this step's partners (mixcli.api.begin_step)
         return perm, lam, cut, tuple(np.append(b, 0)[unit] for b in box)

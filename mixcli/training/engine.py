@@ -53,7 +53,7 @@ def pick_device(name: str) -> torch.device:
 
 def _plugin(kind: str, spec: dict, *args):
     cls = REGISTRY.get(kind, spec["name"])
-    opts = {k: v for k, v in spec.items() if k not in ("name", "off_after_epoch")}
+    opts = {k: v for k, v in spec.items() if k not in ("name", "off_after_epoch", "label_noise")}
     try:
         return cls(*args, **opts)
     except PluginError as exc:
@@ -218,7 +218,19 @@ def _load_data(cfg: dict) -> DataBundle:
     if data.task != cfg["task"]:
         raise MixcliError(f"dataset '{name}' is a {data.task} dataset but the experiment has task: {cfg['task']}")
     check_bundle(data, name)  # labels in range, sizes agree (one line)
-    return data
+    return _label_noise(data, cfg["dataset"])
+
+
+def _label_noise(data: DataBundle, dataset: dict) -> DataBundle:
+    """The dataset option ``label_noise`` (issue 25): the training labels corrupted, the clean ones kept as
+    ``data.train.y_clean`` (:mod:`mixcli.data.noise`); nothing changes without it."""
+    if dataset.get("label_noise") is None:
+        return data
+    from ..data.noise import apply_label_noise
+    try:
+        return apply_label_noise(data, dataset["label_noise"])
+    except PluginError as exc:
+        raise MixcliError(f"dataset '{dataset['name']}': label_noise: {exc}") from None
 
 
 def final_row(run: RunState) -> dict:

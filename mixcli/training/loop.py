@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..api import Context, MixOutput
+from ..api import Context, MixOutput, begin_step
 
 
 def autocast_for(device: torch.device, bf16: bool):
@@ -27,6 +27,7 @@ def train_step(model, method, loss_fn, batch, ctx: Context, opt, autocast) -> to
     """One optimizer step: the method's forward (plain training when ``method`` is None), its loss (or the
     loss the method set itself), backward, update. Returns the detached float32 loss (no host sync). The
     benchmarks time exactly this function."""
+    begin_step(ctx, batch)  # the clean batch for losses that need it (sumix)
     with autocast():
         out = method(model, batch, ctx) if method is not None else MixOutput.unmixed(model(batch.x), batch.y)
         loss = out.loss if out.loss is not None else loss_fn(out, ctx)

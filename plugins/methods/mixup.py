@@ -76,6 +76,7 @@ class Mixup(MixCutSwitch, Method):
         lam_t = lam_tensor(float(lam[0]) if self.mode == "batch" else lam, n, x.device)
         if self.partners == "dataset":  # the C-Mixup reference's partners: uniform over the training set
             x2, y2 = ctx.fetch(uniform_partners(ctx.rng, n, len(ctx.train), x.device))
+            ctx.extra.pop("partners", None)  # not batch rows: the switch's draw is not this step's pairing
             w = lam_t.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
             return MixOutput(model(w * x + (1 - w) * x2), batch.y, y2, lam_t, self.smoothing)
         perm = to_device(perm, x.device)

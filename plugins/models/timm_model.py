@@ -28,6 +28,7 @@ from torch import nn
 
 from mixcli.api import Model, PluginError
 from mixcli.mixing.adapters import timm_class_attention, timm_forward_from, timm_forward_to, timm_last_attention
+from mixcli.mixing.adapters import timm_patch_attention, timm_patch_tokens
 
 def _timm():
     if importlib.util.find_spec("timm") is None:
@@ -210,6 +211,19 @@ class TimmModel(Model):
 
     def _last_attention(self):
         return timm_last_attention(self.net)
+
+    def patch_tokens(self, x: torch.Tensor):
+        """(logits, tokens): see :meth:`mixcli.api.Model.patch_tokens`; the patch tokens of
+        ``forward_features`` (after the final norm), (B, Hp, Wp, D), and the logits of the same forward
+        (:func:`mixcli.mixing.adapters.timm_patch_tokens`)."""
+        return timm_patch_tokens(self.net, x, f"arch {self.arch} has no patch tokens (a timm ViT is needed, "
+                                 "e.g. vit_tiny_patch16_224 with img_size/patch_size)")
+
+    def patch_attention(self, x: torch.Tensor):
+        """(logits, attention): see :meth:`mixcli.api.Model.patch_attention`; read like
+        :meth:`class_attention` (:func:`mixcli.mixing.adapters.timm_patch_attention`)."""
+        return timm_patch_attention(self.net, x, f"arch {self.arch} has no patch attention (a timm ViT is "
+                                    "needed, e.g. vit_tiny_patch16_224 with img_size/patch_size)")
 
 
 class _Stages:
