@@ -3,7 +3,8 @@
 Submodules (imported when used): :mod:`~mixcli.mixing.boxes` (CutMix boxes), :mod:`~mixcli.mixing.partners`
 (mixing partners, C-Mixup), :mod:`~mixcli.mixing.switch` (timm's mixup / CutMix draw),
 :mod:`~mixcli.mixing.inputs` (probes and batch checks), :mod:`~mixcli.mixing.tokens` (patch grids, for the
-ViT mixers), :mod:`~mixcli.mixing.factory` (:func:`create`), :mod:`~mixcli.mixing.mixer` (:class:`Mixer`),
+ViT mixers), :mod:`~mixcli.mixing.learned` (the learned mixers' mask generators, momentum encoder and heads:
+automix, samix, adautomix), :mod:`~mixcli.mixing.factory` (:func:`create`), :mod:`~mixcli.mixing.mixer` (:class:`Mixer`),
 :mod:`~mixcli.mixing.transforms` (:class:`MixTransform`, the batch-transform form),
 :mod:`~mixcli.mixing.adapters` (:func:`adapt`: timm / torchvision models) and
 :mod:`~mixcli.mixing.lightning` (the Lightning callback; needs ``pip install "mixcli[lightning]"``).
