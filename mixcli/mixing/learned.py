@@ -254,6 +254,15 @@ def mixed_ce(logits: torch.Tensor, labels: Sequence[torch.Tensor], lams: Sequenc
     return soft_cross_entropy(logits, target)
 
 
+
+def copy_optimizer(run_opt: torch.optim.Optimizer, params) -> torch.optim.Optimizer:
+    """An optimizer of ``run_opt``'s class and settings for ``params`` (the settings its constructor takes:
+    e.g. AdamW's ``defaults`` hold a ``decoupled_weight_decay`` that ``AdamW()`` refuses)."""
+    import inspect
+
+    accepted = inspect.signature(type(run_opt).__init__).parameters
+    return type(run_opt)(params, **{k: v for k, v in run_opt.defaults.items() if k in accepted})
+
 class MomentumMixer(Method):
     """Base of the learned mixers: a mask generator (``self.block``) trained through a momentum copy f_k of the
     model, with OpenMixup's four heads, all in the method's state.
@@ -352,7 +361,7 @@ class MomentumMixer(Method):
             self.head_mix_k = copy.deepcopy(self.head_mix_q)
             for p in self.head_mix_k.parameters():
                 p.requires_grad_(False)
-            self.head_opt = type(run_opt)(self.head_mix_q.parameters(), **run_opt.defaults)
+            self.head_opt = copy_optimizer(run_opt, self.head_mix_q.parameters())
             self._head_pending = 0
             for p in self.head_mix_q.parameters():
                 p.register_post_accumulate_grad_hook(self._step_head)

@@ -7,19 +7,11 @@ from torch import nn
 
 from mixcli.api import (Batch, Context, Method, MixOutput, Model, PluginError, check_range, interpolate,
                         lam_tensor, to_device)
+from mixcli.mixing.learned import copy_optimizer
 from mixcli.mixing.tokens import hook_grid, meta_grid, smooth_one_hot, soft_ce_rows
 
 HEADS = ("separate", "shared")
 HOOKS = ("patch_attention", "patch_tokens")
-
-
-def copy_optimizer(run_opt: torch.optim.Optimizer, params) -> torch.optim.Optimizer:
-    """An optimizer of ``run_opt``'s class and settings for ``params`` (the settings its constructor takes:
-    e.g. AdamW's ``defaults`` hold a ``decoupled_weight_decay`` that ``AdamW()`` refuses)."""
-    import inspect
-
-    accepted = inspect.signature(type(run_opt).__init__).parameters
-    return type(run_opt)(params, **{k: v for k, v in run_opt.defaults.items() if k in accepted})
 
 
 def region_tokens(center: torch.Tensor, side: int, grid: int) -> torch.Tensor:

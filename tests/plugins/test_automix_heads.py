@@ -108,3 +108,18 @@ def test_automix_heads_without_automix_is_a_clear_error():
     data = _digits()
     with pytest.raises(MixcliError, match="evaluator 'automix_heads': .*use it with method: automix"):
         _run_eval(_fitted_linear(data), data, [{"name": "automix_heads"}])
+
+
+@pytest.mark.parametrize("name", ["AdamW", "Adam", "SGD"])
+def test_reference_heads_copy_any_run_optimizer(name):
+    """The mixed head's optimizer is the run's class with the run's settings; AdamW's ``defaults`` hold a
+    ``decoupled_weight_decay`` its constructor refuses, which once made automix fail with adamw."""
+    x8 = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8)
+    model = CNN((1, 8, 8), 4, width=4)
+    ctx = make_ctx(x8, torch.arange(8) % 4, 4, model=model)
+    opt = getattr(torch.optim, name)(model.parameters(), lr=0.003, weight_decay=0.05)
+    ctx.extra["optimizer"] = opt
+    m = AutoMix()
+    m.setup(ctx)
+    assert type(m.head_opt) is type(opt)
+    assert m.head_opt.defaults["lr"] == 0.003 and m.head_opt.defaults["weight_decay"] == 0.05
