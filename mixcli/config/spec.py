@@ -316,6 +316,9 @@ def _empty():
 _MODEL_CHECKS: dict[str, tuple[str, str] | None] = {}
 
 
+MODEL_HOOKS = frozenset({"class_activation", "class_attention", "patch_tokens", "patch_attention"})
+
+
 def _model_problem(model: dict, method: dict, in_shape: tuple, out_dim: int, method_obj) -> tuple | None:
     """(key, message) when ``model`` cannot be built for this data shape, or ``method`` does not fit it."""
     import torch
@@ -342,6 +345,10 @@ def _model_problem(model: dict, method: dict, in_shape: tuple, out_dim: int, met
         elif method_obj is not None:
             try:
                 method_obj.check_model(built, in_shape)
+                for hook in sorted(method_obj.requires() & MODEL_HOOKS):
+                    # a model without the hook refuses at once (Model's default); one that has it may not run
+                    # on meta tensors (then it is checked when the run starts)
+                    getattr(built, hook)(torch.empty((2, *in_shape), device="meta"))
             except PluginError as exc:
                 problem = ("method", f"method '{method['name']}' with model '{model['name']}': {exc}")
             except Exception:  # noqa: BLE001 - not checkable on the meta device; setup checks it at run time
