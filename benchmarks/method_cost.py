@@ -62,6 +62,9 @@ VARIANTS = [
     ("puzzlemix (no transport)", "puzzlemix", {"transport": False}, "soft_ce"),
     ("automix", "automix", {}, "soft_ce"),
     ("transmix (ViTs only)", "transmix", {}, "soft_ce"),
+    ("comixup", "comixup", {}, "soft_ce"),
+    ("guidedmixup (ap)", "guidedmixup", {"saliency": "ap", "mix_prob": 1.0}, "soft_ce"),
+    ("guidedmixup (sr)", "guidedmixup", {"saliency": "sr", "mix_prob": 1.0}, "soft_ce"),
 ]
 
 
