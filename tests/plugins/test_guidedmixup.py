@@ -262,3 +262,19 @@ def test_a_tiny_run_on_digits(cli, write, tmp_path, opts):
     import pandas as pd
     runs = pd.read_parquet(tmp_path / "r" / "runs")
     assert runs.iloc[0]["status"] == "finished" and 0 <= runs.iloc[0]["final_test_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("opts, syncs", [({"saliency": "ap"}, 1), ({"saliency": "sr", "pairing": "random"}, 0)])
+def test_host_reads_per_step(opts, syncs, tmp_path):
+    """The greedy pairing reads the (B, B) distances once per step; random pairing never reads the device."""
+    from mixcli.api import DataBundle, Split
+    from mixcli.training.hostsync import engine_steps
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.arange(64) % 10
+    data = DataBundle("classification", Split(x, y), Split(x[:16].clone(), y[:16].clone()), num_classes=10,
+                      mean=(0.3,), std=(0.3,), augment=True, pad=1, flip=True)
+    c = engine_steps("guidedmixup", {**opts, "mix_prob": 1.0}, data, torch.device("cpu"), batch_size=32,
+                     warmup=1, steps=3, artifacts_dir=tmp_path)
+    assert c.syncs == 3 * syncs, c.where()
