@@ -198,7 +198,7 @@ class CoMixup(Method):
     saliency forward ``2 clean_lam / K * CE(f(x), y)`` (its gradient is accumulated, as the reference's
     ``backward(retain_graph=True)``); ``criterion: soft_ce``: ``-sum y~ log softmax(f(x~))`` plus
     ``2 clean_lam CE`` (the same ratio to the mixed loss). The run's loss plugin is not used. ``y_a``/``y_b``/
-    ``lam`` of the output hold each row's two largest input shares (for a two-label view only).
+    ``lam`` of the output hold each row's two largest class shares (a two-label view, for train metrics only).
 
     Options and defaults (the CIFAR-100 command): ``alpha`` (2.0, the Dirichlet prior), ``m_block_num``
     (4; -1 draws 2, 4, 8 or 16 per step), ``m_part`` (20), ``m_beta`` (0.32), ``m_gamma`` (1.0),

@@ -323,6 +323,12 @@ def test_small_images_shrink_the_compatibility_window_instead_of_dividing_by_zer
     torch.testing.assert_close(mask.sum(-1), torch.ones(20, 4, 4))
 
 
+def test_a_last_partition_of_one_row_stays_itself():
+    masks = CoMixup(m_part=4).labeling(random_saliency(9, 8, 5), np.random.default_rng(0), 2)
+    assert [m.shape for m in masks] == [(4, 2, 2, 4), (4, 2, 2, 4), (1, 2, 2, 1)]
+    assert (masks[-1] == 1).all()
+
+
 def test_refusals_are_one_clear_line(cli, write, monkeypatch):
     with pytest.raises(PluginError, match="m_thres_type must be one of hard, soft"):
         CoMixup(m_thres_type="medium")
