@@ -246,8 +246,12 @@ class CoMixup(Method):
         return [s for s in (2, 4, 8, 16) if s <= width] if self.m_block_num == -1 else [self.m_block_num]
 
     def check_input(self, input_shape) -> None:
-        """Square images at least as large as the block grid (checked by ``validate``)."""
+        """Square images at least as large as the block grid, and gco-wrapper installed (checked by
+        ``validate``, so that it refuses what ``run`` would)."""
         super().check_input(input_shape)
+        if not have_gco():
+            raise PluginError('comixup needs the gco-wrapper package for its graph cuts: pip install '
+                              '"mixcli[puzzlemix]" (it has no substitute solver)')
         h, w = int(input_shape[-2]), int(input_shape[-1])
         if h != w:
             raise PluginError(f"comixup needs square images, got {h}x{w}")
@@ -260,9 +264,6 @@ class CoMixup(Method):
     def setup(self, ctx: Context) -> None:
         check_images(ctx, "comixup")
         self.check_input(tuple(ctx.train.x.shape[1:]))
-        if not have_gco():
-            raise PluginError('comixup needs the gco-wrapper package for its graph cuts: pip install '
-                              '"mixcli[puzzlemix]" (it has no substitute solver)')
 
     def labeling(self, sal: torch.Tensor, rng, n: int) -> torch.Tensor:
         """The block labeling (B, n, n, B-partition inputs) as a list of per-partition masks, from the

@@ -344,6 +344,15 @@ def test_refusals_are_one_clear_line(cli, write, monkeypatch):
     monkeypatch.setattr(cm, "have_gco", lambda: False)
     with pytest.raises(PluginError, match=r'comixup needs the gco-wrapper package.*pip install "mixcli\[puzzlemix\]"'):
         CoMixup().setup(make_ctx(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.arange(4), 4))
+    code, text = cli("validate", write("""\
+        name: nogco
+        dataset: {name: digits}
+        model: {name: cnn, width: 4}
+        method: comixup
+        seeds: [0]
+        """))
+    assert code == 2 and "comixup needs the gco-wrapper package" in text, text
+    monkeypatch.undo()
     for method, data, want in (
             ("{name: comixup, m_beta: -1}", "{name: digits}", "m_beta must be >= 0, got -1"),
             ("{name: comixup, m_block_num: 16}", "{name: digits}", "a 16x16 block grid needs images"),
