@@ -382,3 +382,20 @@ def test_a_tiny_run_on_digits(cli, write, tmp_path):
     import pandas as pd
     runs = pd.read_parquet(tmp_path / "r" / "runs")
     assert runs.iloc[0]["status"] == "finished" and 0 <= runs.iloc[0]["final_test_accuracy"] <= 1
+
+
+def test_the_graph_cuts_hold_the_gco_lock_shared_with_puzzlemix():
+    import threading
+
+    from mixcli.mixing.graphcut import GCO_LOCK
+    from mixcli_plugins.methods import puzzlemix
+
+    assert puzzlemix.GCO_LOCK is GCO_LOCK and cm.GCO_LOCK is GCO_LOCK
+    unary = np.random.default_rng(0).random((4, 4, 3)).astype(np.float32)
+    done = threading.Event()
+    with GCO_LOCK:
+        t = threading.Thread(target=lambda: (cm.graphcut(unary, 0.1), done.set()))
+        t.start()
+        assert not done.wait(0.5)  # the cut waits for the lock
+    t.join(10)
+    assert done.is_set()
