@@ -13,7 +13,7 @@ from mixcli.mixing.graphcut import GCO_LOCK, have_gco
 from mixcli.mixing.saliency import gradient_saliency
 
 THRES_TYPES = ("hard", "soft")
-CRITERIA = ("bce_softmax", "soft_ce")
+CRITERIA = ("soft_ce", "bce_softmax")
 #: the three two-input soft labels of the reference's multi-label extension (rows: soft label; columns: the
 #: three most used inputs, in index order); symmetric, so rows and columns may be read either way
 SOFT3 = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 0.5, 0.5]])
@@ -193,11 +193,13 @@ class CoMixup(Method):
     saliency per step); mixing and targets on the device. There is no substitute solver: without gco the
     method refuses to start (the multi-label Potts energy has no exact min-cut, unlike PuzzleMix's).
 
-    The loss (the targets mix up to m labels, so the method sets it): ``criterion: bce_softmax`` (default, the
-    reference's ``nn.BCELoss()(softmax(f(x~)), y~)``) plus, with ``clean_lam`` > 0, the clean term of the
-    saliency forward ``2 clean_lam / K * CE(f(x), y)`` (its gradient is accumulated, as the reference's
-    ``backward(retain_graph=True)``); ``criterion: soft_ce``: ``-sum y~ log softmax(f(x~))`` plus
-    ``2 clean_lam CE`` (the same ratio to the mixed loss). The run's loss plugin is not used. ``y_a``/``y_b``/
+    The loss (the targets mix up to m labels, so the method sets it): ``criterion: soft_ce`` (default, as
+    puzzlemix: the paper's ``l(f(x~), y~)`` as the mixed cross-entropy ``-sum y~ log softmax(f(x~))``) plus,
+    with ``clean_lam`` > 0, the clean term of the saliency forward ``2 clean_lam CE(f(x), y)``;
+    ``criterion: bce_softmax``: the reference's ``nn.BCELoss()(softmax(f(x~)), y~)`` plus its clean term
+    ``2 clean_lam / K * CE(f(x), y)`` (the same ratio to the mixed loss, which is about K times smaller
+    than the cross-entropy). The clean term's gradient is accumulated in the same backward, as the
+    reference's ``backward(retain_graph=True)``. The run's loss plugin is not used. ``y_a``/``y_b``/
     ``lam`` of the output hold each row's two largest class shares (a two-label view, for train metrics only).
 
     Options and defaults (the CIFAR-100 command): ``alpha`` (2.0, the Dirichlet prior), ``m_block_num``
@@ -219,7 +221,7 @@ class CoMixup(Method):
     def __init__(self, alpha: float = 2.0, m_block_num: int = 4, m_part: int = 20, m_beta: float = 0.32,
                  m_gamma: float = 1.0, m_thres: float = 0.83, m_thres_type: str = "hard", m_eta: float = 0.05,
                  m_omega: float = 0.001, set_resolve: bool = True, m_niter: int = 4, clean_lam: float = 1.0,
-                 criterion: str = "bce_softmax"):
+                 criterion: str = "soft_ce"):
         check_range("alpha", alpha, 0, low_open=True)
         if not (isinstance(m_block_num, int) and (m_block_num == -1 or m_block_num >= 1)):
             raise PluginError(f"m_block_num must be a grid side >= 1 or -1 (2, 4, 8 or 16 drawn per step), "

@@ -11,7 +11,7 @@ from mixcli.mixing.saliency import gaussian_blur, gradient_saliency, greedy_cycl
 
 SALIENCY = ("ap", "sr")
 PAIRINGS = ("greedy", "random")
-CRITERIA = ("bce_softmax", "soft_ce")
+CRITERIA = ("soft_ce", "bce_softmax")
 #: the reference's CIFAR-100 commands: --mix_prob 0.8 for Guided-AP, 0.5 for Guided-SR
 MIX_PROB = {"ap": 0.8, "sr": 0.5}
 
@@ -63,9 +63,11 @@ class GuidedMixup(Method):
     again in ``mixup_process``) and taken of the normalised inputs (``sr_blur: 7``; 0 blurs once);
     ``clean_lam`` > 0 (``saliency: ap`` only) adds ``2 clean_lam / K * CE(f(x), y)`` of the saliency forward to
     the loss (the reference's clean-input regularisation, used for Tiny-ImageNet). The loss:
-    ``criterion: bce_softmax`` (default, the reference's ``nn.BCELoss()(softmax(f(x~)), y~)``) or ``soft_ce``
-    (the run's loss plugin: the mixed cross-entropy; with ``clean_lam`` its term becomes ``2 clean_lam
-    CE``, the same ratio to the mixed loss).
+    ``criterion: soft_ce`` (default, as puzzlemix: the run's loss plugin, the mixed cross-entropy of the
+    paper's ``l(f(x~), y~)``; with ``clean_lam`` its clean term becomes ``2 clean_lam CE``, the same ratio
+    to the mixed loss) or ``bce_softmax`` (the reference's ``nn.BCELoss()(softmax(f(x~)), y~)``, about K
+    times smaller; it goes with the reference's own schedule: on digits with the 15-epoch recipe of
+    ``comix25_digits.yaml`` it gave 92.2 % test accuracy against 99.3 % for soft_ce, ``saliency: sr``, 2 seeds).
 
     Differences from the reference, as options: ``pairing: greedy`` is the paper's (and the FGVC code's)
     greedy cycle; the reference's CIFAR script, asked for ``--condition greedy``, calls ``pairing`` with
@@ -84,7 +86,7 @@ class GuidedMixup(Method):
 
     def __init__(self, saliency: str = "ap", pairing: str = "greedy", mix_prob: float | None = None,
                  blur: int = 7, blur_sigma: float = 3.0, sr_blur: int = 7, clean_lam: float = 0.0,
-                 saliency_train: bool = True, criterion: str = "bce_softmax"):
+                 saliency_train: bool = True, criterion: str = "soft_ce"):
         if saliency not in SALIENCY:
             raise PluginError(f"saliency must be one of {', '.join(SALIENCY)} (gradient / spectral residual), "
                               f"got {saliency!r}")

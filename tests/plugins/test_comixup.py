@@ -271,7 +271,7 @@ def test_a_training_step_gives_the_references_gradients_clean_loss_included():
     model = CNN((3, 16, 16), k, width=4)
     ref_model = copy.deepcopy(model)
     x8 = torch.zeros(b, 3, 16, 16, dtype=torch.uint8)
-    m = CoMixup()
+    m = CoMixup(criterion="bce_softmax")
     ctx = make_ctx(x8, y, k, model=model, seed=5)
     m.setup(ctx)
     out = m(model, Batch(x, y, torch.arange(b)), ctx)
@@ -291,7 +291,7 @@ def test_soft_ce_and_no_clean_loss():
     b, k = 20, 4
     x, y = torch.randn(b, 1, 16, 16), torch.arange(b) % k
     model = CNN((1, 16, 16), k, width=4)
-    m = CoMixup(criterion="soft_ce", clean_lam=0.0)
+    m = CoMixup(clean_lam=0.0)  # soft_ce by default
     ctx = make_ctx(torch.zeros(b, 1, 16, 16, dtype=torch.uint8), y, k, model=model)
     m.setup(ctx)
     before = copy.deepcopy(model)  # (the mixed forward updates BatchNorm's statistics)

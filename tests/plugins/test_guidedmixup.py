@@ -159,7 +159,7 @@ def test_ap_step_equals_the_reference(c):
     x, y = torch.randn(b, c, 16, 16), torch.arange(b) % k
     model = CNN((c, 16, 16), k, width=4)
     ref_model = copy.deepcopy(model)
-    out, seen = capture_step(GuidedMixup(mix_prob=1.0), model, x, y, k)
+    out, seen = capture_step(GuidedMixup(mix_prob=1.0, criterion="bce_softmax"), model, x, y, k)
     sal, _ = ref_ap_saliency(ref_model, x, y, k)
     want_x, want_t, idx = ref_guided_mix(x, F.one_hot(y, k).float(), sal)
     torch.testing.assert_close(seen[-1], want_x, rtol=1e-5, atol=1e-6)
@@ -175,7 +175,7 @@ def test_sr_step_equals_the_reference():
     torch.manual_seed(3)
     b, k = 10, 5
     x, y = torch.randn(b, 3, 32, 32), torch.arange(b) % k
-    out, seen = capture_step(GuidedMixup(saliency="sr", mix_prob=1.0, criterion="soft_ce"), Capture(k), x, y, k)
+    out, seen = capture_step(GuidedMixup(saliency="sr", mix_prob=1.0), Capture(k), x, y, k)
     assert out.loss is None  # soft_ce: the run's loss plugin
     sal = RefSpectralResidual().transform_spectral_residual(x)
     want_x, want_t, idx = ref_guided_mix(x, F.one_hot(y, k).float(), sal)
@@ -184,19 +184,25 @@ def test_sr_step_equals_the_reference():
     assert ((out.lam > 0) & (out.lam < 1)).all()
 
 
-def test_clean_loss_gives_the_references_gradients():
+@pytest.mark.parametrize("criterion", ["bce_softmax", "soft_ce"])
+def test_clean_loss_gives_the_references_gradients(criterion):
+    """bce_softmax: the reference's step exactly; soft_ce: the cross-entropy with the clean term scaled by K
+    (2 clean_lam CE, the same ratio to the mixed loss)."""
     torch.manual_seed(4)
     b, k = 12, 4
     x, y = torch.randn(b, 3, 16, 16), torch.arange(b) % k
     model = CNN((3, 16, 16), k, width=4)
     ref_model = copy.deepcopy(model)
-    out, _ = capture_step(GuidedMixup(mix_prob=1.0, clean_lam=1.0), model, x, y, k)
+    out, _ = capture_step(GuidedMixup(mix_prob=1.0, clean_lam=0.5, criterion=criterion), model, x, y, k)
     model.zero_grad()
     out.loss.backward()
     ref_model.zero_grad()
-    sal, clean = ref_ap_saliency(ref_model, x, y, k, clean_lam=1.0)
+    sal, clean = ref_ap_saliency(ref_model, x, y, k, clean_lam=0.5)
     want_x, want_t, _ = ref_guided_mix(x, F.one_hot(y, k).float(), sal)
-    loss = nn.BCELoss()(torch.softmax(ref_model(want_x), 1), want_t)
+    if criterion == "bce_softmax":
+        loss = nn.BCELoss()(torch.softmax(ref_model(want_x), 1), want_t)
+    else:
+        loss = -(want_t * F.log_softmax(ref_model(want_x), 1)).sum(1).mean() + (k - 1) * clean
     loss.backward()
     torch.testing.assert_close(out.loss.detach(), (loss + clean).detach(), rtol=1e-5, atol=1e-6)
     for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
