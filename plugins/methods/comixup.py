@@ -13,6 +13,7 @@ from mixcli.mixing.graphcut import GCO_LOCK, have_gco
 from mixcli.mixing.saliency import gradient_saliency
 
 THRES_TYPES = ("hard", "soft")
+THRES_FORMS = ("reference", "elementwise")
 CRITERIA = ("soft_ce", "bce_softmax")
 #: the three two-input soft labels of the reference's multi-label extension (rows: soft label; columns: the
 #: three most used inputs, in index order); symmetric, so rows and columns may be read either way
@@ -108,9 +109,29 @@ def update_output(cost: torch.Tensor, counts: torch.Tensor, beta: float, iterati
     return onehot(torch.from_numpy(np.asarray(labels)), n).reshape(h, w, n)
 
 
+def modular_penalty(compat: torch.Tensor, p: torch.Tensor, gamma: float, thres: float, thres_type: str = "hard",
+                    form: str = "reference") -> torch.Tensor:
+    """The modular approximation of the diversity term at the other outputs' per-input counts ``p`` (m,),
+    one cost per input. With ``q = A p`` (the compatibility-weighted counts):
+
+    - ``hard``, ``form: reference``: the official ``(A @ p > thres).float() * A @ p``, which Python reads
+      as ``((q > tau) * A) @ p``, i.e. ``sum_j [q_j > tau] A_ij p_j`` (the threshold masks A's columns);
+    - ``hard``, ``form: elementwise``: ``[q_i > tau] q_i`` (the threshold on each input's own weighted count;
+      equal to the reference when A = I, i.e. ``m_omega: 0``);
+    - ``soft``: ``[q_i > tau] (q_i - tau)`` (both forms).
+
+    Each times ``2 gamma``."""
+    q = compat @ p
+    if thres_type == "soft":
+        return 2 * gamma * ((q > thres).float() * (q - thres))
+    if form == "reference":
+        return 2 * gamma * (((q > thres).float() * compat) @ p)
+    return 2 * gamma * ((q > thres).float() * q)
+
+
 def comix_labeling(cost: torch.Tensor, compat: torch.Tensor, prior: np.ndarray, init: np.ndarray, beta: float,
                    gamma: float, eta: float, thres: float, thres_type: str = "hard", set_resolve: bool = True,
-                   niter: int = 4) -> torch.Tensor:
+                   niter: int = 4, thres_form: str = "reference") -> torch.Tensor:
     """The reference's ``get_onehot_matrix``: the labeling (m', h, w, m) of m' = m outputs over the m inputs.
 
     ``cost`` (m, h, w): the negative normalised block saliency; ``compat`` (m, m): A = (1 - omega) I +
@@ -130,16 +151,8 @@ def comix_labeling(cost: torch.Tensor, compat: torch.Tensor, prior: np.ndarray, 
         for i in range(n_out):
             counts = mask[i].reshape(h * w, m).sum(0)
             penalty = penalty - counts.reshape(-1, 1, 1)
-            p = penalty.reshape(-1)
-            ap = compat @ p
-            if thres_type == "hard":
-                # the reference's ``(A @ p > thres).float() * A @ p``, which Python reads as
-                # ``((A @ p > thres) * A) @ p``: each other output's count is weighted by A once, masked by the
-                # threshold of the weighted count of its column's input
-                modular = (2 * gamma * (((ap > thres).float() * compat) @ p)).reshape(-1, 1, 1)
-            else:
-                modular = (2 * gamma * ((ap > thres).float() * (ap - thres))).reshape(-1, 1, 1)
-            c = cost + modular
+            modular = modular_penalty(compat, penalty.reshape(-1), gamma, thres, thres_type, thres_form)
+            c = cost + modular.reshape(-1, 1, 1)
             if add_cost is not None:
                 c = c + gamma * add_cost[i].reshape(-1, 1, 1)
             mask[i] = update_output(c.permute(1, 2, 0).contiguous(), counts, beta, it)
@@ -206,7 +219,8 @@ class CoMixup(Method):
     (4; -1 draws 2, 4, 8 or 16 per step), ``m_part`` (20), ``m_beta`` (0.32), ``m_gamma`` (1.0),
     ``m_thres`` (0.83), ``m_thres_type`` (hard), ``m_eta`` (0.05), ``m_omega`` (0.001), ``set_resolve``
     (true), ``m_niter`` (4), ``clean_lam`` (1.0). Reference behaviour kept: the hard threshold's operator
-    precedence (see :func:`comix_labeling`). Differences: the compatibility window shrinks to the image side
+    precedence (``m_thres_form: reference``; ``elementwise`` thresholds each input's own weighted count:
+    :func:`modular_penalty`). Differences: the compatibility window shrinks to the image side
     on images smaller than 8x8, and ``A_dist`` is taken as 0 when all its distances are 0 (the reference
     divides by 0 there); batches that are not a multiple of ``m_part`` end with a smaller partition (the
     reference's ``mixup_process`` does the same; its ``main.py`` reshapes by the configured batch size).
@@ -221,7 +235,7 @@ class CoMixup(Method):
     def __init__(self, alpha: float = 2.0, m_block_num: int = 4, m_part: int = 20, m_beta: float = 0.32,
                  m_gamma: float = 1.0, m_thres: float = 0.83, m_thres_type: str = "hard", m_eta: float = 0.05,
                  m_omega: float = 0.001, set_resolve: bool = True, m_niter: int = 4, clean_lam: float = 1.0,
-                 criterion: str = "soft_ce"):
+                 criterion: str = "soft_ce", m_thres_form: str = "reference"):
         check_range("alpha", alpha, 0, low_open=True)
         if not (isinstance(m_block_num, int) and (m_block_num == -1 or m_block_num >= 1)):
             raise PluginError(f"m_block_num must be a grid side >= 1 or -1 (2, 4, 8 or 16 drawn per step), "
@@ -236,6 +250,9 @@ class CoMixup(Method):
         if not (isinstance(m_niter, int) and m_niter >= 1):
             raise PluginError(f"m_niter must be an integer >= 1, got {m_niter}")
         check_range("clean_lam", clean_lam, 0)
+        if m_thres_form not in THRES_FORMS:
+            raise PluginError(f"m_thres_form must be one of {', '.join(THRES_FORMS)}, got {m_thres_form!r}")
+        self.m_thres_form = m_thres_form
         if criterion not in CRITERIA:
             raise PluginError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
         self.alpha, self.m_block_num, self.m_part = float(alpha), m_block_num, m_part
@@ -291,7 +308,7 @@ class CoMixup(Method):
             init = rng.integers(0, m, (m, cost.shape[2], cost.shape[1]))
             masks.append(comix_labeling(cost, compat, prior, init, self.m_beta / hw, self.m_gamma / hw,
                                         self.m_eta / hw, self.m_thres * hw, self.m_thres_type,
-                                        self.set_resolve, self.m_niter))
+                                        self.set_resolve, self.m_niter, self.m_thres_form))
         return masks
 
     def __call__(self, model: Model, batch: Batch, ctx: Context) -> MixOutput:

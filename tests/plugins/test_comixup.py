@@ -323,6 +323,23 @@ def test_small_images_shrink_the_compatibility_window_instead_of_dividing_by_zer
     torch.testing.assert_close(mask.sum(-1), torch.ones(20, 4, 4))
 
 
+def test_the_threshold_forms():
+    g = torch.Generator().manual_seed(0)
+    p = torch.randint(0, 20, (6,), generator=g).float()
+    a = 0.6 * torch.eye(6) + 0.4 * torch.rand(6, 6, generator=g)
+    q = a @ p
+    ref = ((q > 18).float() * a) @ p  # the official expression, as Python parses it (2 gamma = 1)
+    torch.testing.assert_close(cm.modular_penalty(a, p, 0.5, 18.0, "hard"), ref)
+    torch.testing.assert_close(cm.modular_penalty(a, p, 0.5, 18.0, "hard", "elementwise"), (q > 18).float() * q)
+    torch.testing.assert_close(cm.modular_penalty(a, p, 0.5, 18.0, "soft"), (q > 18).float() * (q - 18))
+    eye = torch.eye(6)  # with m_omega 0 the two forms agree
+    torch.testing.assert_close(cm.modular_penalty(eye, p, 0.5, 18.0, "hard"),
+                               cm.modular_penalty(eye, p, 0.5, 18.0, "hard", "elementwise"))
+    assert 0 < int((q > 18).sum()) < 6 and not torch.equal(ref, (q > 18).float() * q)
+    with pytest.raises(PluginError, match="m_thres_form must be one of reference, elementwise"):
+        CoMixup(m_thres_form="paper")
+
+
 def test_a_last_partition_of_one_row_stays_itself():
     masks = CoMixup(m_part=4).labeling(random_saliency(9, 8, 5), np.random.default_rng(0), 2)
     assert [m.shape for m in masks] == [(4, 2, 2, 4), (4, 2, 2, 4), (1, 2, 2, 1)]
