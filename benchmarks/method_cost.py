@@ -76,6 +76,9 @@ VARIANTS = [
     ("samix", "samix", {}, "soft_ce"),
     ("adautomix (3 images)", "adautomix", {}, "soft_ce"),
     ("adautomix (2 images)", "adautomix", {"mix_samples": 2}, "soft_ce"),
+    ("comixup", "comixup", {}, "soft_ce"),
+    ("guidedmixup (ap)", "guidedmixup", {"saliency": "ap", "mix_prob": 1.0}, "soft_ce"),
+    ("guidedmixup (sr)", "guidedmixup", {"saliency": "sr", "mix_prob": 1.0}, "soft_ce"),
 ]
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 from mixcli.api import (Batch, Context, Method, MixOutput, Model, PluginError, check_range, lam_tensor, permutation,
                         soft_targets, to_device)
 from mixcli.mixing.boxes import check_images
+from mixcli.mixing.graphcut import GCO_LOCK as _GCO_LOCK
 
 SOLVERS = ("auto", "gco", "exact")
 CRITERIA = ("soft_ce", "bce_softmax")
@@ -23,11 +23,9 @@ def bce_of_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     over all B x K entries with ``p = softmax(z)`` and each log clamped at -100."""
     return F.binary_cross_entropy(torch.softmax(logits.float(), dim=1), target)
 
-#: gco-wrapper keeps every graph in one global ``std::map`` (handle -> instance) that each of its C calls
-#: reads and that creating / destroying a graph writes, with no lock; ctypes releases the GIL, so two
-#: threads cutting at once corrupt the map and the heap (``free(): invalid pointer``, "Invalid instance
-#: handle", segfaults). Every gco call therefore holds this lock (tests/test_gco_threads.py).
-GCO_LOCK = threading.Lock()
+#: gco is not thread-safe: every gco call holds this lock, shared with every other graph-cut method
+#: (mixcli.mixing.graphcut; tests/plugins/test_gco_threads.py)
+GCO_LOCK = _GCO_LOCK
 
 
 def input_saliency(model: Model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
