@@ -206,10 +206,11 @@ class CoMixup(Method):
     saliency per step); mixing and targets on the device. There is no substitute solver: without gco the
     method refuses to start (the multi-label Potts energy has no exact min-cut, unlike PuzzleMix's).
 
-    The loss (the targets mix up to m labels, so the method sets it): ``criterion: soft_ce`` (default, as
+    The loss (the targets mix up to m labels, so the method sets it): ``criterion: bce_softmax`` (default, the
+    official code, whose published numbers come from it; described below) or ``criterion: soft_ce`` (as
     puzzlemix: the paper's ``l(f(x~), y~)`` as the mixed cross-entropy ``-sum y~ log softmax(f(x~))``) plus,
     with ``clean_lam`` > 0, the clean term of the saliency forward ``2 clean_lam CE(f(x), y)``;
-    ``criterion: bce_softmax``: the reference's ``nn.BCELoss()(softmax(f(x~)), y~)`` plus its clean term
+    ``bce_softmax`` is the reference's ``nn.BCELoss()(softmax(f(x~)), y~)`` plus its clean term
     ``2 clean_lam / K * CE(f(x), y)`` (the same ratio to the mixed loss, which is about K times smaller
     than the cross-entropy). The clean term's gradient is accumulated in the same backward, as the
     reference's ``backward(retain_graph=True)``. The run's loss plugin is not used. ``y_a``/``y_b``/
@@ -235,7 +236,7 @@ class CoMixup(Method):
     def __init__(self, alpha: float = 2.0, m_block_num: int = 4, m_part: int = 20, m_beta: float = 0.32,
                  m_gamma: float = 1.0, m_thres: float = 0.83, m_thres_type: str = "hard", m_eta: float = 0.05,
                  m_omega: float = 0.001, set_resolve: bool = True, m_niter: int = 4, clean_lam: float = 1.0,
-                 criterion: str = "soft_ce", m_thres_form: str = "reference"):
+                 criterion: str = "bce_softmax", m_thres_form: str = "reference"):
         check_range("alpha", alpha, 0, low_open=True)
         if not (isinstance(m_block_num, int) and (m_block_num == -1 or m_block_num >= 1)):
             raise PluginError(f"m_block_num must be a grid side >= 1 or -1 (2, 4, 8 or 16 drawn per step), "

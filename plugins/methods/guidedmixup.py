@@ -63,11 +63,12 @@ class GuidedMixup(Method):
     again in ``mixup_process``) and taken of the normalised inputs (``sr_blur: 7``; 0 blurs once);
     ``clean_lam`` > 0 (``saliency: ap`` only) adds ``2 clean_lam / K * CE(f(x), y)`` of the saliency forward to
     the loss (the reference's clean-input regularisation, used for Tiny-ImageNet). The loss:
-    ``criterion: soft_ce`` (default, as puzzlemix: the run's loss plugin, the mixed cross-entropy of the
+    ``criterion: bce_softmax`` (default: the official code, whose numbers come from it; see below) or
+    ``soft_ce`` (as puzzlemix: the run's loss plugin, the mixed cross-entropy of the
     paper's ``l(f(x~), y~)``; with ``clean_lam`` its clean term becomes ``2 clean_lam CE``, the same ratio
-    to the mixed loss) or ``bce_softmax`` (the reference's ``nn.BCELoss()(softmax(f(x~)), y~)``, about K
-    times smaller; it goes with the reference's own schedule: on digits with the 15-epoch recipe of
-    ``comix25_digits.yaml`` it gave 92.2 % test accuracy against 99.3 % for soft_ce, ``saliency: sr``, 2 seeds).
+    to the mixed loss); ``bce_softmax`` is the reference's ``nn.BCELoss()(softmax(f(x~)), y~)``, about K
+    times smaller; it goes with the reference's own schedule: on digits with a 15-epoch recipe it gave 92.2 % test
+    accuracy against 99.3 % for soft_ce, ``saliency: sr``, 2 seeds, so the CPU digits file sets soft_ce).
 
     Differences from the reference, as options: ``pairing: greedy`` is the paper's (and the FGVC code's)
     greedy cycle; the reference's CIFAR script, asked for ``--condition greedy``, calls ``pairing`` with
@@ -86,7 +87,7 @@ class GuidedMixup(Method):
 
     def __init__(self, saliency: str = "ap", pairing: str = "greedy", mix_prob: float | None = None,
                  blur: int = 7, blur_sigma: float = 3.0, sr_blur: int = 7, clean_lam: float = 0.0,
-                 saliency_train: bool = True, criterion: str = "soft_ce"):
+                 saliency_train: bool = True, criterion: str = "bce_softmax"):
         if saliency not in SALIENCY:
             raise PluginError(f"saliency must be one of {', '.join(SALIENCY)} (gradient / spectral residual), "
                               f"got {saliency!r}")

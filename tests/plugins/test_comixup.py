@@ -291,7 +291,7 @@ def test_soft_ce_and_no_clean_loss():
     b, k = 20, 4
     x, y = torch.randn(b, 1, 16, 16), torch.arange(b) % k
     model = CNN((1, 16, 16), k, width=4)
-    m = CoMixup(clean_lam=0.0)  # soft_ce by default
+    m = CoMixup(clean_lam=0.0, criterion="soft_ce")
     ctx = make_ctx(torch.zeros(b, 1, 16, 16, dtype=torch.uint8), y, k, model=model)
     m.setup(ctx)
     before = copy.deepcopy(model)  # (the mixed forward updates BatchNorm's statistics)

@@ -175,7 +175,7 @@ def test_sr_step_equals_the_reference():
     torch.manual_seed(3)
     b, k = 10, 5
     x, y = torch.randn(b, 3, 32, 32), torch.arange(b) % k
-    out, seen = capture_step(GuidedMixup(saliency="sr", mix_prob=1.0), Capture(k), x, y, k)
+    out, seen = capture_step(GuidedMixup(saliency="sr", mix_prob=1.0, criterion="soft_ce"), Capture(k), x, y, k)
     assert out.loss is None  # soft_ce: the run's loss plugin
     sal = RefSpectralResidual().transform_spectral_residual(x)
     want_x, want_t, idx = ref_guided_mix(x, F.one_hot(y, k).float(), sal)
@@ -284,3 +284,10 @@ def test_host_reads_per_step(opts, syncs, tmp_path):
     c = engine_steps("guidedmixup", {**opts, "mix_prob": 1.0}, data, torch.device("cpu"), batch_size=32,
                      warmup=1, steps=3, artifacts_dir=tmp_path)
     assert c.syncs == 3 * syncs, c.where()
+
+
+def test_the_default_criterion_is_the_official_codes():
+    """Both follow their official code by default (the BCE of the softmax); soft_ce is the option."""
+    from mixcli_plugins.methods.comixup import CoMixup
+
+    assert GuidedMixup().criterion == "bce_softmax" and CoMixup().criterion == "bce_softmax"
