@@ -244,7 +244,7 @@ def status(
             if j.get("stalled_s") is not None:
                 who = f"holder stalled for {j['stalled_s']:.0f} s ({who})"
             r.add_row(*(escape(clean_text(str(v))) for v in (j["run_id"], j["label"], who, hb,
-                                                               f"{j['epoch']}/{j['epochs']}")))
+                                                               f"{j['epoch']}/{j['epochs'] or '?'}")))
         console.print(r)
         for j in st.running:
             if j.get("stalled_s") is not None:

@@ -223,7 +223,7 @@ class LogDisplay(_Base):
 
     def submitted(self, job) -> None:
         super().submitted(job)
-        self._line(f"  \[{self.numbers[job.run_id]}/{self.n}] start {job.run_id}  {escape(short_label(job))}")
+        self._line(f"  \\[{self.numbers[job.run_id]}/{self.n}] start {job.run_id}  {escape(short_label(job))}")
 
     def _epoch(self, job, j) -> None:
         self._line(f"  \\[{j['k']}/{self.n}] {job.run_id}  {j['info']}")

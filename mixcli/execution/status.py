@@ -21,7 +21,7 @@ from ..config.jobs import name_jobs, titles
 from ..errors import MixcliError
 from ..results.store import clean_text, read_table
 from .claims import MAX_COUNT, heartbeat_age, holder, stalled_for
-from .placement import short
+from .placement import COLUMNS, short
 
 ORDER = ("finished", "running", "interrupted", "failed", "pending")
 
@@ -77,7 +77,7 @@ def sweep_status(outs: list[Path], expected: dict[str, tuple[Path, str]] | None 
                                                    if isinstance(cfg.get("train"), dict) else None)
                 done = min(h.get("epoch") or 0, epochs or MAX_COUNT)
                 stall = stalled_for(h)
-                st.running.append({"run_id": rid, "label": label, "holder": f"{h.get('host')}:{h.get('pid')}",
+                st.running.append({"run_id": rid, "label": label, "holder": _who(h),
                                    "where": short(h), "heartbeat_s": heartbeat_age(h), "stalled_s": stall,
                                    "epoch": done, "epochs": epochs})
                 if stall is not None:
@@ -106,6 +106,11 @@ def sweep_status(outs: list[Path], expected: dict[str, tuple[Path, str]] | None 
 
 
 MAX_CONFIG = 1 << 20  # a config column longer than this is not parsed (crafted)
+
+
+def _who(info: dict) -> str:
+    pid = info.get("pid")
+    return f"{info.get('host') or '?'}:{'?' if pid is None else pid}"
 
 
 def _number(v) -> bool:
@@ -153,7 +158,8 @@ def _checked_row(r: dict) -> tuple[dict, str | None]:
     epochs = r.get("epochs")
     if epochs is not None and epochs == epochs and not _number(epochs):
         problems.append("epochs is not a number")
-    row = {**r, "run_id": rid, "status": status, "error": error, "wall_time_s": wall, "_config": cfg}
+    where = {k: clean_text(r[k]) if isinstance(r.get(k), str) else "" for k in COLUMNS}  # (NaN: no such column)
+    row = {**r, **where, "run_id": rid, "status": status, "error": error, "wall_time_s": wall, "_config": cfg}
     return row, "; ".join(problems) or None
 
 
