@@ -149,7 +149,7 @@ def test_deleting_the_claims_folder_while_a_run_trains_does_not_train_it_twice(w
     """`rm -rf OUT/claims` while A trains, then a second `mixcli run` B: A puts its lock back, B waits and
     finds the run finished (one training, attempts 1, the epochs once)."""
     install_faulty(tmp_path / "plug", monkeypatch)
-    exp, out = write(SLOW), tmp_path / "out"
+    exp, out = write(SLOW.replace("epochs: 8", "epochs: 25")), tmp_path / "out"
     cmd = mixcli("run", exp, "--out", out, "--device", "cpu")
     a = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for(lambda: list((out / "epochs").glob("*.parquet")))
@@ -157,9 +157,11 @@ def test_deleting_the_claims_folder_while_a_run_trains_does_not_train_it_twice(w
     b = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log_a, log_b = a.communicate(timeout=240)[0], b.communicate(timeout=240)[0]
     assert a.returncode == 0 and b.returncode == 0, log_a + log_b
+    flat = " ".join(log_b.split())
     assert "✓" in log_a and "✓" not in log_b, log_b
-    assert "1 run(s) were trained by another mixcli process" in log_b
-    _trained_once(out)
+    assert f"held by {socket.gethostname()}:" in flat and "waiting for it" in flat, flat  # B waited for A
+    assert "1 run(s) were trained by another mixcli process" in flat, flat
+    _trained_once(out, 25)
 
 
 def test_a_process_that_claims_a_run_after_its_claims_folder_went_gives_it_up(write, tmp_path, monkeypatch):
