@@ -89,7 +89,8 @@ class _Base:
         """This process waits for ``job``, which the live process ``info`` (its holder file) trains."""
         from ..results.store import clean_text
 
-        who = escape(clean_text(f"{info.get('host')}:{info.get('pid')}"))
+        pid = info.get("pid")
+        who = escape(clean_text(f"{info.get('host') or '?'}:{'?' if pid is None else pid}"))
         bound = f", at most {timeout:g} s (--wait-timeout)" if timeout is not None else ""
         if stalled_s is not None:
             self._line(f"  [yellow]{job.run_id}: holder stalled for {stalled_s:.0f} s ({who}): no heartbeat, it "

@@ -135,7 +135,7 @@ class Scheduler:
             elif self.wait_timeout is not None and now - self.wait_since[rid] >= self.wait_timeout:
                 del self.waiting[rid]
                 stalled = stalled_for(info)
-                who = f"{info.get('host')}:{info.get('pid')}"
+                who = f"{info.get('host') or '?'}:{'?' if info.get('pid') is None else info['pid']}"
                 state = f"stalled for {stalled:.0f} s" if stalled is not None else "alive"
                 self.done(rid, Outcome(rid, LEFT, error=f"left to its holder {who} ({state}) after waiting "
                                        f"{now - self.wait_since[rid]:.0f} s (--wait-timeout {self.wait_timeout:g})"))

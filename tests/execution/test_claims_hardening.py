@@ -138,6 +138,18 @@ def _wait_for(cond, timeout: float = 120.0) -> None:
     assert cond()
 
 
+def rm_rf(path: Path) -> None:
+    """`rm -rf path`, as a cleanup script does it (again when a holder wrote into it meanwhile)."""
+    for _ in range(20):
+        try:
+            shutil.rmtree(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            continue  # "directory not empty": a file appeared while it was emptied
+
+
 def _trained_once(out: Path, epochs: int = 8) -> None:
     runs = pd.read_parquet(out / "runs")
     assert len(runs) == 1 and runs.iloc[0]["status"] == "finished", runs.T
@@ -153,7 +165,7 @@ def test_deleting_the_claims_folder_while_a_run_trains_does_not_train_it_twice(w
     cmd = mixcli("run", exp, "--out", out, "--device", "cpu")
     a = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for(lambda: list((out / "epochs").glob("*.parquet")))
-    shutil.rmtree(out / "claims")
+    rm_rf(out / "claims")
     b = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log_a, log_b = a.communicate(timeout=240)[0], b.communicate(timeout=240)[0]
     assert a.returncode == 0 and b.returncode == 0, log_a + log_b
@@ -191,7 +203,7 @@ def test_a_process_that_claims_a_run_after_its_claims_folder_went_gives_it_up(wr
         assert f":{worker}, which took it first" in b.lost
         b.release()
         assert holder(out, rid)["pid"] == worker  # B left A's holder file alone
-        shutil.rmtree(out / "claims")
+        rm_rf(out / "claims")
         c = Claim(out, rid)
         assert not c.acquire()
         log = a.communicate(timeout=240)[0]
@@ -224,6 +236,26 @@ def test_a_damaged_claims_folder_is_one_line_and_finished_runs_stay(cli, write, 
     assert code == 2 and "Traceback" not in text and "not a plain file" in text, text
     assert f"Remove {out / 'claims' / (new + '.lock')}" in " ".join(text.split())
     pd.testing.assert_frame_equal(pd.read_parquet(out / "runs"), first)
+
+
+def test_a_claims_folder_broken_while_a_run_trains_still_records_the_run(write, tmp_path, monkeypatch):
+    """`OUT/claims` replaced by a file while the first of two runs trains: that run still finishes and is
+    recorded; the second cannot be claimed, which is one line (exit code 2), no traceback."""
+    install_faulty(tmp_path / "plug", monkeypatch)
+    exp = write(SLOW.replace("epochs: 8", "epochs: 5").replace("seeds: [0]", "seeds: [0, 1]"))
+    out = tmp_path / "out"
+    proc = subprocess.Popen(mixcli("run", exp, "--out", out, "--device", "cpu", "--in-process"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for(lambda: list((out / "epochs").glob("*.parquet")))
+    rm_rf(out / "claims")
+    (out / "claims").write_text("not a folder")
+    log = proc.communicate(timeout=240)[0]
+    runs = pd.read_parquet(out / "runs")
+    assert runs["status"].tolist() == ["finished"] and runs.iloc[0]["attempts"] == 1, runs.T
+    assert proc.returncode == 2, log
+    assert "Traceback" not in log and "Exception in thread" not in log, log
+    assert f"{out / 'claims'}: not a folder" in " ".join(log.split())
+    assert pd.read_parquet(out / "epochs")["epoch"].tolist() == [1, 2, 3, 4, 5]
 
 
 def _can_mount() -> bool:
