@@ -87,7 +87,8 @@ def open_claims(out: Path, create: bool = True) -> int:
     except FileNotFoundError:
         if not create:
             raise
-        raise _damaged(where, None, "cannot be made") from None
+        raise MixcliError(f"{out}: the output directory does not exist (it went away?); make it, or choose "
+                          "another --out") from None
     except OSError as exc:
         raise _damaged(where, exc, "cannot be opened or made") from None
 
@@ -229,6 +230,9 @@ class Claim:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _write_identity(fd, self.me)
+            if self.info:  # the holder file first, so that it is there once the lock is (not while settling)
+                self.info["heartbeat"] = _now()
+                self._write()
             os.replace(tmp, self.name, src_dir_fd=dfd, dst_dir_fd=dfd)
         except BaseException:
             os.close(fd)
@@ -242,9 +246,6 @@ class Claim:
         self._ident = (st.st_dev, st.st_ino)
         if old is not None:
             os.close(old)
-        if self.info:  # (not during acquire's settling: the holder file is written after it)
-            self.info["heartbeat"] = _now()
-            self._write()
 
     def update(self, write: bool = False, **fields) -> None:
         """Record progress (e.g. ``epoch=3``) in the holder file at the next heartbeat (``write``: now; a

@@ -176,6 +176,26 @@ def test_deleting_the_claims_folder_while_a_run_trains_does_not_train_it_twice(w
     _trained_once(out, 25)
 
 
+def test_a_holder_puts_its_lock_back_and_a_late_claim_is_refused(tmp_path):
+    """The protocol alone (fast): a holder process whose claims folder is deleted puts a lock of its own
+    back within a few seconds; a claim taken right after the deletion, for a run that had started, waits
+    for it and is refused."""
+    out = tmp_path / "out"
+    Store(out)
+    proc = hold(out, "r1")
+    try:
+        (out / "runs" / "r1.parquet").write_bytes(b"")  # the run had started (its row exists)
+        for _ in range(2):
+            rm_rf(out / "claims")
+            t0 = time.monotonic()
+            assert not Claim(out, "r1").acquire()
+            assert time.monotonic() - t0 < claims.SETTLE_S + 1
+            assert holder(out, "r1")["pid"] == proc.pid
+    finally:
+        end(proc)
+    assert Claim(out, "r1").acquire()  # the holder is gone: free again
+
+
 def test_a_process_that_claims_a_run_after_its_claims_folder_went_gives_it_up(write, tmp_path, monkeypatch):
     """The contest itself, with a real holder A (a worker of `mixcli run`) and a claim B of this process:
     - the folder replaced while A is stopped: B takes the run (nobody answers), and gives it up once A runs
