@@ -114,7 +114,8 @@ class _Base:
     def summary(self) -> str:
         running = self.running()
         queued = max(0, self.n - sum(self.counts.values()) - running)
-        return f"{self.counts['failed']} failed · {running} running · {queued} queued · {self.eta()}"
+        left = f" · {self.counts['left']} left to other processes" if self.counts["left"] else ""
+        return f"{self.counts['failed']} failed · {running} running · {queued} queued{left} · {self.eta()}"
 
     def progress(self, job, kind: str, payload) -> None:
         j = self.live.get(job.run_id)

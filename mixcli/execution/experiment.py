@@ -53,6 +53,11 @@ class SweepResult:
     def failed(self) -> list:
         return self.sweep.of("failed") if self.sweep else []
 
+    @property
+    def left(self) -> list:
+        """The runs left to the live processes holding them (``wait_timeout`` ran out)."""
+        return self.sweep.of("left") if self.sweep else []
+
 
 def plan(experiment: str | Path, overrides: list[str] = (), out: str | Path | None = None,
          log: list[str] | None = None) -> Plan:
