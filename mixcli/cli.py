@@ -98,6 +98,10 @@ def run(
                                       "(a plain rerun leaves them alone)."),
     rerun_stale: bool = typer.Option(False, "--rerun-stale", help="Retrain finished runs produced by "
                                      "another version of a plugin package the experiment uses."),
+    wait_timeout: Optional[float] = typer.Option(None, "--wait-timeout", help="Seconds to wait for a run "
+                                                 "that another live mixcli process holds (e.g. a stalled "
+                                                 "one) before leaving it to that process and exiting with "
+                                                 "code 4 (default: wait as long as its holder lives)."),
     log: Optional[List[str]] = typer.Option(None, "--log", help="Send results to a logger while runs train: "
                                             "mlflow, tensorboard or wandb, NAME=URI for a destination "
                                             "(repeatable; replaces the file's 'log:')."),
@@ -147,7 +151,8 @@ def run(
         result = run_experiment(p, device=device, jobs=jobs_n, threads=threads, gpus=gpus,
                                 jobs_per_gpu=jobs_per_gpu, executor=executor, ray_address=ray_address,
                                 max_retries=max_retries, slurm=slurm,
-                                retry_failed=retry_failed, rerun_stale=rerun_stale, in_process=in_process, display=lambda ex: make_display(console, ex.slots),
+                                retry_failed=retry_failed, rerun_stale=rerun_stale, in_process=in_process,
+                                wait_timeout=wait_timeout, display=lambda ex: make_display(console, ex.slots),
                                 on_start=on_start, warn=_warn_line)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted; the runs in progress are recorded interrupted. Run the same command "
@@ -166,6 +171,12 @@ def run(
     if sweep.by_others:
         console.print(f"{len(sweep.by_others)} run(s) were trained by another mixcli process sharing {exp.out}")
     failed = sweep.of("failed")
+    left = sweep.of("left")
+    if left:  # --wait-timeout ran out: one line; exit code 4 unless a run failed (1) or had bad input (2)
+        err.print(f"[yellow]{len(left)} run(s) left to the processes holding them: " +
+                  escape("; ".join(f"{o.run_id} {o.error}" for o in left)) +
+                  f". `mixcli status {escape(str(exp.out))}` shows them; the same command resumes them once "
+                  "their holders are gone[/]", highlight=False, soft_wrap=True)
     bad_input = [o for o in failed if o.input_error]
     if bad_input:  # the same bad input (a data file, a plugin option) fails its jobs alike: one line
         first = bad_input[0]
@@ -180,6 +191,8 @@ def run(
             (["--out", str(out)] if out is not None else []) + ["--retry-failed"]
         err.print("retry only these: " + shlex.join(retry), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1)
+    if left:
+        raise typer.Exit(EXIT_LEFT)
 
 
 def _warn_line(line: str) -> None:
@@ -228,9 +241,17 @@ def status(
         for j in st.running:
             hb = "?" if j["heartbeat_s"] is None else f"{j['heartbeat_s']:.0f}s ago"
             who = j["holder"] + (f" ({j['where']})" if j.get("where") else "")
-            r.add_row(*(clean_text(str(v)) for v in (j["run_id"], j["label"], who, hb,
-                                                       f"{j['epoch']}/{j['epochs']}")))
+            if j.get("stalled_s") is not None:
+                who = f"holder stalled for {j['stalled_s']:.0f} s ({who})"
+            r.add_row(*(escape(clean_text(str(v))) for v in (j["run_id"], j["label"], who, hb,
+                                                               f"{j['epoch']}/{j['epochs'] or '?'}")))
         console.print(r)
+        for j in st.running:
+            if j.get("stalled_s") is not None:
+                console.print(clean_text(f"{j['run_id']}: holder stalled for {j['stalled_s']:.0f} s ({j['holder']}): "
+                                         "no heartbeat, it is stopped or hung; no ETA for this run (kill the "
+                                         "holder, or send it SIGCONT, and `mixcli run` takes it over)"),
+                              highlight=False, soft_wrap=True, markup=False)
     for array, counts in st.arrays:
         states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
         console.print(f"slurm array {array}: {states}", highlight=False, soft_wrap=True)
@@ -513,6 +534,7 @@ def validate(
 
 
 EXIT_OUT_OF_MEMORY = 3  # documented in the README (Exit codes)
+EXIT_LEFT = 4  # runs left to their holders after --wait-timeout (README: Exit codes)
 
 
 def _out_of_memory(exc: BaseException) -> bool:

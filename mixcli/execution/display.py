@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Column
 
-from .worker import FAILED, FINISHED, INTERRUPTED, SKIPPED
+from .worker import FAILED, FINISHED, INTERRUPTED, LEFT, SKIPPED
 
 
 def score(row: dict | None) -> str:
@@ -65,7 +65,7 @@ class _Base:
     def __init__(self, console: Console, slots: int) -> None:
         self.console, self.slots = console, max(1, slots)
         self.n = self.k = 0
-        self.counts = {"done": 0, "failed": 0}
+        self.counts = {"done": 0, "failed": 0, "left": 0}
         self.durations: list[float] = []
         self.live: dict[str, dict] = {}  # run_id -> {epochs, steps, done_steps, label, k, started}
         self.numbers: dict[str, int] = {}  # run_id -> its number k (kept when a run is submitted again)
@@ -85,9 +85,24 @@ class _Base:
         """Jobs that started training (a job handed to Ray or SLURM may still wait in their queue)."""
         return sum(j["started"] for j in self.live.values())
 
-    def held(self, job) -> None:
-        self._line(f"  [dim]{job.run_id}: held by another live process; waiting for it (taken over if it "
-                   "dies)[/]")
+    def waiting(self, job, info: dict, waited_s: float, stalled_s: float | None, timeout: float | None) -> None:
+        """This process waits for ``job``, which the live process ``info`` (its holder file) trains."""
+        from ..results.store import clean_text
+
+        pid = info.get("pid")
+        who = escape(clean_text(f"{info.get('host') or '?'}:{'?' if pid is None else pid}"))
+        bound = f", at most {timeout:g} s (--wait-timeout)" if timeout is not None else ""
+        if stalled_s is not None:
+            self._line(f"  [yellow]{job.run_id}: holder stalled for {stalled_s:.0f} s ({who}): no heartbeat, it "
+                       f"is stopped or hung; waiting for it {_clock(waited_s)} so far{bound} (kill it, or send "
+                       "it SIGCONT, to free the run)[/]")
+        elif waited_s < 1:
+            self._line(f"  [dim]{job.run_id}: held by {who}; waiting for it{bound} (taken over if it dies)[/]")
+        else:
+            self._line(f"  [dim]{job.run_id}: still held by {who}; waiting for it {_clock(waited_s)} so far{bound}[/]")
+
+    def note(self, job, text: str) -> None:
+        self._line(f"  [yellow]{job.run_id}: {escape(text)}[/]")
 
     def eta(self) -> str:
         if not self.durations:
@@ -99,7 +114,8 @@ class _Base:
     def summary(self) -> str:
         running = self.running()
         queued = max(0, self.n - sum(self.counts.values()) - running)
-        return f"{self.counts['failed']} failed · {running} running · {queued} queued · {self.eta()}"
+        left = f" · {self.counts['left']} left to other processes" if self.counts["left"] else ""
+        return f"{self.counts['failed']} failed · {running} running · {queued} queued{left} · {self.eta()}"
 
     def progress(self, job, kind: str, payload) -> None:
         j = self.live.get(job.run_id)
@@ -136,6 +152,9 @@ class _Base:
             self._line(f"  [red]✗ {tag} {job.run_id} failed: {escape(str(outcome.error))}[/]")
         elif outcome.status == INTERRUPTED:
             self._line(f"  [yellow]{tag} {job.run_id} interrupted[/]")
+        elif outcome.status == LEFT:
+            self.counts["left"] += 1
+            self._line(f"  [yellow]{tag} {job.run_id} {escape(str(outcome.error))}[/]")
         self._refresh()
 
     def _line(self, text: str) -> None:
@@ -206,7 +225,7 @@ class LogDisplay(_Base):
 
     def submitted(self, job) -> None:
         super().submitted(job)
-        self._line(f"  \[{self.numbers[job.run_id]}/{self.n}] start {job.run_id}  {escape(short_label(job))}")
+        self._line(f"  \\[{self.numbers[job.run_id]}/{self.n}] start {job.run_id}  {escape(short_label(job))}")
 
     def _epoch(self, job, j) -> None:
         self._line(f"  \\[{j['k']}/{self.n}] {job.run_id}  {j['info']}")

@@ -53,6 +53,11 @@ class SweepResult:
     def failed(self) -> list:
         return self.sweep.of("failed") if self.sweep else []
 
+    @property
+    def left(self) -> list:
+        """The runs left to the live processes holding them (``wait_timeout`` ran out)."""
+        return self.sweep.of("left") if self.sweep else []
+
 
 def plan(experiment: str | Path, overrides: list[str] = (), out: str | Path | None = None,
          log: list[str] | None = None) -> Plan:
@@ -124,16 +129,25 @@ def run_experiment(experiment: str | Path | Plan, overrides: list[str] = (), *, 
                    threads: int | None = None, gpus: str | None = None, jobs_per_gpu: int = 1,
                    executor: str = "local", ray_address: str | None = None, max_retries: int = 3,
                    slurm: dict | None = None, retry_failed: bool = False,
-                   rerun_stale: bool = False, in_process: bool = False, display: Callable[[Executor], object] | None = None,
+                   rerun_stale: bool = False, in_process: bool = False, wait_timeout: float | None = None,
+                   display: Callable[[Executor], object] | None = None,
                    on_start: Callable[[Plan, Executor], None] | None = None,
                    warn: Callable[[str], None] = _warn) -> SweepResult:
     """Run every job of ``experiment`` (a file, or a :func:`plan`), skipping finished runs and resuming
     interrupted ones; the options are ``mixcli run``'s. ``display(executor)`` makes what hears every
     event of the sweep (:func:`.display.make_display`; default: nothing is shown), ``on_start(plan,
     executor)`` is called once the executor is up, before the first job, and ``warn`` receives the warning
-    lines (stale runs). ``slurm``: the ``--slurm-*`` options (:class:`.slurm.SlurmOptions`)."""
+    lines (stale runs). ``slurm``: the ``--slurm-*`` options (:class:`.slurm.SlurmOptions`). ``wait_timeout``:
+    seconds to wait for a run that another live process holds before leaving it to that process (outcome
+    ``left``; None: wait as long as the holder lives)."""
+    import math
+
+    from ..errors import MixcliError
     from ..training.engine import pick_device
 
+    if wait_timeout is not None and not (isinstance(wait_timeout, (int, float)) and math.isfinite(wait_timeout)
+                                         and wait_timeout >= 0):
+        raise MixcliError(f"--wait-timeout {wait_timeout}: expected a number of seconds >= 0")
     p = experiment if isinstance(experiment, Plan) else plan(experiment, overrides, out, log)
     todo = p.jobs
     if executor == "local":  # a bad --device is refused before anything is written (a cluster's devices
@@ -163,7 +177,8 @@ def run_experiment(experiment: str | Path | Plan, overrides: list[str] = (), *, 
 
     try:
         with sigterm_interrupts():
-            sweep = run_sweep(todo, ex, display(ex) if display else _Silent(), skip_failed=not retry_failed)
+            sweep = run_sweep(todo, ex, display(ex) if display else _Silent(), skip_failed=not retry_failed,
+                              wait_timeout=wait_timeout)
     except KeyboardInterrupt:
         ex.close(interrupted=True)
         raise

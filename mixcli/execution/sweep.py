@@ -3,7 +3,9 @@ waits for runs that another live process holds (taking them over if their holder
 outcome per job. Executors (:mod:`.local`, :mod:`.ray_executor`, :mod:`.slurm`) hide where a job runs; the
 scheduler never trains anything itself. Waiting for a run that another process holds costs nothing: the
 scheduler looks at the run's claim itself (:func:`.claims.holder`) and submits the run again only once its
-holder has gone (to find it finished, or to take it over).
+holder has gone (to find it finished, or to take it over). While it waits it says for what (the run, its
+holder ``host:pid``) and for how long, at once when the holder stops beating (stalled: SIGSTOPped, hung);
+with ``wait_timeout`` it gives up after that many seconds: the run is left to its holder (outcome ``left``).
 """
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ import time
 from dataclasses import dataclass, field
 
 from ..results.store import Store
-from .claims import holder
+from .claims import holder, stalled_for
 from .executors import Executor
-from .worker import FAILED, FINISHED, HELD, INTERRUPTED, SKIPPED, Outcome
+from .worker import FAILED, FINISHED, HELD, INTERRUPTED, LEFT, SKIPPED, Outcome
 
 HELD_RETRY_S = 2.0  # how often a run held by another process is looked at again
+WAIT_REPORT_S = 60.0  # how often a process waiting for other processes' runs says so again
 
 
 @dataclass
@@ -28,8 +31,12 @@ class Sweep:
 
 
 class Scheduler:
-    def __init__(self, jobs: list, executor: Executor, display, skip_failed: bool) -> None:
+    def __init__(self, jobs: list, executor: Executor, display, skip_failed: bool,
+                 wait_timeout: float | None = None) -> None:
         self.queue = list(jobs)
+        self.wait_timeout = wait_timeout
+        self.wait_since: dict[str, float] = {}   # run_id -> when this process first found it held
+        self.reported: dict[str, tuple] = {}     # run_id -> (when last said, stalled then)
         self.by_id = {j.run_id: j for j in jobs}
         self.executor, self.display, self.skip_failed = executor, display, skip_failed
         self.sweep = Sweep()
@@ -55,10 +62,13 @@ class Scheduler:
         self.running.discard(rid)
         job = self.by_id[rid]
         if outcome.status == HELD:
-            if rid not in self.retry_at:
-                self.display.held(job)
-            self.retry_at[rid] = time.monotonic() + HELD_RETRY_S
+            now = time.monotonic()
+            self.wait_since.setdefault(rid, now)
+            for note in outcome.notes:
+                self.display.note(job, note)
+            self.retry_at[rid] = now + HELD_RETRY_S
             self.waiting[rid] = job
+            self.report_wait(job, holder(job.out, rid), now)
             return
         if self.retry_at.pop(rid, None) is not None and outcome.status == SKIPPED:
             self.sweep.by_others.add(rid)
@@ -100,16 +110,37 @@ class Scheduler:
             self.display.submitted(job)
             self.executor.submit(job, self.on_event)
 
+    def report_wait(self, job, info: dict | None, now: float) -> None:
+        """Say what this process waits for: at first, every :data:`WAIT_REPORT_S`, and when its holder
+        starts or stops being stalled."""
+        if info is None:
+            return
+        stalled = stalled_for(info)
+        last = self.reported.get(job.run_id)
+        if last is None or now - last[0] >= WAIT_REPORT_S or (stalled is not None) != last[1]:
+            self.reported[job.run_id] = (now, stalled is not None)
+            self.display.waiting(job, info, now - self.wait_since.get(job.run_id, now), stalled, self.wait_timeout)
+
     def look_at_waiting(self) -> None:
-        """Runs held elsewhere whose holder has gone go back to the queue (found finished, or taken over)."""
+        """Runs held elsewhere whose holder has gone go back to the queue (found finished, or taken over);
+        past ``wait_timeout``, a run still held is left to its holder."""
         now = time.monotonic()
         for rid, job in list(self.waiting.items()):
             if self.retry_at.get(rid, 0) > now:
                 continue
-            if holder(job.out, rid) is None:
+            info = holder(job.out, rid)
+            if info is None:
                 del self.waiting[rid]
                 self.queue.insert(0, job)
+            elif self.wait_timeout is not None and now - self.wait_since[rid] >= self.wait_timeout:
+                del self.waiting[rid]
+                stalled = stalled_for(info)
+                who = f"{info.get('host') or '?'}:{'?' if info.get('pid') is None else info['pid']}"
+                state = f"stalled for {stalled:.0f} s" if stalled is not None else "alive"
+                self.done(rid, Outcome(rid, LEFT, error=f"left to its holder {who} ({state}) after waiting "
+                                       f"{now - self.wait_since[rid]:.0f} s (--wait-timeout {self.wait_timeout:g})"))
             else:
+                self.report_wait(job, info, now)
                 self.retry_at[rid] = now + HELD_RETRY_S
 
     def run(self) -> Sweep:
@@ -127,10 +158,13 @@ class Scheduler:
         return self.sweep
 
 
-def run_sweep(jobs: list, executor: Executor, display, skip_failed: bool = True) -> Sweep:
+def run_sweep(jobs: list, executor: Executor, display, skip_failed: bool = True,
+              wait_timeout: float | None = None) -> Sweep:
     """Run ``jobs`` (parents first) on ``executor``; ``display`` hears every event. With ``skip_failed``,
-    runs recorded ``failed`` by an earlier sweep are left alone (``--retry-failed`` reruns them)."""
-    return Scheduler(jobs, executor, display, skip_failed).run()
+    runs recorded ``failed`` by an earlier sweep are left alone (``--retry-failed`` reruns them).
+    ``wait_timeout``: seconds to wait for a run another live process holds before leaving it to that process
+    (None: as long as its holder lives)."""
+    return Scheduler(jobs, executor, display, skip_failed, wait_timeout).run()
 
 
-__all__ = ["run_sweep", "Sweep", "FINISHED", "FAILED", "INTERRUPTED", "HELD", "SKIPPED"]
+__all__ = ["run_sweep", "Sweep", "FINISHED", "FAILED", "INTERRUPTED", "HELD", "SKIPPED", "LEFT"]

@@ -7,6 +7,7 @@ epoch reached.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
@@ -16,11 +17,11 @@ from dataclasses import dataclass, field
 from ..api import PluginError
 from ..errors import MixcliError, RunFailed
 from ..config.jobs import Job
-from .claims import Claim
+from .claims import Claim, ClaimLost
 from .placement import placement
 
-#: outcomes of :func:`execute`
-FINISHED, FAILED, INTERRUPTED, HELD, SKIPPED = "finished", "failed", "interrupted", "held", "skipped"
+#: outcomes of :func:`execute` (``left``: the scheduler gave up waiting for another process's claim)
+FINISHED, FAILED, INTERRUPTED, HELD, SKIPPED, LEFT = "finished", "failed", "interrupted", "held", "skipped", "left"
 
 
 @dataclass
@@ -35,14 +36,20 @@ class Outcome:
 
 
 class Tracker:
-    """Wraps the caller's progress display; remembers how far the job got and feeds the claim's heartbeat."""
+    """Wraps the caller's progress display; remembers how far the job got and feeds the claim's heartbeat.
+    Stops the job (:class:`~.claims.ClaimLost`) at its next step once its claim went to a senior holder."""
 
     def __init__(self, progress, claim: Claim | None) -> None:
         self.progress, self.claim = progress, claim
         self.started = False
         self.done_epochs = 0
 
+    def _check(self) -> None:
+        if self.claim is not None and self.claim.lost is not None:
+            raise ClaimLost(self.claim.lost)
+
     def start(self, job, epochs: int, steps: int, start_epoch: int) -> None:
+        self._check()
         self.started, self.done_epochs = True, start_epoch - 1
         if self.claim is not None:
             self.claim.update(write=True, epoch=start_epoch - 1, epochs=epochs, steps=steps)
@@ -50,10 +57,12 @@ class Tracker:
             self.progress.start(job, epochs, steps, start_epoch)
 
     def step(self) -> None:
+        self._check()
         if self.progress is not None:
             self.progress.step()
 
     def epoch(self, epoch: int, row: dict) -> None:
+        self._check()
         self.done_epochs = epoch
         if self.claim is not None:
             keep = {k: v for k, v in row.items() if k in ("train_loss", "test_accuracy", "test_rmse")
@@ -110,16 +119,39 @@ def record(job: Job, device, status: str, error: str, plugin: str | None = None,
 
 
 def record_lost(job: Job, device, reason: str) -> bool:
-    """Record ``job`` failed after the process training it died. Takes the claim first so that a process
-    which already took the run over is never overwritten; False when one did."""
+    """Record ``job`` failed after the process training it died, with the epochs it completed (those its
+    checkpoint holds). Takes the claim first so that a process which already took the run over is never
+    overwritten; False when one did."""
     claim = Claim(job.out, job.run_id)
     if not claim.acquire():
         return False
     try:
-        record(job, device, FAILED, reason)
+        done = completed_epochs(job)
+        record(job, device, FAILED, reason + (f" (in epoch {done + 1})" if done is not None else ""),
+               epochs=done)
     finally:
         claim.release()
     return True
+
+
+def completed_epochs(job: Job) -> int | None:
+    """The epochs of ``job``'s run that reached the disk: its checkpoint's epoch, else the last epoch of its
+    epochs table (None when it has neither)."""
+    from ..results.store import Store
+
+    store = Store(job.out)
+    ckpt = store.load_checkpoint(job.run_id)
+    epoch = ckpt.get("epoch") if isinstance(ckpt, dict) else None
+    if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0:
+        return epoch
+    try:
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        last = pc.max(pq.read_table(store.table_path("epochs", job.run_id), columns=["epoch"])["epoch"]).as_py()
+        return int(last) if last is not None else None
+    except Exception:  # noqa: BLE001 - missing or damaged: the epochs are unknown
+        return None
 
 
 def execute(job: Job, device, progress=None) -> Outcome:
@@ -153,19 +185,25 @@ def execute(job: Job, device, progress=None) -> Outcome:
         row = run_job(job, store, device, tracker, prior_attempts=n if n is not None and n >= 0 else None,
                       notes=notes, where=where)
         return Outcome(job.run_id, FINISHED, row=row, seconds=time.perf_counter() - t0, notes=notes)
+    except ClaimLost as exc:  # a senior holder trains the run: it records it, this process records nothing
+        return Outcome(job.run_id, HELD, notes=[str(exc)], seconds=time.perf_counter() - t0)
     except KeyboardInterrupt:
-        with _signals_held():  # a second Ctrl-C / SIGTERM must not cut the record short
-            _safe_record(job, device, INTERRUPTED, f"interrupted in epoch {tracker.done_epochs + 1}; "
-                         "`mixcli run` of the same file resumes it from its last finished epoch", None,
-                         tracker.done_epochs if tracker.started else None)
+        if claim.lost is None:
+            with _signals_held():  # a second Ctrl-C / SIGTERM must not cut the record short
+                _safe_record(job, device, INTERRUPTED, f"interrupted in epoch {tracker.done_epochs + 1}; "
+                             "`mixcli run` of the same file resumes it from its last finished epoch", None,
+                             tracker.done_epochs if tracker.started else None, claim)
         raise
     except BaseException as exc:  # noqa: BLE001 - everything a job does is contained in the job
+        if claim.lost is not None:
+            return Outcome(job.run_id, HELD, notes=[claim.lost], seconds=time.perf_counter() - t0)
         msg = describe(exc)
         if tracker.started and not isinstance(exc, RunFailed):  # (RunFailed names its epoch itself)
             msg += f" (in epoch {tracker.done_epochs + 1})"
         plugin = blame(job, exc.__traceback__)
+        # the row first: on a full disk it gets the claim's reserve (the traceback is a convenience)
+        _safe_record(job, device, FAILED, msg, plugin, tracker.done_epochs if tracker.started else None, claim)
         _save_traceback(job, exc)
-        _safe_record(job, device, FAILED, msg, plugin, tracker.done_epochs if tracker.started else None)
         input_error = isinstance(exc, (MixcliError, PluginError)) and not tracker.started
         return Outcome(job.run_id, FAILED, error=msg + (f" [{plugin}]" if plugin else ""),
                        input_error=input_error, seconds=time.perf_counter() - t0, notes=notes)
@@ -198,11 +236,20 @@ def _save_traceback(job: Job, exc: BaseException) -> None:
         pass  # the reason is in the runs row; the traceback file is a convenience
 
 
-def _safe_record(job, device, status, error, plugin, epochs) -> None:
-    try:
-        record(job, device, status, error, plugin, epochs, placement())
-    except OSError as exc:  # e.g. the disk is full: the claim's release still marks the run as not running
-        print(f"mixcli: could not record run {job.run_id} as {status}: {exc.strerror or exc}", flush=True)
+def _safe_record(job, device, status, error, plugin, epochs, claim: Claim | None = None) -> None:
+    """:func:`record`, once more after freeing the claim's disk reserve when the disk is full (so that a
+    full disk leaves the run ``failed``, which ``--retry-failed`` retrains, rather than ``running``)."""
+    for last in (False, True):
+        try:
+            record(job, device, status, error, plugin, epochs, placement())
+            return
+        except (OSError, MixcliError) as exc:
+            full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+            if not last and full and claim is not None and claim.free_reserve():
+                continue
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            print(f"mixcli: could not record run {job.run_id} as {status}: {why}", flush=True)
+            return
 
 
 def set_threads(threads: int | None) -> None:
