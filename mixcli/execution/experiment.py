@@ -187,7 +187,14 @@ def _batched(todo: list[Job], executor: str, device: str, ex: Executor, warn) ->
     if found:
         warn(f"note: {sum(map(len, found))} run(s) in {len(found)} group(s) of seeds train as batched models "
              "(train.batch_seeds), in this process")
-    return run_batched(todo, dev, ex.threads) if found else {}
+    if not found:
+        return {}
+    outcomes = run_batched(todo, dev, ex.threads)
+    counts = {}
+    for o in outcomes.values():
+        counts[o.status] = counts.get(o.status, 0) + 1
+    warn("note: batched: " + ", ".join(f"{n} {st}" for st, n in sorted(counts.items())))
+    return outcomes
 
 
 __all__ = ["run_experiment", "plan", "Plan", "SweepResult", "check_stale"]

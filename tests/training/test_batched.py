@@ -8,6 +8,8 @@ becomes NaN (recorded failed, the others unchanged), an interrupted batched swee
 and validate's refusal."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -250,3 +252,60 @@ def test_auto_batches_mlps_on_cpu_from_ten_seeds(write):
     assert groups(jobs("{name: mlp, widths: [32]}", 9), "cpu") == []
     assert groups(jobs("{name: cnn, width: 4}", 10), "cpu") == []
     assert groups(jobs("{name: mlp, widths: [32]}", 10), "cuda") == []
+
+
+def test_member_whose_method_raises_fails_alone(write, tmp_path, monkeypatch):
+    from mixcli.api import PluginError
+
+    real = batched.prepare
+
+    def faulty(job, *a, **k):
+        m = real(job, *a, **k)
+        if job.config["seed"] == 2:
+            method = m.run.method
+
+            class Broken(type(method)):
+                def __call__(self, model, batch, ctx):
+                    if ctx.step == 3:
+                        raise PluginError("a broken draw")
+                    return super().__call__(model, batch, ctx)
+
+            method.__class__ = Broken
+        return m
+
+    monkeypatch.setattr(batched, "prepare", faulty)
+    _, b = _sweep(write, tmp_path, "true", "b")
+    _, u = _sweep(write, tmp_path, "false", "u", "u.yaml")
+    st = dict(zip(b.seed, b.status))
+    assert st == {0: "finished", 1: "finished", 2: "failed"}
+    assert b[b.seed == 2].error.iloc[0] == "a broken draw (in epoch 1)"
+    ok = b.seed != 2
+    np.testing.assert_allclose(b[ok].final_test_nll, u[ok].final_test_nll, rtol=1e-4)
+
+
+AIRFOIL = Path(__file__).resolve().parents[3] / "shared" / "data" / "airfoil_self_noise.dat"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not AIRFOIL.exists(), reason="needs CUDA and the Airfoil file")
+def test_cuda_airfoil_ten_seeds_paired(write, tmp_path):
+    """On CUDA the batched kernels differ from the unbatched ones: member and twin agree in distribution
+    (paired over 10 seeds, the C-Mixup Airfoil protocol shortened to 5 epochs)."""
+    text = f"""
+        name: af
+        task: regression
+        dataset: {{name: airfoil, path: {AIRFOIL}, split: [1003, 300, 200], split_per_seed: true, scaling: minmax_all}}
+        model: {{name: mlp, widths: [128, 128], activation: leaky_relu, negative_slope: 0.1}}
+        method: {{name: cmixup, alpha: 2.0, sigma: 1.75, position: 1}}
+        loss: mse
+        train: {{epochs: 5, batch_size: 16, optimizer: {{name: adam, lr: 0.01, weight_decay: 0}},
+                 schedule: constant, precision: fp32, batch_seeds: BATCH}}
+        eval: {{selection: best}}
+        seeds: 10
+    """
+    runs = {}
+    for batch in ("true", "false"):
+        run_experiment(write(text.replace("BATCH", batch), f"{batch}.yaml"), out=tmp_path / batch, device="cuda",
+                       in_process=True, warn=lambda line: None)
+        runs[batch] = pd.read_parquet(tmp_path / batch / "runs").sort_values("run_id")
+    d = runs["true"].best_test_rmse.to_numpy() - runs["false"].best_test_rmse.to_numpy()
+    assert len(d) == 10 and abs(d.mean()) <= 3 * d.std(ddof=1) / np.sqrt(10) + 1e-6
