@@ -223,6 +223,15 @@ def test_interrupted_batched_sweep_resumes_exactly(write, tmp_path, monkeypatch)
     metrics = [c for c in whole.columns if c.startswith(("final_", "best_"))]
     pd.testing.assert_frame_equal(cut[metrics], whole[metrics])  # bit-exact
 
+    # a batched checkpoint is a single run's: the same interruption resumed unbatched ends the same way
+    monkeypatch.setattr(batched, "evaluate_all", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _sweep(write, tmp_path, "true", "cut2")
+    monkeypatch.setattr(batched, "evaluate_all", real)
+    _, cut2 = _sweep(write, tmp_path, "false", "cut2", "u.yaml")
+    assert set(cut2.status) == {"finished"} and cut2.batched.tolist() == [False] * 3
+    np.testing.assert_allclose(cut2.final_test_nll, whole.final_test_nll, rtol=1e-5)
+
 
 def test_validate_refuses_what_cannot_batch(cli, write):
     path = write("""
