@@ -233,7 +233,6 @@ class BatchedStep:
             params = self.params if full else [p[idx] for p in self.params]
             buffers = self.buffers if full else [b[idx].clone() for b in self.buffers]
             names = ["m." + n for n in self.pnames] + ["m." + n for n in self.bnames]
-            npar = len(params)
 
             def one(state, *tensors, op=op, args0=args0, where=where):
                 args = list(args0)
@@ -246,7 +245,6 @@ class BatchedStep:
                 with torch.no_grad():
                     for b, sub in zip(self.buffers, buffers):
                         b[idx] = sub
-            del npar
             if not torch.is_tensor(y):
                 raise RuntimeError(f"model.{op} returned {type(y).__name__}; a batched model returns one tensor")
             for j, k in enumerate(ks):
