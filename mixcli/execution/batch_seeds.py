@@ -106,9 +106,9 @@ def _run_group(group: list[Job], device) -> dict[str, Outcome]:
                 o = _fail(job, device, exc, tracker, t0, notes)
                 o.input_error = isinstance(exc, (MixcliError, PluginError))
                 outcomes[job.run_id] = o
-        by_start: dict[int, list] = {}
-        for m in members:  # members resumed from different epochs train as separate batches
-            by_start.setdefault(m.run.start_epoch, []).append(m)
+        by_start: dict[tuple, list] = {}
+        for m in members:  # members resumed from different epochs (or with other step counts) train apart
+            by_start.setdefault((m.run.start_epoch, m.run.epochs, m.run.steps_per_epoch), []).append(m)
 
         def on_failed(m, exc):
             tracker, notes = info[m.run.job.run_id]

@@ -287,7 +287,7 @@ class BatchedStep:
 
 # ------------------------------------------------------------------------------------ the epoch loop
 def train(members: list[Member], on_failed) -> list[tuple[Member, dict]]:
-    """Train ``members`` (prepared, all at the same start epoch) to the end, in lockstep. A member that fails
+    """Train ``members`` (prepared; the same start epoch, epochs and steps per epoch) to the end, in lockstep. A member that fails
     is told its listeners' ``on_exception`` and handed to ``on_failed(member, exc)``; the others go on.
     Returns ``[(member, final runs row)]`` of those that finished. An interruption (``KeyboardInterrupt``)
     tells every live member's listeners and is raised."""
@@ -295,7 +295,9 @@ def train(members: list[Member], on_failed) -> list[tuple[Member, dict]]:
     if not live:
         return []
     run0 = live[0].run
-    assert all(m.run.start_epoch == run0.start_epoch for m in live), "members resume from different epochs"
+    if any((m.run.start_epoch, m.run.epochs, m.run.steps_per_epoch) !=
+           (run0.start_epoch, run0.epochs, run0.steps_per_epoch) for m in live):
+        raise ValueError("batched members must start at the same epoch and have the same epochs and steps")
 
     def fail(m: Member, exc: BaseException) -> None:
         live.remove(m)
