@@ -15,8 +15,8 @@ from ..config.batch_seeds import auto_batches, refusals
 from ..config.jobs import Job
 from .claims import Claim
 from .placement import placement
-from .worker import (FAILED, FINISHED, HELD, INTERRUPTED, SKIPPED, Outcome, Tracker, _safe_record,
-                     _save_traceback, _signals_held, blame, describe)
+from .worker import (FAILED, FINISHED, INTERRUPTED, SKIPPED, Outcome, Tracker, _safe_record, _save_traceback,
+                     _signals_held, blame, describe)
 
 
 def _key(job: Job) -> str:
@@ -139,4 +139,4 @@ def _run_group(group: list[Job], device) -> dict[str, Outcome]:
     return outcomes
 
 
-__all__ = ["groups", "run_batched", "HELD"]
+__all__ = ["groups", "run_batched"]
