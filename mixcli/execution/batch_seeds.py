@@ -41,16 +41,35 @@ def groups(jobs: list[Job], device_type: str) -> list[list[Job]]:
     return out
 
 
-def run_batched(jobs: list[Job], device, threads: int | None = None) -> dict[str, Outcome]:
+class _GroupLine:
+    """A group's progress as about ten lines (``say``), heard through its first member's tracker."""
+
+    def __init__(self, say, label: str) -> None:
+        self.say, self.label, self.epochs = say, label, 0
+
+    def start(self, job, epochs: int, steps: int, start_epoch: int) -> None:
+        self.epochs = epochs
+
+    def step(self) -> None:
+        pass
+
+    def epoch(self, epoch: int, row: dict) -> None:
+        if epoch == self.epochs or epoch % max(1, self.epochs // 10) == 0:
+            self.say(f"  batched {self.label}: epoch {epoch}/{self.epochs}")
+
+
+def run_batched(jobs: list[Job], device, threads: int | None = None, say=None) -> dict[str, Outcome]:
     """Train each batched group of ``jobs`` on ``device`` (a torch.device); ``{run_id: Outcome}`` of the
-    jobs it settled (finished, skipped, failed). ``KeyboardInterrupt`` is recorded ``interrupted`` for every
-    member in training and raised."""
+    jobs it settled (finished, skipped, failed). ``say`` hears a few progress lines per group.
+    ``KeyboardInterrupt`` is recorded ``interrupted`` for every member in training and raised."""
     from .worker import set_threads
 
     set_threads(threads)
     outcomes: dict[str, Outcome] = {}
     for group in groups(jobs, device.type):
-        outcomes.update(_run_group(group, device))
+        seeds = [j.config["seed"] for j in group]
+        label = f"{group[0].config['method']['name']} seeds {seeds[0]}..{seeds[-1]} ({len(group)} runs)"
+        outcomes.update(_run_group(group, device, _GroupLine(say, label) if say else None))
     return outcomes
 
 
@@ -67,7 +86,7 @@ def _fail(job, device, exc, tracker, t0, notes) -> Outcome:
                    seconds=time.perf_counter() - t0, notes=notes)
 
 
-def _run_group(group: list[Job], device) -> dict[str, Outcome]:
+def _run_group(group: list[Job], device, line=None) -> dict[str, Outcome]:
     from ..api import PluginError
     from ..errors import MixcliError
     from ..results.store import Store
@@ -96,7 +115,7 @@ def _run_group(group: list[Job], device) -> dict[str, Outcome]:
             if prev is not None and prev.get("status") == FINISHED:
                 outcomes[job.run_id] = Outcome(job.run_id, SKIPPED, row=prev)
                 continue
-            tracker, notes = Tracker(None, claim), []
+            tracker, notes = Tracker(line if not info else None, claim), []
             info[job.run_id] = (tracker, notes)
             n = (prev or {}).get("attempts")
             try:

@@ -189,7 +189,7 @@ def _batched(todo: list[Job], executor: str, device: str, ex: Executor, warn) ->
              "(train.batch_seeds), in this process")
     if not found:
         return {}
-    outcomes = run_batched(todo, dev, ex.threads)
+    outcomes = run_batched(todo, dev, ex.threads, warn)
     counts = {}
     for o in outcomes.values():
         counts[o.status] = counts.get(o.status, 0) + 1
