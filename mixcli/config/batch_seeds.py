@@ -4,7 +4,8 @@ model (:mod:`mixcli.training.batched`), and why the rest cannot be.
 A configuration batches exactly when each member can be made to equal the unbatched run of its seed:
 
 - the method calls the model only as ``model(x)``, ``model.forward_to(x, k)`` and ``model.forward_from(h, k)``
-  and draws only from ``ctx.rng`` (input-level and loss-level methods, manifold mixup, C-Mixup);
+  and draws only from ``ctx.rng`` (input-level and loss-level methods, manifold mixup, C-Mixup), and the
+  loss is a function of the method's output (it never calls the model itself);
 - the model is one whose forward has no randomness of its own (dropout masks would come from one shared
   generator, not the member's) and whose layers ``torch.func.vmap`` runs (MLP, CNN, ResNets; BatchNorm
   statistics are kept per member);
@@ -29,6 +30,17 @@ WHY_NOT_METHOD = {
     "alignmix": "it switches the model between train and eval mode inside the step",
     "gridmix": "not checked for batching yet",
     "smoothmix": "not checked for batching yet",
+    "mdyr": "not checked for batching yet",
+    "mixpro": "not checked for batching yet",
+    "smmix": "not checked for batching yet",
+    "tokenmix": "not checked for batching yet",
+}
+
+#: losses that are a function of the method's output only (they never call the model themselves)
+BATCHABLE_LOSSES = ("soft_ce", "mse", "decoupled")
+
+WHY_NOT_LOSS = {
+    "sumix": "it runs the model itself on the clean batch (ctx.model), outside the batched forward",
 }
 
 #: models whose forward ``vmap`` runs over stacked per-member weights (with ``dropout: 0``)
@@ -52,6 +64,10 @@ def refusals(cfg: dict) -> list[tuple[str, str]]:
     if method is not None and method not in BATCHABLE_METHODS:
         why = WHY_NOT_METHOD.get(method, "a plugin method is not known to batch")
         out.append(("method", f"method '{method}' cannot be batched: {why}"))
+    loss = (cfg.get("loss") or {}).get("name")
+    if loss is not None and loss not in BATCHABLE_LOSSES:
+        why = WHY_NOT_LOSS.get(loss, "a plugin loss is not known to batch")
+        out.append(("loss", f"loss '{loss}' cannot be batched: {why}"))
     model = cfg.get("model") or {}
     name = model.get("name")
     if name is not None and name not in BATCHABLE_MODELS:

@@ -248,6 +248,8 @@ def test_validate_refuses_what_cannot_batch(cli, write):
     assert "model 'mlp' with dropout 0.2 cannot be batched" in text
     assert "train.compile cannot be batched" in text
     assert "Traceback" not in text
+    code, text = cli("validate", write(SWEEP.replace("BATCH", "true") + "loss: sumix\n"))
+    assert code == 2 and "loss 'sumix' cannot be batched: it runs the model itself" in text
     code, text = cli("validate", write(SWEEP.replace("BATCH", "yes please")))
     assert code == 2 and "train.batch_seeds: expected one of false, true, auto" in text
 
