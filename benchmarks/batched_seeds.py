@@ -91,10 +91,11 @@ def main() -> None:
           f"({'CUDA' if device.type == 'cuda' else f'{args.threads} torch thread(s)'}); wall time of the whole "
           "sweep (data loading, evaluation and result files included)")
     print("epochs s: the epochs' own wall time (training steps and evaluation, the time_s column summed), "
-          "without the per-run set-up and result files; cpu s: this process's CPU time for the whole sweep "
+          "without the per-run set-up and result files;\ncpu s: this process's CPU time for the whole sweep "
           "(steadier than wall time on a shared machine)")
     head = (f"{'protocol':<12}{'runs':>5}{'epochs':>7}{'unbatched s':>13}{'batched s':>11}{'speed-up':>10}"
-            f"{'epochs s unb/bat':>18}{'speed-up':>10}{'cpu s unb/bat':>16}{'speed-up':>10}  {'metric':<20}{'max |diff|':>11}{'mean diff':>11}")
+            f"{'epochs s unb/bat':>18}{'speed-up':>10}{'cpu s unb/bat':>16}{'speed-up':>10}  {'metric':<20}"
+            f"{'max |diff|':>11}{'mean diff':>11}")
     print(head)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.protocols.split(","):
@@ -107,7 +108,8 @@ def main() -> None:
             assert list(u.run_id) == list(b.run_id) and b.batched.all() and not u.batched.any()
             d = b[metric].to_numpy() - u[metric].to_numpy()
             print(f"{name:<12}{len(b):>5}{doc['train']['epochs']:>7}{t_u:>13.1f}{t_b:>11.1f}{t_u / t_b:>9.2f}x"
-                  f"{f'{e_u:.1f}/{e_b:.1f}':>18}{e_u / e_b:>9.2f}x{f'{c_u:.1f}/{c_b:.1f}':>16}{c_u / c_b:>9.2f}x  {metric:<20}{np.abs(d).max():>11.2e}"
+                  f"{f'{e_u:.1f}/{e_b:.1f}':>18}{e_u / e_b:>9.2f}x{f'{c_u:.1f}/{c_b:.1f}':>16}{c_u / c_b:>9.2f}x"
+                  f"  {metric:<20}{np.abs(d).max():>11.2e}"
                   f"{d.mean():>11.2e}", flush=True)
 
 

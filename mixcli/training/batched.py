@@ -291,8 +291,9 @@ class BatchedStep:
 
 # ------------------------------------------------------------------------------------ the epoch loop
 def train(members: list[Member], on_failed) -> list[tuple[Member, dict]]:
-    """Train ``members`` (prepared; the same start epoch, epochs and steps per epoch) to the end, in lockstep. A member that fails
-    is told its listeners' ``on_exception`` and handed to ``on_failed(member, exc)``; the others go on.
+    """Train ``members`` (prepared; the same start epoch, epochs and steps per epoch) to the end, in lockstep.
+    A member that fails is told its listeners' ``on_exception`` and handed to ``on_failed(member, exc)``; the
+    others go on.
     Returns ``[(member, final runs row)]`` of those that finished. An interruption (``KeyboardInterrupt``)
     tells every live member's listeners and is raised."""
     live = list(members)
