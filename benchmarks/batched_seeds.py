@@ -9,7 +9,8 @@ Protocols (shortened with ``--epochs``; the seeds with ``--seeds``):
 - ``quickstart``: ``experiments/quickstart.yaml`` (cnn width 16 on digits), method mixup;
 - ``resnet18`` (CUDA only): resnet18 on CIFAR-shaped synthetic images (3x32x32, 100 classes), mixup.
 
-Both sweeps run in this process with ``--threads`` torch threads (1: mixcli's default per CPU job), one
+Both sweeps run in this process, after an untimed warm-up of each (2 seeds, 1 epoch: imports and
+first-call costs), with ``--threads`` torch threads (1: mixcli's default per CPU job), one
 run after the other (unbatched) or as one batched model.
 
     python benchmarks/batched_seeds.py --device cpu --protocols airfoil,quickstart --seeds 10 --epochs 3
@@ -103,6 +104,10 @@ def main() -> None:
                 print(f"{name:<12} (CUDA only; skipped)")
                 continue
             doc, metric = protocol(name, args)
+            # warm-up, untimed: imports, plugin loading and first-call costs are then paid by neither sweep
+            warm = {**doc, "seeds": 2, "train": {**doc["train"], "epochs": 1}}
+            for batched in (False, True):
+                sweep(warm, batched, Path(tmp) / f"{name}_warmup_{batched}", args)
             t_u, c_u, e_u, u = sweep(doc, False, Path(tmp) / f"{name}_unbatched", args)
             t_b, c_b, e_b, b = sweep(doc, True, Path(tmp) / f"{name}_batched", args)
             assert list(u.run_id) == list(b.run_id) and b.batched.all() and not u.batched.any()
