@@ -9,7 +9,7 @@ Protocols (shortened with ``--epochs``; the seeds with ``--seeds``):
 - ``quickstart``: ``experiments/quickstart.yaml`` (cnn width 16 on digits), method mixup;
 - ``resnet18`` (CUDA only): resnet18 on CIFAR-shaped synthetic images (3x32x32, 100 classes), mixup.
 
-Both sweeps run in this process, after an untimed warm-up of each (2 seeds, 1 epoch: imports and
+Both sweeps run in this process, after an untimed warm-up of each (2 seeds, 2 epochs: imports and
 first-call costs), with ``--threads`` torch threads (1: mixcli's default per CPU job), one
 run after the other (unbatched) or as one batched model.
 
@@ -105,7 +105,7 @@ def main() -> None:
                 continue
             doc, metric = protocol(name, args)
             # warm-up, untimed: imports, plugin loading and first-call costs are then paid by neither sweep
-            warm = {**doc, "seeds": 2, "train": {**doc["train"], "epochs": 1}}
+            warm = {**doc, "seeds": 2, "train": {**doc["train"], "epochs": 2}}
             for batched in (False, True):
                 sweep(warm, batched, Path(tmp) / f"{name}_warmup_{batched}", args)
             t_u, c_u, e_u, u = sweep(doc, False, Path(tmp) / f"{name}_unbatched", args)
