@@ -177,7 +177,11 @@ def run_experiment(experiment: str | Path | Plan, overrides: list[str] = (), *, 
 def _batched(todo: list[Job], executor: str, device: str, ex: Executor, warn) -> dict:
     """Train the seed groups that ask for ``train.batch_seeds`` in this process, before the sweep
     (:mod:`.batch_seeds`); ``{run_id: Outcome}`` of the runs settled there (local executor only)."""
-    if executor != "local" or not any(j.config["train"].get("batch_seeds") for j in todo):
+    if not any(j.config["train"].get("batch_seeds") for j in todo):
+        return {}
+    if executor != "local":
+        warn(f"note: train.batch_seeds is for the local executor; the {executor} executor trains the seeds "
+             "one run at a time")
         return {}
     from ..training.engine import pick_device
     from .batch_seeds import groups, run_batched
