@@ -102,12 +102,12 @@ def epoch_count(train: dict) -> int | None:
 def hashed_config(cfg: dict) -> dict:
     """The part of a resolved config that identifies a run: of ``init_from`` only the parent's run id (not
     how it was referred to, nor where its checkpoint lies); not what the run keeps (``checkpoint``,
-    ``train.log_steps``: see :mod:`mixcli.training.checkpoints`), which changes nothing it computes; ``eval.extra``/
-    ``extra_every`` only when evaluators are listed (so runs without them keep the ids they had before
-    evaluators existed)."""
+    ``train.log_steps``: see :mod:`mixcli.training.checkpoints`) nor how it is trained (``train.batch_seeds``),
+    which change nothing it computes; ``eval.extra``/``extra_every`` only when evaluators are listed (so runs
+    without them keep the ids they had before evaluators existed)."""
     cfg = {k: v for k, v in cfg.items() if k != "checkpoint"}
-    if isinstance(cfg.get("train"), dict) and "log_steps" in cfg["train"]:
-        cfg["train"] = {k: v for k, v in cfg["train"].items() if k != "log_steps"}
+    if isinstance(cfg.get("train"), dict) and {"log_steps", "batch_seeds"} & set(cfg["train"]):
+        cfg["train"] = {k: v for k, v in cfg["train"].items() if k not in ("log_steps", "batch_seeds")}
     ev = cfg.get("eval")
     if isinstance(ev, dict) and not ev.get("extra") and ("extra" in ev or "extra_every" in ev):
         cfg = {**cfg, "eval": {k: v for k, v in ev.items() if k not in ("extra", "extra_every")}}

@@ -26,6 +26,9 @@ Top-level keys (defaults in brackets)::
       iterations_per_epoch: int > 0    "epoch" is then this many steps [null = one pass] (mixcli.config.init_from)
       freeze_bn: bool [false]          BatchNorm kept in eval mode, its affine parameters not trained
       log_steps: int > 0 or null       [null] record loss and lr every N steps (jobs/<run_id>/steps.parquet)
+      batch_seeds: true|false|auto     [false] train the seeds of one configuration together as one batched
+                                       model (mixcli.training.batched; not in the run id); auto batches
+                                       where the benchmark shows it pays (mixcli.config.batch_seeds)
     eval:
       every: int > 0                   [1] evaluate every N epochs (and always after the last)
       batch_size: int > 0              [1024]
@@ -87,7 +90,7 @@ class Check:
 
     def describe(self) -> str:
         if self.choices:
-            return "one of " + ", ".join(map(str, self.choices))
+            return "one of " + ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in self.choices)
         what = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
                 "list": "a list"}[self.kind]
         if self.low is not None and self.high is not None:
@@ -113,6 +116,8 @@ class Check:
             return False
         if self.kind == "list" and not isinstance(v, list):
             return False
+        if self.kind == "choice" and not any(v is c or (type(v) is type(c) and v == c) for c in self.choices):
+            return False  # (True == 1: a choice of booleans and strings is matched by type too)
         if self.choices and v not in self.choices:
             return False
         if self.kind == "float" and not math.isfinite(v):
@@ -160,6 +165,7 @@ SCHEMA: dict[str, Any] = {
         "iterations_per_epoch": Check("int", None, low=1, high=10**9, nullable=True),
         "freeze_bn": Check("bool", False),
         "log_steps": Check("int", None, low=1, nullable=True),
+        "batch_seeds": Check("choice", False, choices=(False, True, "auto")),
     },
     "eval": {
         "every": Check("int", 1, low=1, high=MAX_EPOCHS),

@@ -40,7 +40,7 @@ from ..metrics import metric_clashes
 from ..registry import REGISTRY, SINGULAR, plugin_options
 from ..registry import option_type_name as _type_name
 from ..registry import option_type_ok as _type_ok
-from . import init_from, yamlsafe
+from . import batch_seeds, init_from, yamlsafe
 from .loggers import parse_log
 from .schema import (COMMON_DATASET_OPTIONS, COMMON_METHOD_OPTIONS, DEFAULT_LOSS, MAX_EPOCHS, MAX_JOBS, MAX_MODEL_SIZE, MAX_SEED,
                      PLUGIN_KINDS, SCHEMA, SHORTHAND, TASKS, Check)
@@ -533,6 +533,9 @@ def resolve(doc: dict, lines: Lines) -> dict:
     if isinstance(off, int) and isinstance(n_epochs, int) and off >= n_epochs:
         v.error("method.off_after_epoch", f"mixing would never be switched off: off_after_epoch ({off}) must be "
                                           f"below the number of epochs ({n_epochs}); lower it or remove it")
+    if cfg["train"].get("batch_seeds") is True:  # (auto falls back to unbatched runs where batching cannot)
+        for key, why in batch_seeds.refusals(cfg):
+            v.error("train.batch_seeds", f"{why} (at {key}); set train.batch_seeds false or auto")
     fingerprint = v.model_fit(cfg["dataset"], cfg["model"], cfg["method"])
     v.raise_if_errors()
     if fingerprint is not None:

@@ -177,13 +177,43 @@ def run_experiment(experiment: str | Path | Plan, overrides: list[str] = (), *, 
 
     try:
         with sigterm_interrupts():
-            sweep = run_sweep(todo, ex, display(ex) if display else _Silent(), skip_failed=not retry_failed,
+            batched = _batched(todo, executor, device, ex, warn)  # train.batch_seeds groups (issue #26)
+            sweep = run_sweep([j for j in todo if j.run_id not in batched], ex,
+                              display(ex) if display else _Silent(), skip_failed=not retry_failed,
                               wait_timeout=wait_timeout)
+            sweep.outcomes.update(batched)
     except KeyboardInterrupt:
         ex.close(interrupted=True)
         raise
     ex.close()
     return SweepResult(p, sweep, ex)
+
+
+def _batched(todo: list[Job], executor: str, device: str, ex: Executor, warn) -> dict:
+    """Train the seed groups that ask for ``train.batch_seeds`` in this process, before the sweep
+    (:mod:`.batch_seeds`); ``{run_id: Outcome}`` of the runs settled there (local executor only)."""
+    if not any(j.config["train"].get("batch_seeds") for j in todo):
+        return {}
+    if executor != "local":
+        warn(f"note: train.batch_seeds is for the local executor; the {executor} executor trains the seeds "
+             "one run at a time")
+        return {}
+    from ..training.engine import pick_device
+    from .batch_seeds import groups, run_batched
+
+    dev = pick_device(device)
+    found = groups(todo, dev.type)
+    if found:
+        warn(f"note: {sum(map(len, found))} run(s) in {len(found)} group(s) of seeds train as batched models "
+             "(train.batch_seeds), in this process")
+    if not found:
+        return {}
+    outcomes = run_batched(todo, dev, ex.threads, warn)
+    counts = {}
+    for o in outcomes.values():
+        counts[o.status] = counts.get(o.status, 0) + 1
+    warn("note: batched: " + ", ".join(f"{n} {st}" for st, n in sorted(counts.items())))
+    return outcomes
 
 
 __all__ = ["run_experiment", "plan", "Plan", "SweepResult", "check_stale"]

@@ -69,6 +69,8 @@ _RUN_BASE: dict[str, str] = {
     "wall_time_s": "training wall time in seconds (summed over resumed sessions)",
     "device": "the device the run trained on", "mixcli_version": "the mixcli version that ran it",
     "started_at": "UTC time of the first start", "finished_at": "UTC time of completion",
+    "batched": "whether the run trained as a member of a batched model of its configuration's seeds "
+               "(train.batch_seeds; false otherwise)",
 }
 # provenance (mixcli.training.provenance)
 _RUN_BASE.update({
@@ -96,7 +98,8 @@ _STRINGS = {"run_id", "experiment", "method", "dataset", "model", "loss", "task"
 _INTS = {"seed", "epochs", "best_epoch", "epoch", "attempts", "pid", "threads"}
 _STRINGS |= {"error_plugin", "host", "slurm_job", "node", "ray_node", "ray_task"}
 _STRINGS |= {"git_commit", "torch_version", "cuda_version", "gpu", "plugin_versions"}
-_BOOLS = {"git_dirty"}
+_BOOLS = {"git_dirty", "batched"}
+_DEFAULTS = {"batched": False}  # the value of a row that does not have the column
 
 
 def _arrow_type(col: str) -> pa.DataType:
@@ -166,7 +169,8 @@ def _column(t: pa.DataType, vals: list) -> list:
 def arrow_table(rows: list[dict], table: str) -> pa.Table:
     """``rows`` as an Arrow table with the table's fixed schema (built column by column, no pandas)."""
     sch = schema(table)
-    return pa.Table.from_arrays([pa.array(_column(f.type, [r.get(f.name) for r in rows]), type=f.type)
+    return pa.Table.from_arrays([pa.array(_column(f.type, [r.get(f.name, _DEFAULTS.get(f.name)) for r in rows]),
+                                          type=f.type)
                                  for f in sch], schema=sch)
 
 
