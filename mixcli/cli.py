@@ -46,6 +46,17 @@ def user_errors(fn):
     return wrapper
 
 
+def results_reader(fn):
+    """A command that reads result files: a file skipped by several of its steps is warned about once."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .results.runs import reading
+
+        with reading():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 # ----------------------------------------------------------------------------------------------------- run
 @app.command()
 @user_errors
@@ -265,6 +276,7 @@ def doctor(
 # -------------------------------------------------------------------------------------------------- export
 @app.command()
 @user_errors
+@results_reader
 def export(
     directory: Path = typer.Argument(..., help="An output directory holding runs/ and epochs/."),
     to: str = typer.Option(..., "--to", help="The logger to send the runs to: mlflow, tensorboard or wandb."),
@@ -331,6 +343,7 @@ def pick_job(jobs: list, key: str):
 # ------------------------------------------------------------------------------------------------- compare
 @app.command()
 @user_errors
+@results_reader
 def compare(
     directories: Optional[List[Path]] = typer.Argument(None, help="Output directories holding runs/ and "
                                                        "epochs/ (default: results); their runs are "
@@ -373,6 +386,7 @@ def compare(
 # -------------------------------------------------------------------------------------------------- curves
 @app.command()
 @user_errors
+@results_reader
 def curves(
     directory: ResultsDir = Path("results"),
     metric: Optional[str] = typer.Option(None, "--metric", help="Metric to plot against the epoch (default: "
@@ -404,6 +418,7 @@ def curves(
 # --------------------------------------------------------------------------------------------- reliability
 @app.command()
 @user_errors
+@results_reader
 def reliability(
     directory: ResultsDir = Path("results"),
     by: ByOption = None,
@@ -426,6 +441,7 @@ def reliability(
 # ------------------------------------------------------------------------------------------------- inspect
 @app.command()
 @user_errors
+@results_reader
 def inspect(
     run_dir: Path = typer.Argument(..., help="A run's directory, OUT/jobs/<run_id>."),
     step: Optional[int] = typer.Option(None, "--step", help="The recorded step to show (default: the last)."),
@@ -443,9 +459,19 @@ def inspect(
     cfg = read_run_config(cfg_path, "inspect")
     method = REGISTRY.get("methods", str(cfg["method"].get("name")))
     try:
-        console.print(method.inspect(run_dir, png=png, step=step, top=top))
+        shown = method.inspect(run_dir, png=png, step=step, top=top)
+    except (MixcliError, PluginError):
+        raise
     except OSError as exc:
+        if png is None:
+            raise MixcliError(f"{run_dir}: cannot read what the run recorded ({exc.strerror or exc})") from None
         raise MixcliError(f"--png {png}: cannot write the figure ({exc.strerror or exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged or crafted record is one line
+        from .results.runs import clean_line
+
+        raise MixcliError(f"{clean_line(run_dir)}: what the run recorded cannot be read "
+                          f"({clean_line(f'{type(exc).__name__}: {exc}', 160)})") from None
+    console.print(shown)
     if png is not None:
         console.print(f"figure: {png}")
 

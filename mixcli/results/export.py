@@ -3,15 +3,13 @@ a live run makes (:class:`mixcli.api.Logger`)."""
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 from ..config.jobs import titles
 from ..config.loggers import check_names
 from ..errors import MixcliError
 from .loggers import one_line, open_loggers, run_files, tags_of
-from .runs import group_keys, load_runs, varying_keys
-from .store import read_table
+from .runs import clean_line, group_keys, load_runs, parse_config, read_results, read_side_file, stderr_warning, varying_keys
 
 
 def export(out: Path, to: str, uri: str | None) -> tuple[int, int]:
@@ -23,10 +21,10 @@ def export(out: Path, to: str, uri: str | None) -> tuple[int, int]:
     Returns (exported, skipped)."""
     check_names({to: None}, "--to")
     runs = load_runs(out)
-    epochs = read_table(out, "epochs")
+    epochs = read_results(out, "epochs")
     keys = [k for k in varying_keys(runs) if k != "method" or runs["method"].nunique() > 1]
     grid = group_keys(runs, keys) if keys else None
-    names = titles([json.loads(c) if isinstance(c, str) else {} for c in runs["config"]])
+    names = titles([parse_config(c)[0] or {} for c in runs["config"]])
     (logger,) = open_loggers({to: uri}, out)
     where = uri or "its default destination"
     try:
@@ -47,7 +45,7 @@ def export(out: Path, to: str, uri: str | None) -> tuple[int, int]:
                 if in_epoch:
                     logger.steps(row["run_id"], in_epoch)
                 logger.epoch(row["run_id"], ep)
-            logger.end(row, run_files(Path(out) / "jobs" / row["run_id"]))
+            logger.end(row, _files(Path(out) / "jobs" / row["run_id"]))
             done += 1
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback
         raise MixcliError(f"--to {to} ({where}): {one_line(exc)} ({done} run(s) exported before it; "
@@ -58,13 +56,43 @@ def export(out: Path, to: str, uri: str | None) -> tuple[int, int]:
     return done, skipped
 
 
+def _files(job_dir: Path) -> list[Path]:
+    """The run's artifacts to send (config.yaml, its PNGs): regular files inside the run's folder only, so
+    that a link planted in ``OUT`` never sends a file from elsewhere to the tracker."""
+    if job_dir.is_symlink() or not job_dir.is_dir():
+        return []
+    keep = []
+    for f in run_files(job_dir):
+        rel = f.relative_to(job_dir).parts
+        try:
+            if not any(job_dir.joinpath(*rel[:k + 1]).is_symlink() for k in range(len(rel))) and f.is_file():
+                keep.append(f)
+        except OSError:
+            continue
+    return keep
+
+
+STEP_COLUMNS = ("epoch", "step", "loss", "lr")
+
+
 def _steps(path: Path) -> list[dict]:
-    """The per-step log of a run (``train.log_steps``), [] when it has none or it cannot be read."""
+    """The per-step log of a run (``train.log_steps``), [] when it has none; one that cannot be read or is
+    not what mixcli writes is left out of the export with a warning."""
+    import math
+
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return []
     try:
-        return pq.read_table(path).to_pylist()
-    except Exception:  # noqa: BLE001 - a damaged log is left out of the export, not fatal
+        rows = pq.read_table(pa.BufferReader(read_side_file(path))).to_pylist()
+        for r in rows:
+            vals = [r[c] for c in STEP_COLUMNS]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals) or \
+                    not all(math.isfinite(float(v)) or c in ("loss", "lr") for c, v in zip(STEP_COLUMNS, vals)):
+                raise ValueError("a row is not (epoch, step, loss, lr) numbers")
+        return rows
+    except Exception as exc:  # noqa: BLE001 - a damaged log is left out of the export, not fatal
+        stderr_warning(f"left out the step log {clean_line(path)} ({clean_line(exc if isinstance(exc, ValueError) else type(exc).__name__, 100)})")
         return []
