@@ -94,5 +94,5 @@ def _steps(path: Path) -> list[dict]:
                 raise ValueError("a row is not (epoch, step, loss, lr) numbers")
         return rows
     except Exception as exc:  # noqa: BLE001 - a damaged log is left out of the export, not fatal
-        stderr_warning(f"left out the step log {clean_line(path)} ({clean_line(exc if isinstance(exc, ValueError) else type(exc).__name__, 100)})")
+        stderr_warning(f"left out the step log {clean_line(path)} ({clean_line(exc if type(exc) is ValueError else type(exc).__name__, 80)})")
         return []

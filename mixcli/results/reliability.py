@@ -92,7 +92,7 @@ def read_bins(path: Path) -> dict | None:
         why = clean_line(getattr(exc, "strerror", None) or exc, 100)
     if why is None:
         return doc
-    stderr_warning(f"skipped {clean_line(path)}: {why} (not a calibration.json the calibration evaluator wrote)")
+    stderr_warning(f"skipped {clean_line(path)}: {why}")
     return None
 
 

@@ -255,6 +255,22 @@ def _type_ok(want: pa.DataType, got: pa.DataType) -> bool:
     return False
 
 
+def _kind(t: pa.DataType) -> str:
+    """A column type in a few words."""
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "text"
+    if pa.types.is_integer(t):
+        return "integers"
+    if pa.types.is_floating(t):
+        return "numbers"
+    if pa.types.is_boolean(t):
+        return "true/false"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        inner = _kind(t.value_type)
+        return f"lists of {inner}" if " " not in inner else "nested lists"
+    return "other values"
+
+
 def _plain(t: pa.DataType) -> bool:
     """A column type the reports can hold (an unknown column of another type is left out)."""
     return (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_string(t)
@@ -294,8 +310,7 @@ def _check_frame(df: pd.DataFrame, table: str, stem: str) -> str | None:
             df[name] = col.astype("int64")
     bad = [r for r in df["run_id"] if r != stem]
     if bad:
-        return (f"a row names run {clean_line(bad[0], 80)!r}, not {stem} (a {table} file holds the run it is "
-                "named after)")
+        return f"a row names run {clean_line(bad[0], 40)!r}, not the file's {stem}"
     if table == "runs":
         for col, allowed in (("status", STATUSES), ("task", TASKS), ("selection", RULES)):
             if col not in df.columns:
@@ -337,7 +352,7 @@ def read_results(out: Path | str, table: str, warn: Callable[[str], None] = stde
         except FileNotFoundError:
             continue  # replaced or removed between the listing and the read
         except Exception as exc:  # noqa: BLE001 - whatever the bytes, the report goes on
-            why = str(exc) if isinstance(exc, ValueError) and str(exc) and len(str(exc)) < 100 else type(exc).__name__
+            why = str(exc) if type(exc) is ValueError and str(exc) else type(exc).__name__
             warn(f"skipped damaged result file {where} ({clean_line(why, 100)}); `mixcli run` of its experiment "
                  "rebuilds it")
             continue
@@ -352,8 +367,8 @@ def read_results(out: Path | str, table: str, warn: Callable[[str], None] = stde
                  if n in sch.names and not _type_ok(sch.field(n).type, t.schema.field(n).type)]
         if wrong:
             n, got = wrong[0]
-            warn(f"skipped {where}: its '{clean_line(n, 60)}' column holds {got} values, expected "
-                 f"{sch.field(n).type} (not a file mixcli wrote)")
+            warn(f"skipped {where}: its '{clean_line(n, 40)}' column holds {_kind(got)}, expected "
+                 f"{_kind(sch.field(n).type)}")
             continue
         keep = [n for n in t.column_names if n in sch.names or _plain(t.schema.field(n).type)]
         try:
