@@ -208,3 +208,112 @@ def test_the_reader_keeps_every_good_row_and_each_warning_names_its_file(out):
     runs = read_results(out, "runs", said.append)
     assert sorted(runs["run_id"]) == sorted(p.stem for p in (out / "runs").iterdir() if p.stem not in ("evil", "zzz"))
     assert len(said) == 2 and "evil.parquet" in said[0] and "zzz.parquet" in said[1]
+
+
+# ------------------------------------------------------------------------------------ export destinations
+def _mount_tmpfs(d, opts: str) -> bool:
+    """A small tmpfs at ``d`` (root only, where mounting is allowed): a real full or read-only disk."""
+    import subprocess
+
+    d.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(d)], capture_output=True).returncode == 0
+
+
+def _umount(d) -> None:
+    import subprocess
+
+    subprocess.run(["umount", str(d)], capture_output=True)
+
+
+def _export_refused(out, tmp_path, to, uri, expect, limit_s=60.0):
+    import time
+
+    t0 = time.monotonic()
+    code, stdout, stderr = invoke("export", out, "--to", to, "--uri", uri)
+    took = time.monotonic() - t0
+    assert code == 2, stdout + stderr
+    assert "Traceback" not in stdout + stderr and "Exception in thread" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in " ".join(stderr.split()), stderr
+    assert took < limit_s, took
+    return lines[0]
+
+
+@pytest.mark.parametrize("to", ["tensorboard", "mlflow"])
+@pytest.mark.parametrize("kind", ["a-file", "under-a-file", "a-dangling-link"])
+def test_export_to_a_bad_destination_is_one_line_naming_it(out, tmp_path, to, kind):
+    if to == "mlflow":
+        pytest.importorskip("mlflow")
+    f = tmp_path / "f"
+    f.write_text("x")
+    folder = {"a-file": f, "under-a-file": f / "sub", "a-dangling-link": tmp_path / "link"}[kind]
+    if kind == "a-dangling-link":
+        folder.symlink_to(tmp_path / "nowhere")
+    uri = str(folder) if to == "tensorboard" else f"sqlite:///{folder / 'm.db'}"
+    expect = {"a-file": "is a file, expected a folder", "under-a-file": "cannot be created (Not a directory)",
+              "a-dangling-link": "is a symbolic link to nothing"}[kind]
+    if to == "mlflow" and kind == "a-file":
+        uri, expect = f"sqlite:///{f}/m.db", f"the destination {f} is a file, expected a folder"
+    line = _export_refused(out, tmp_path, to, uri, expect)
+    assert str(folder if kind != "a-file" or to == "tensorboard" else f) in line
+
+
+@pytest.mark.parametrize("to", ["tensorboard", "mlflow"])
+@pytest.mark.parametrize("kind", ["full", "read-only"])
+def test_export_to_a_full_or_read_only_disk_is_one_line(out, tmp_path, to, kind):
+    if to == "mlflow":
+        pytest.importorskip("mlflow")
+    d = tmp_path / "disk"
+    if kind == "read-only" and os.geteuid() != 0:
+        d.mkdir()
+        d.chmod(0o555)
+        mounted = False
+    else:
+        mounted = _mount_tmpfs(d, "size=64k" if kind == "full" else "ro,size=64k")
+        if not mounted:
+            pytest.skip("needs root to mount a small tmpfs (a real full or read-only disk)")
+    try:
+        if kind == "full":
+            with open(d / "filler", "wb") as fh:
+                with pytest.raises(OSError):
+                    fh.write(b"\0" * 200_000)
+                    fh.flush()
+        uri = str(d / "tb") if to == "tensorboard" else f"sqlite:///{d / 'm.db'}"
+        why = "the disk is full" if kind == "full" else ("it is read-only" if mounted else "read-only")
+        _export_refused(out, tmp_path, to, uri, why)
+    finally:
+        if mounted:
+            _umount(d)
+        else:
+            d.chmod(0o755)
+
+
+def test_export_to_an_mlflow_server_that_never_answers_fails_within_seconds(out, tmp_path):
+    pytest.importorskip("mlflow")
+    import socket
+
+    with socket.socket() as s:  # accepts connections (the kernel's backlog) and never answers
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        line = _export_refused(out, tmp_path, "mlflow", url, "cannot be reached (no answer within", limit_s=45)
+    assert url in line
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    _export_refused(out, tmp_path, "mlflow", f"http://127.0.0.1:{port}", "cannot be reached", limit_s=45)
+
+
+def test_a_logger_thread_failing_in_the_background_is_kept_not_printed(capsys):
+    import threading
+
+    from mixcli.results.export import _background
+
+    with _background() as failed:
+        t = threading.Thread(target=lambda: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+        t.start()
+        t.join()
+    assert len(failed) == 1 and failed[0].errno == 28
+    assert "Traceback" not in capsys.readouterr().err
