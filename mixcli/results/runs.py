@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from ..config.schema import RULES, TASKS
 from ..errors import MixcliError
-from .store import _KEY_COLUMNS, columns, schema
+from .store import _EPOCH_BASE, _KEY_COLUMNS, _RUN_BASE, _arrow_type
 
 IGNORED_KEYS = {"seed", "name"}
 UNSET = ("-", "None", "nan", "NaN", "")  # how an option a run does not have reads after grouping
@@ -237,6 +237,19 @@ def read_side_file(path: Path, limit: int = MAX_SIDE_BYTES) -> bytes:
         os.close(fd)
 
 
+_METRIC_PREFIXES = ("train_", "val_", "test_", "final_", "best_")
+
+
+def expected_type(table: str, name: str) -> pa.DataType | None:
+    """The Arrow type mixcli writes for column ``name`` of ``table`` (its built-in columns and every
+    metric column), or None for a column it does not know. Told from the name alone: reading results never
+    imports the evaluator plugins (nor torch) to list their metrics."""
+    base = _RUN_BASE if table == "runs" else _EPOCH_BASE
+    if name in base or name.startswith(_METRIC_PREFIXES):
+        return _arrow_type(name)
+    return None
+
+
 def _type_ok(want: pa.DataType, got: pa.DataType) -> bool:
     if pa.types.is_null(got) or got == want:
         return True
@@ -295,9 +308,9 @@ _INT_LOW = {"epoch": 0}  # the smallest valid value of an integer column (others
 
 def _check_frame(df: pd.DataFrame, table: str, stem: str) -> str | None:
     """Why the rows of ``OUT/<table>/<stem>.parquet`` are not what mixcli writes, or None."""
-    sch = schema(table)
     for name in df.columns:
-        if name in sch.names and pa.types.is_integer(sch.field(name).type):
+        want = expected_type(table, name)
+        if want is not None and pa.types.is_integer(want):
             col = pd.to_numeric(df[name], errors="coerce")
             if table == "epochs" and name == "epoch" and col.isna().any():
                 return "its 'epoch' column has missing values"
@@ -342,7 +355,6 @@ def read_results(out: Path | str, table: str, warn: Callable[[str], None] = stde
         names = []
     except OSError as exc:
         raise MixcliError(f"{clean_line(d)}: cannot list the folder ({exc.strerror or exc})") from None
-    sch = schema(table)
     frames = []
     for name in names:
         p, stem = d / name, name[:-len(".parquet")]
@@ -363,14 +375,14 @@ def read_results(out: Path | str, table: str, warn: Callable[[str], None] = stde
         if len(set(t.column_names)) < len(t.column_names):
             warn(f"skipped {where}: not a mixcli {table} file (a column name repeats)")
             continue
-        wrong = [(n, t.schema.field(n).type) for n in t.column_names
-                 if n in sch.names and not _type_ok(sch.field(n).type, t.schema.field(n).type)]
+        wrong = [(n, t.schema.field(n).type, expected_type(table, n)) for n in t.column_names
+                 if expected_type(table, n) is not None
+                 and not _type_ok(expected_type(table, n), t.schema.field(n).type)]
         if wrong:
-            n, got = wrong[0]
-            warn(f"skipped {where}: its '{clean_line(n, 40)}' column holds {_kind(got)}, expected "
-                 f"{_kind(sch.field(n).type)}")
+            n, got, want = wrong[0]
+            warn(f"skipped {where}: its '{clean_line(n, 40)}' column holds {_kind(got)}, expected {_kind(want)}")
             continue
-        keep = [n for n in t.column_names if n in sch.names or _plain(t.schema.field(n).type)]
+        keep = [n for n in t.column_names if expected_type(table, n) is not None or _plain(t.schema.field(n).type)]
         try:
             df = t.select(keep).to_pandas()
         except Exception as exc:  # noqa: BLE001
@@ -390,5 +402,5 @@ def read_results(out: Path | str, table: str, warn: Callable[[str], None] = stde
         frames.append(df)
     frames = [f for f in frames if len(f)]
     if not frames:
-        return pd.DataFrame(columns=list(columns(table)))
+        return pd.DataFrame(columns=list(_RUN_BASE if table == "runs" else _EPOCH_BASE))
     return pd.concat(frames, ignore_index=True)
