@@ -3,6 +3,7 @@ validate."""
 from __future__ import annotations
 
 import functools
+import re
 import shlex
 import sys
 import time
@@ -34,6 +35,15 @@ ByOption = Annotated[Optional[List[str]], typer.Option(
     "--by", help="Group by this column or dotted config key (repeatable; default: method plus the keys that vary).")]
 
 
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def plain(text: str) -> str:
+    """``text`` without terminal control characters (escape sequences, bidirectional overrides; newlines
+    stay): what a message quotes from a file must not drive the terminal."""
+    return _CONTROL.sub("", text)
+
+
 def user_errors(fn):
     """Bad input -> one clear message on stderr and exit code 2, no traceback."""
     @functools.wraps(fn)
@@ -41,7 +51,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (MixcliError, PluginError) as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(plain(str(exc)))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
 
@@ -318,7 +328,8 @@ def show(
     jobs = expand(load_experiment(experiment, set_ or []))
     if job is not None:
         jobs = [pick_job(jobs, job)]
-    docs = [f"# {j.run_id}: {j.label} (threads: {threads or THREADS})\n{config_yaml(j.config)}" for j in jobs]
+    docs = [f"# {plain(j.run_id)}: {plain(j.label)} (threads: {threads or THREADS})\n{plain(config_yaml(j.config))}"
+            for j in jobs]
     sys.stdout.write("---\n".join(docs))
 
 

@@ -162,3 +162,12 @@ def test_the_timm_plugin_itself_refuses_a_pickled_payload_in_one_line(tmp_path):
         read_state(tmp_path / "w.pt")
     assert "\n" not in str(e.value) and "not a weights-only checkpoint" in str(e.value)
     assert not marker.exists()
+
+
+def test_an_error_quoting_the_file_carries_no_terminal_escape(tmp_path):
+    p = tmp_path / "exp.yaml"
+    p.write_text(BASE.replace("{name: digits}", '{name: digits, "\\e]0;owned\\a\\e[2Jfoo\\u202e": 1}'))
+    code, out, err = _invoke("validate", p)
+    assert code == 2 and "unknown option ']0;owned[2Jfoo'" in err, err
+    assert not any(c in out + err for c in ("\x1b", "\x07", "\u202e"))
+
