@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 from crafted_helpers import READERS, invoke, make_out, reader_args, run_id, sane
 
-from mixcli.results.runs import read_results
 from mixcli.results.store import arrow_table
 
 GOOD = run_id("erm", 0)
@@ -202,6 +201,8 @@ def test_inspect_of_a_crafted_record_is_one_line(out, tmp_path):
 
 
 def test_the_reader_keeps_every_good_row_and_each_warning_names_its_file(out):
+    from mixcli.results.runs import read_results
+
     _runs(config="{not json")(out)
     (out / "runs" / "zzz.parquet").write_bytes(b"junk")
     said = []
