@@ -106,8 +106,19 @@ def group_label(keys: dict[str, str]) -> str:
 def read_all(outs: list[Path], notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Runs (with flattened configs) and epochs of several output directories; a run id found in more
     than one directory is counted once (the first directory's)."""
-    runs = pd.concat([load_runs(o) for o in outs], ignore_index=True)
-    epochs = pd.concat([read_results(o, "epochs") for o in outs], ignore_index=True)
+    loaded, problems = [], []
+    for o in outs:
+        try:
+            loaded.append((o, load_runs(o)))
+        except MixcliError as exc:  # with several directories, one without usable runs is a warning
+            if len(outs) == 1:
+                raise
+            problems.append(exc)
+            stderr_warning(f"left out {clean_line(o)}: no usable runs there")
+    if not loaded:
+        raise problems[0]
+    runs = pd.concat([r for _, r in loaded], ignore_index=True)
+    epochs = pd.concat([read_results(o, "epochs") for o, _ in loaded], ignore_index=True)
     dup = runs["run_id"].duplicated()
     if dup.any():
         notes.append(f"{int(dup.sum())} run(s) found in more than one directory counted once")

@@ -23,6 +23,13 @@ MAX_EPS = 255.0
 MAX_STEPS = 10_000
 
 
+def _bounded(name: str, value: float) -> float:
+    if value > MAX_EPS:
+        raise PluginError(f"{name} must be <= {MAX_EPS:g} (1/255 pixel units: 255 spans a pixel's whole range), "
+                          f"got {value}")
+    return value
+
+
 def _loss_grad(model, ctx: EvalContext, p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """d/dp of the summed cross-entropy of the model on pixel-unit inputs ``p`` (float32)."""
     p = p.detach().requires_grad_(True)
@@ -88,7 +95,7 @@ class FGSM(_Attack):
                       doc="test accuracy under FGSM, L-inf radius eps/255 in pixel units"),)
 
     def __init__(self, eps: float = 8.0):
-        self.eps = check_range("eps", eps, 0, MAX_EPS)
+        self.eps = _bounded("eps", check_range("eps", eps, 0))
 
     def attack(self, grad_fn, p, y, ctx):
         return fgsm(grad_fn, p, y, self.eps / 255.0, ctx.images)
@@ -110,8 +117,8 @@ class PGD(_Attack):
                       doc="test accuracy under PGD (last iterate), L-inf radius eps/255 in pixel units"),)
 
     def __init__(self, eps: float = 8.0, step: float = 2.0, steps: int = 10, random_start: bool = True):
-        self.eps = check_range("eps", eps, 0, MAX_EPS)
-        self.step = check_range("step", step, 0, MAX_EPS, low_open=True)
+        self.eps = _bounded("eps", check_range("eps", eps, 0))
+        self.step = _bounded("step", check_range("step", step, 0, low_open=True))
         if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
             raise PluginError(f"steps must be an integer from 1 to {MAX_STEPS} (each step is a forward and "
                               f"backward pass over the test split), got {steps!r}")

@@ -225,7 +225,8 @@ def _mount_tmpfs(d, opts: str) -> bool:
 def _umount(d) -> None:
     import subprocess
 
-    subprocess.run(["umount", str(d)], capture_output=True)
+    if subprocess.run(["umount", str(d)], capture_output=True).returncode:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)  # still open somewhere: detach it
 
 
 def _export_refused(out, tmp_path, to, uri, expect, limit_s=60.0):
@@ -318,3 +319,16 @@ def test_a_logger_thread_failing_in_the_background_is_kept_not_printed(capsys):
         t.join()
     assert len(failed) == 1 and failed[0].errno == 28
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_compare_of_several_directories_leaves_out_one_without_usable_runs(out, tmp_path):
+    bad = tmp_path / "bad"
+    (bad / "runs").mkdir(parents=True)
+    (bad / "runs" / "x.parquet").write_bytes(b"junk")
+    code, stdout, stderr = invoke("compare", out, bad)
+    warnings = _survived(code, stdout, stderr)
+    assert any("x.parquet" in w for w in warnings) and any(f"left out {bad}: no usable runs" in w
+                                                           for w in warnings), stderr
+    _shown("compare", stdout, 4)
+    code, stdout, stderr = invoke("compare", bad, tmp_path / "nowhere")
+    assert code == 2 and "Traceback" not in stderr
