@@ -531,6 +531,12 @@ class Evaluator(Plugin):
         """Raise a PluginError if this evaluator cannot run on ``data``; called when a run starts, before
         training (so a missing validation split does not surface only after the last epoch)."""
 
+    def check_config(self, config: dict, dataset: "Dataset | None") -> None:
+        """Raise a PluginError if this evaluator cannot run with the experiment's resolved ``config``
+        (``dataset``, ``method``, ...) and its dataset plugin ``dataset`` (not loaded; None when it could not
+        be built): called by ``mixcli validate`` and ``mixcli run`` alike, before any data is loaded, so that
+        validate refuses what run would (e.g. a validation split of size 0, inputs of another kind)."""
+
     def __call__(self, model: Model, ctx: EvalContext) -> dict[str, float]:  # pragma: no cover - abstract
         raise NotImplementedError
 

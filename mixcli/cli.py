@@ -3,6 +3,7 @@ validate."""
 from __future__ import annotations
 
 import functools
+import re
 import shlex
 import sys
 import time
@@ -34,6 +35,15 @@ ByOption = Annotated[Optional[List[str]], typer.Option(
     "--by", help="Group by this column or dotted config key (repeatable; default: method plus the keys that vary).")]
 
 
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def plain(text: str) -> str:
+    """``text`` without terminal control characters (escape sequences, bidirectional overrides; newlines
+    stay): what a message quotes from a file must not drive the terminal."""
+    return _CONTROL.sub("", text)
+
+
 def user_errors(fn):
     """Bad input -> one clear message on stderr and exit code 2, no traceback."""
     @functools.wraps(fn)
@@ -41,8 +51,19 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (MixcliError, PluginError) as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(plain(str(exc)))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+    return wrapper
+
+
+def results_reader(fn):
+    """A command that reads result files: a file skipped by several of its steps is warned about once."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .results.runs import reading
+
+        with reading():
+            return fn(*args, **kwargs)
     return wrapper
 
 
@@ -286,6 +307,7 @@ def doctor(
 # -------------------------------------------------------------------------------------------------- export
 @app.command()
 @user_errors
+@results_reader
 def export(
     directory: Path = typer.Argument(..., help="An output directory holding runs/ and epochs/."),
     to: str = typer.Option(..., "--to", help="The logger to send the runs to: mlflow, tensorboard or wandb."),
@@ -327,7 +349,8 @@ def show(
     jobs = expand(load_experiment(experiment, set_ or []))
     if job is not None:
         jobs = [pick_job(jobs, job)]
-    docs = [f"# {j.run_id}: {j.label} (threads: {threads or THREADS})\n{config_yaml(j.config)}" for j in jobs]
+    docs = [f"# {plain(j.run_id)}: {plain(j.label)} (threads: {threads or THREADS})\n{plain(config_yaml(j.config))}"
+            for j in jobs]
     sys.stdout.write("---\n".join(docs))
 
 
@@ -352,6 +375,7 @@ def pick_job(jobs: list, key: str):
 # ------------------------------------------------------------------------------------------------- compare
 @app.command()
 @user_errors
+@results_reader
 def compare(
     directories: Optional[List[Path]] = typer.Argument(None, help="Output directories holding runs/ and "
                                                        "epochs/ (default: results); their runs are "
@@ -394,6 +418,7 @@ def compare(
 # -------------------------------------------------------------------------------------------------- curves
 @app.command()
 @user_errors
+@results_reader
 def curves(
     directory: ResultsDir = Path("results"),
     metric: Optional[str] = typer.Option(None, "--metric", help="Metric to plot against the epoch (default: "
@@ -425,6 +450,7 @@ def curves(
 # --------------------------------------------------------------------------------------------- reliability
 @app.command()
 @user_errors
+@results_reader
 def reliability(
     directory: ResultsDir = Path("results"),
     by: ByOption = None,
@@ -447,6 +473,7 @@ def reliability(
 # ------------------------------------------------------------------------------------------------- inspect
 @app.command()
 @user_errors
+@results_reader
 def inspect(
     run_dir: Path = typer.Argument(..., help="A run's directory, OUT/jobs/<run_id>."),
     step: Optional[int] = typer.Option(None, "--step", help="The recorded step to show (default: the last)."),
@@ -464,9 +491,19 @@ def inspect(
     cfg = read_run_config(cfg_path, "inspect")
     method = REGISTRY.get("methods", str(cfg["method"].get("name")))
     try:
-        console.print(method.inspect(run_dir, png=png, step=step, top=top))
+        shown = method.inspect(run_dir, png=png, step=step, top=top)
+    except (MixcliError, PluginError):
+        raise
     except OSError as exc:
+        if png is None:
+            raise MixcliError(f"{run_dir}: cannot read what the run recorded ({exc.strerror or exc})") from None
         raise MixcliError(f"--png {png}: cannot write the figure ({exc.strerror or exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged or crafted record is one line
+        from .results.runs import clean_line
+
+        raise MixcliError(f"{clean_line(run_dir)}: what the run recorded cannot be read "
+                          f"({clean_line(f'{type(exc).__name__}: {exc}', 160)})") from None
+    console.print(shown)
     if png is not None:
         console.print(f"figure: {png}")
 

@@ -162,6 +162,9 @@ def locate_run(ref: str, out: Path) -> tuple[str, Path, dict]:
 
     if not zipfile.is_zipfile(ckpt):  # what torch.save writes; checked now so validate refuses it as run does
         raise MixcliError(f"init_from: {ckpt} is not a PyTorch checkpoint (torch.save writes a zip archive)")
+    refused = weights_only_problem(ckpt)
+    if refused:  # loaded now as the run loads it (weights_only), so that validate refuses it as run does
+        raise MixcliError(f"init_from: {refused}")
     conf = run_dir / "config.yaml"
     if not conf.is_file():
         raise MixcliError(f"init_from: {conf} is missing; the model and dataset of {ckpt} cannot be checked "
@@ -170,6 +173,35 @@ def locate_run(ref: str, out: Path) -> tuple[str, Path, dict]:
     if not isinstance(parent_cfg.get("model"), dict):
         raise MixcliError(f"init_from: {conf} is not a mixcli run configuration")
     return run_dir.name, ckpt, parent_cfg
+
+
+def weights_only_problem(path: Path) -> str | None:
+    """Why ``torch.load(path, weights_only=True)`` (how a run loads its parent's weights) refuses ``path``, in
+    one line, or None. A pickle holding Python objects (a ``__reduce__`` payload) is refused by the
+    weights-only unpickler before anything in it runs."""
+    import pickle
+    import re
+
+    import torch
+
+    try:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: the tensors are not read
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever the file holds, one line
+        text = str(exc)
+        if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f" ({found.group(1)})" if found else ""
+            return (f"{path} is not a weights-only checkpoint: it holds pickled Python objects{what}, which are "
+                    "never loaded (they could run code); use a checkpoint.pt mixcli wrote, or save the weights "
+                    "alone with torch.save(model.state_dict(), PATH)")
+        first = (text.strip().splitlines() or [""])[0][:160]
+        return f"{path} is not a readable checkpoint ({type(exc).__name__}: {first})"
+    return None
 
 
 def read_run_config(path: Path, who: str) -> dict:
@@ -262,4 +294,4 @@ def with_parents(jobs: list) -> list:
 
 
 __all__ = ["check_init_from", "check_train", "epoch_count", "hashed_config", "resolve_init", "with_parents",
-           "locate_run", "read_run_config", "check_compatible"]
+           "locate_run", "read_run_config", "check_compatible", "weights_only_problem"]

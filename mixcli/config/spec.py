@@ -503,7 +503,7 @@ def resolve(doc: dict, lines: Lines) -> dict:
     cfg["loss"] = v.plugin("loss", "losses", doc.get("loss", DEFAULT_LOSS[task]), task)
     cfg["train"] = v.section("train", SCHEMA["train"], doc.get("train"))
     cfg["eval"] = v.section("eval", SCHEMA["eval"], doc.get("eval"))
-    check_extra(v, cfg["eval"], task)
+    check_extra(v, cfg["eval"], task, cfg)
     extra = cfg["eval"].get("extra")
     for i, spec in enumerate(extra if isinstance(extra, list) else []):  # e.g. label_noise's memorisation
         cls = REGISTRY.get("evaluators", spec["name"])
@@ -543,7 +543,7 @@ def resolve(doc: dict, lines: Lines) -> dict:
     return cfg
 
 
-def check_extra(v: Validator, ev: dict, task: str) -> None:
+def check_extra(v: Validator, ev: dict, task: str, cfg: dict | None = None) -> None:
     """Validate ``eval.extra`` (evaluator plugins and their options, each named once) and ``eval.extra_every``."""
 
     items = ev.get("extra")
@@ -562,6 +562,12 @@ def check_extra(v: Validator, ev: dict, task: str) -> None:
         why = metric_clashes(spec["name"], REGISTRY.get("evaluators", spec["name"]))
         if why:
             v.error(key, why)
+        ev_obj = v.instances.pop("evaluators", None)
+        if ev_obj is not None and hasattr(ev_obj, "check_config"):
+            try:  # what the evaluator needs of the data and the method, judged without loading the data
+                ev_obj.check_config(cfg or {}, v.instances.get("datasets"))
+            except Exception as exc:  # noqa: BLE001 - a plugin's complaint is a user error
+                v.error(key, f"evaluator '{spec['name']}': {exc}")
         resolved.append(spec)
     ev["extra"] = resolved
     every, base = ev.get("extra_every"), ev.get("every")

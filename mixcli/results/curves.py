@@ -38,9 +38,8 @@ from ..errors import MixcliError, did_you_mean
 from ..metrics import all_metrics, known_metric, metric_info
 from .compare import compare
 from .render import fmt_value
-from .runs import UNSET, group_keys, group_label, load_runs
+from .runs import UNSET, group_keys, group_label, load_runs, read_results
 from .selection import PRIMARY
-from .store import read_table
 
 PEAK_FRACTION = 0.8
 PERCENT_FLOOR = 0.005
@@ -166,7 +165,7 @@ def load_curves(out: Path | str, metric: str | None = None, by: list[str] | None
     cmp = compare(out, by=by, metrics=[metric], rule=rule, split=split)  # groups, rule and checks as compare
     finished = finished.reset_index(drop=True)
     col = f"{split}_{metric}"
-    epochs = read_table(out, "epochs")
+    epochs = read_results(out, "epochs")
     keys = pd.concat([finished[["run_id"]], group_keys(finished, cmp.by)], axis=1)
     data = epochs[["run_id", "epoch", col]].merge(keys, on="run_id").dropna(subset=[col])
     selected = {tuple(str(r[k]) for k in cmp.by): (r[f"{metric}_mean"], r[f"{metric}_std"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MixcliError
-from .runs import group_keys, group_label, load_runs, varying_keys
+from .runs import clean_line, group_keys, group_label, load_runs, read_side_file, stderr_warning, varying_keys
 
 ARTIFACT = "calibration.json"
 
@@ -54,6 +54,48 @@ def _bins(docs: list[dict], key: str) -> Bins:
                   for f in ("count", "conf", "correct")))
 
 
+MAX_BINS = 1000  # the calibration evaluator's bound on its 'bins' option
+
+
+def _check_bins(doc) -> str | None:
+    """Why ``doc`` is not a calibration.json the calibration evaluator writes, or None."""
+    if not isinstance(doc, dict):
+        return "not a JSON mapping"
+    n = doc.get("bins")
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_BINS:
+        return f"'bins' is not an integer from 1 to {MAX_BINS}"
+    t = doc.get("temperature")
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
+        return "'temperature' is not a positive number"
+    for key in ("before", "after"):
+        part = doc.get(key)
+        if not isinstance(part, dict):
+            return f"'{key}' is not a mapping of count, conf and correct"
+        for f in ("count", "conf", "correct"):
+            vals = part.get(f)
+            if not isinstance(vals, list) or len(vals) != n or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                    for v in vals):
+                return f"'{key}.{f}' is not a list of {n} finite numbers >= 0"
+    return None
+
+
+def read_bins(path: Path) -> dict | None:
+    """A run's calibration.json, or None (with one warning line naming it) when it is not one the
+    calibration evaluator writes (not a regular file, too large, not JSON, another shape)."""
+    try:
+        doc = json.loads(read_side_file(path, 16 * 2**20).decode("utf-8"))
+        why = _check_bins(doc)
+    except RecursionError:
+        why = "nested too deeply"
+    except (OSError, ValueError) as exc:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        why = clean_line(getattr(exc, "strerror", None) or exc, 100)
+    if why is None:
+        return doc
+    stderr_warning(f"skipped {clean_line(path)}: {why}")
+    return None
+
+
 def load_reliability(out: Path | str, by: list[str] | None = None) -> tuple[str, list[Group]]:
     """The experiment name and one pooled :class:`Group` per group of finished runs that recorded bins."""
     out = Path(out)
@@ -69,8 +111,10 @@ def load_reliability(out: Path | str, by: list[str] | None = None) -> tuple[str,
     docs: dict[tuple, list[dict]] = {}
     for i, r in runs.iterrows():
         path = out / "jobs" / r["run_id"] / ARTIFACT
-        if path.is_file():
-            docs.setdefault(tuple(keys.iloc[i]), []).append(json.loads(path.read_text()))
+        if path.exists() or path.is_symlink():
+            doc = read_bins(path)
+            if doc is not None:
+                docs.setdefault(tuple(keys.iloc[i]), []).append(doc)
     if not docs:
         raise MixcliError(f"{out}: no run recorded calibration bins; add 'calibration' to eval.extra in the "
                           "experiment file (e.g. eval: {extra: [calibration]}) and run it")

@@ -16,6 +16,19 @@ import torch.nn.functional as F
 
 from mixcli.api import EvalContext, Evaluator, PluginError, check_range, metric
 
+#: eps and step are in 1/255 pixel units: 255 already moves a pixel across its whole range
+MAX_EPS = 255.0
+#: each PGD step is a forward and a backward pass over the whole test split after training (the papers use
+#: 7 to 50, robustness evaluations a few hundred); 10000 steps of CIFAR-10's test set already take hours
+MAX_STEPS = 10_000
+
+
+def _bounded(name: str, value: float) -> float:
+    if value > MAX_EPS:
+        raise PluginError(f"{name} must be <= {MAX_EPS:g} (1/255 pixel units: 255 spans a pixel's whole range), "
+                          f"got {value}")
+    return value
+
 
 def _loss_grad(model, ctx: EvalContext, p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """d/dp of the summed cross-entropy of the model on pixel-unit inputs ``p`` (float32)."""
@@ -82,7 +95,7 @@ class FGSM(_Attack):
                       doc="test accuracy under FGSM, L-inf radius eps/255 in pixel units"),)
 
     def __init__(self, eps: float = 8.0):
-        self.eps = check_range("eps", eps, 0)
+        self.eps = _bounded("eps", check_range("eps", eps, 0))
 
     def attack(self, grad_fn, p, y, ctx):
         return fgsm(grad_fn, p, y, self.eps / 255.0, ctx.images)
@@ -104,10 +117,11 @@ class PGD(_Attack):
                       doc="test accuracy under PGD (last iterate), L-inf radius eps/255 in pixel units"),)
 
     def __init__(self, eps: float = 8.0, step: float = 2.0, steps: int = 10, random_start: bool = True):
-        self.eps = check_range("eps", eps, 0)
-        self.step = check_range("step", step, 0, low_open=True)
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise PluginError(f"steps must be an integer >= 1, got {steps!r}")
+        self.eps = _bounded("eps", check_range("eps", eps, 0))
+        self.step = _bounded("step", check_range("step", step, 0, low_open=True))
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
+            raise PluginError(f"steps must be an integer from 1 to {MAX_STEPS} (each step is a forward and "
+                              f"backward pass over the test split), got {steps!r}")
         if not isinstance(random_start, bool):
             raise PluginError(f"random_start must be true or false, got {random_start!r}")
         self.steps, self.random_start = steps, random_start

@@ -22,6 +22,12 @@ class AutomixHeads(Evaluator):
     metrics = tuple(metric(f"automix_{h}_accuracy", True, percent=True,
                            doc=f"test accuracy of AutoMix's {h} head") for h in HEADS)
 
+    def check_config(self, config: dict, dataset) -> None:
+        method = (config.get("method") or {}).get("name")
+        if method != "automix":
+            raise PluginError(f"automix_heads reports the heads of method automix; this experiment's method is "
+                              f"{method!r} (use it with method: automix)")
+
     def __call__(self, model, ctx: EvalContext) -> dict[str, float]:
         heads = getattr(model, "automix_heads", None)
         if heads is None:

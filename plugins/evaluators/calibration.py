@@ -9,6 +9,9 @@ from mixcli.api import EvalContext, Evaluator, PluginError, metric, write_artifa
 from mixcli.api import adaptive_ece, confidences, ece, fit_temperature
 
 ARTIFACT = "calibration.json"
+#: more bins than this leave most of them empty on any test split (10,000 CIFAR images: 10 per bin at 1000)
+#: and the ECE estimate is all noise; ``mixcli reliability`` reads at most this many
+MAX_BINS = 1000
 
 
 def bin_sums(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> dict[str, list[float]]:
@@ -38,9 +41,17 @@ class Calibration(Evaluator):
                metric("ts_adaptive_ece", False, percent=True, doc="equal-mass ECE after temperature scaling"))
 
     def __init__(self, bins: int = 15):
-        if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
-            raise PluginError(f"bins must be an integer >= 1, got {bins!r}")
+        if not isinstance(bins, int) or isinstance(bins, bool) or not 1 <= bins <= MAX_BINS:
+            raise PluginError(f"bins must be an integer from 1 to {MAX_BINS} (more leaves most bins empty), "
+                              f"got {bins!r}")
         self.bins = bins
+
+    def check_config(self, config: dict, dataset) -> None:
+        ds = config.get("dataset") or {}
+        for key in ("val_size", "n_val"):  # the validation split's size, as the built-in datasets name it
+            if ds.get(key) == 0:
+                raise PluginError(f"calibration fits the temperature on the validation split, and dataset.{key} "
+                                  f"is 0; give the dataset a {key} > 0")
 
     def check(self, data) -> None:
         if data.val is None or len(data.val) == 0:

@@ -341,6 +341,16 @@ class Corruptions(Evaluator):
             raise PluginError(f"frost_dir must be a folder (a string), got {frost_dir!r}")
         if not isinstance(download, bool):
             raise PluginError(f"download must be true or false, got {download!r}")
+        if path is not None:
+            path = os.path.expanduser(path)
+            if not os.path.isdir(path):
+                raise PluginError(f"path {path}: no such folder (expected the released CIFAR-10-C/100-C folder "
+                                  "with labels.npy and <corruption>.npy files; leave path out to generate them)")
+            missing = [f for f in ["labels.npy"] + [f"{c}.npy" for c in corruptions]
+                       if not os.path.isfile(os.path.join(path, f))]
+            if missing:
+                raise PluginError(f"path {path}: no {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} "
+                                  "(expected the released CIFAR-10-C/100-C files)")
         self.corruptions, self.severities, self.path = list(corruptions), list(severities), path
         self.frost_dir, self.download = os.path.expanduser(frost_dir), download
         self._frost = None
@@ -351,6 +361,15 @@ class Corruptions(Evaluator):
                                   f"(missing {', '.join(missing)}): copy frost1.png .. frost5.jpg from "
                                   "github.com/hendrycks/robustness ImageNet-C/create_c/, set download: true, or "
                                   "leave frost out of corruptions")
+
+    def check_config(self, config: dict, dataset) -> None:
+        try:
+            shape = dataset.shape() if dataset is not None else None
+        except Exception:  # noqa: BLE001 - unknown until the data loads
+            shape = None
+        if shape is not None and len(shape[0]) != 3:
+            raise PluginError(f"corruptions need an image dataset, and dataset '{config['dataset']['name']}' has "
+                              f"features of shape {tuple(shape[0])}")
 
     def check(self, data) -> None:
         if data.test.x.dtype != torch.uint8 or data.test.x.dim() != 4:

@@ -13,6 +13,8 @@ PIXEL_NOISE = ("pixel_gaussian_noise", "pixel_uniform_noise")
 SYNTHETIC = INPUT_NOISE + PIXEL_NOISE
 OE_FRACTION = 5  # Outlier Exposure: ood_num_examples = len(test_data) // 5
 SCORES = ("msp", "energy")
+MAX_TEMPERATURE = 1e4  # the energy score's T: beyond this T logsumexp(z / T) is T log K, the same for every input
+MAX_IMAGES = 10_000_000
 
 
 def msp(logits: torch.Tensor) -> torch.Tensor:
@@ -23,6 +25,15 @@ def msp(logits: torch.Tensor) -> torch.Tensor:
 def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Negative free energy ``T logsumexp(z / T)`` (Liu et al. 2020): higher means more in-distribution."""
     return temperature * torch.logsumexp(logits.float() / temperature, 1)
+
+
+def _shape(dataset) -> tuple | None:
+    """A dataset plugin's input shape as it declares it without loading (None: unknown)."""
+    try:
+        found = dataset.shape()
+    except Exception:  # noqa: BLE001 - e.g. a folder not there yet: known when the run loads it
+        return None
+    return tuple(int(v) for v in found[0]) if found else None
 
 
 class OOD(Evaluator):
@@ -81,12 +92,28 @@ class OOD(Evaluator):
             except TypeError as exc:
                 raise PluginError(f"dataset {spec['name']!r}: {exc}") from None
         self.spec = spec
-        self.temperature = check_range("temperature", temperature, 0, low_open=True)
+        self.temperature = check_range("temperature", temperature, 0, MAX_TEMPERATURE, low_open=True)
         if max_images is not None and (not isinstance(max_images, int) or isinstance(max_images, bool)
-                                       or max_images < 1):
-            raise PluginError(f"max_images must be an integer >= 1 or null, got {max_images!r}")
+                                       or not 1 <= max_images <= MAX_IMAGES):
+            raise PluginError(f"max_images must be an integer from 1 to {MAX_IMAGES} or null, got {max_images!r}")
         self.max_images = max_images
         self._x = None  # the OOD test inputs, loaded once per run
+
+    def check_config(self, config: dict, dataset) -> None:
+        """The OOD set must be inputs of the same kind and shape as the in-distribution data, told from the
+        two datasets' declared shapes (tabular features against images, another image size)."""
+        if self.spec["name"] in SYNTHETIC or dataset is None:
+            return
+        cls = dataset_class(self.spec["name"])
+        ood = cls(**{k: v for k, v in self.spec.items() if k != "name"})
+        if getattr(cls, "task", "classification") != "classification" and len(_shape(ood) or ()) != 3:
+            raise PluginError(f"OOD dataset {self.spec['name']!r} is a {cls.task} dataset of tabular features; "
+                              "it needs images of the same shape as the in-distribution data")
+        mine, theirs = _shape(dataset), _shape(ood)
+        if mine is not None and theirs is not None and mine != theirs:
+            kind = lambda s: "images" if len(s) == 3 else "features"  # noqa: E731
+            raise PluginError(f"OOD dataset {self.spec['name']!r} has {kind(theirs)} of shape {theirs}, the "
+                              f"in-distribution data {kind(mine)} of shape {mine}; they must match")
 
     def check(self, data) -> None:
         if self.spec["name"] in SYNTHETIC:

@@ -43,16 +43,7 @@ def load_weights(net: nn.Module, path: str) -> None:
     carry the ``net.`` prefix of this plugin). The classifier is skipped when its shape differs (a backbone
     trained for another number of classes); any other mismatch is an error naming the keys."""
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise PluginError(f"checkpoint: no such file: {p}")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            sd = load_file(str(p))
-        else:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
-        raise PluginError(f"checkpoint: cannot read {p}: {type(exc).__name__}: {exc}") from None
+    sd = read_state(p)
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]
     if not isinstance(sd, dict):
@@ -69,6 +60,43 @@ def load_weights(net: nn.Module, path: str) -> None:
                  for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad)) if keys]
         raise PluginError(f"checkpoint {p} does not fit this architecture ({'; '.join(parts)})")
     net.load_state_dict(sd, strict=False)
+
+
+def read_state(p: Path, mmap: bool = False):
+    """What a local checkpoint holds: ``.safetensors`` with safetensors, anything else with
+    ``torch.load(weights_only=True)`` (``mmap``: without reading the tensors, to check the file); a file that
+    is missing, unreadable or not weights-only is a one-line PluginError."""
+    if not p.is_file():
+        raise PluginError(f"checkpoint: no such file: {p}")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(p))
+        try:
+            return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as exc:  # an old (non-zip) torch.save file cannot be memory-mapped
+            if not mmap or "mmap" not in str(exc):
+                raise
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
+        raise PluginError(f"checkpoint: {_unreadable(p, exc)}") from None
+
+
+def _unreadable(p: Path, exc: Exception) -> str:
+    """One line for a checkpoint torch.load(weights_only=True) refused: a pickle holding Python objects (which
+    could run code, so it is never unpickled) or a file that is no checkpoint at all."""
+    import pickle
+    import re
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (f"{p} is not a weights-only checkpoint: it holds pickled Python objects{what}, which are never "
+                "loaded (they could run code); save the weights alone, torch.save(model.state_dict(), PATH), "
+                "or as a .safetensors file")
+    first = (text.strip().splitlines() or [""])[0][:160]
+    return f"cannot read {p}: {type(exc).__name__}: {first}"
 
 
 def _classifier_name(net: nn.Module) -> str:
@@ -169,8 +197,8 @@ class TimmModel(Model):
             raise PluginError(f"timm_args: {clash[0]} is set by mixcli (from the dataset / the pretrained option)")
         if pretrained and checkpoint:
             raise PluginError("set either pretrained or checkpoint, not both")
-        if checkpoint and not Path(checkpoint).expanduser().is_file():
-            raise PluginError(f"checkpoint: no such file: {Path(checkpoint).expanduser()}")
+        if checkpoint:  # read as the run reads it (weights_only), so that validate refuses what run would
+            read_state(Path(checkpoint).expanduser(), mmap=True)
 
     # -------------------------------------------------------------------------------- positions
     @property
