@@ -38,7 +38,7 @@ __all__ = [
     "Plugin", "Split", "DataBundle", "Dataset", "Model", "Batch", "MixOutput", "Context", "Method", "Loss",
     "soft_targets", "sample_lam", "PluginError", "permutation", "begin_step", "lam_tensor", "interpolate",
     "soft_cross_entropy", "mixed_regression_target", "check_range", "file_fingerprint", "Evaluator",
-    "EvalContext", "metric", "dataset_class", "MetricInfo", "Logger", "scalars", "write_artifact", "NEEDS",
+    "EvalContext", "metric", "dataset_class", "method_class", "MetricInfo", "Logger", "scalars", "write_artifact", "NEEDS",
     # metric functions evaluator plugins build on (defined in mixcli.metrics, one definition each)
     "ece", "adaptive_ece", "confidences", "fit_temperature", "auroc", "aupr", "fpr_at_tpr",
 ]
@@ -554,6 +554,18 @@ def dataset_class(name: str) -> type:
 
     try:
         return REGISTRY.get("datasets", name)
+    except MixcliError as exc:
+        raise PluginError(str(exc)) from None
+
+
+def method_class(name: str) -> type:
+    """The registered method plugin class called ``name`` (a PluginError naming the installed ones if none),
+    e.g. for an evaluator that checks what the run's method provides."""
+    from .errors import MixcliError
+    from .registry import REGISTRY
+
+    try:
+        return REGISTRY.get("methods", name)
     except MixcliError as exc:
         raise PluginError(str(exc)) from None
 

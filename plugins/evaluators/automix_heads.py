@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from mixcli.api import EvalContext, Evaluator, PluginError, metric
+from mixcli.api import EvalContext, Evaluator, PluginError, method_class, metric
 
 HEADS = ("mix_k", "one_k", "mix_q", "one_q")
 
@@ -24,14 +24,18 @@ class AutomixHeads(Evaluator):
 
     def check_config(self, config: dict, dataset) -> None:
         method = (config.get("method") or {}).get("name")
-        if method != "automix":
-            raise PluginError(f"automix_heads reports the heads of method automix; this experiment's method is "
-                              f"{method!r} (use it with method: automix)")
+        try:
+            has_heads = callable(getattr(method_class(method), "head_logits", None))
+        except PluginError:
+            has_heads = False  # an unknown method is reported by the method check
+        if not has_heads:
+            raise PluginError(f"automix_heads reports the four heads of a learned mixer (automix, samix, adautomix); "
+                              f"this experiment's method is {method!r}, which has none")
 
     def __call__(self, model, ctx: EvalContext) -> dict[str, float]:
         heads = getattr(model, "automix_heads", None)
         if heads is None:
-            raise PluginError("automix_heads reports the heads of method automix; this run's model has none "
+            raise PluginError("automix_heads reports the heads of a learned mixer; this run's model has none "
                               "(use it with method: automix)")
         correct = {h: torch.zeros((), device=ctx.device) for h in HEADS}
         n = 0

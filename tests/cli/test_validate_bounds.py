@@ -80,7 +80,7 @@ BOUNDS = [  # (eval.extra entry, what the one line says)
     ("{name: ood, dataset: nosuch}", "nosuch"),
     ("{name: corruptions, severities: [6]}", "severities must be a non-empty list of integers in 1..5"),
     ("{name: corruptions, corruptions: []}", "corruptions must be a non-empty list of names"),
-    ("automix_heads", "automix_heads reports the heads of method automix; this experiment's method is 'erm'"),
+    ("automix_heads", "automix_heads reports the four heads of a learned mixer (automix, samix, adautomix); this experiment's method is 'erm', which has none"),
 ]
 
 

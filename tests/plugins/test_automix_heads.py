@@ -106,7 +106,7 @@ def test_automix_heads_without_automix_is_a_clear_error():
     from test_evaluators import _digits, _fitted_linear, _run_eval
 
     data = _digits()
-    with pytest.raises(MixcliError, match="evaluator 'automix_heads': .*use it with method: automix"):
+    with pytest.raises(MixcliError, match="evaluator 'automix_heads': .*heads of a learned mixer"):
         _run_eval(_fitted_linear(data), data, [{"name": "automix_heads"}])
 
 
