@@ -21,6 +21,7 @@ the training loop). Neither key changes what a run computes, so neither is part 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -31,7 +32,7 @@ from torch import nn
 
 from ..errors import MixcliError
 from ..results.selection import PRIMARY, best_index
-from ..results.store import Store, atomic_write
+from ..results.store import Store, atomic_write, write_parquet
 from .callbacks import Callback, RunState
 from .epoch_writer import EpochWriter, snapshot
 
@@ -95,32 +96,74 @@ def evaluated(rows: list[dict], task: str) -> list[dict]:
     return [r for r in rows if "test_" + PRIMARY[task] in r]
 
 
+#: the share of a run's time the epoch files may take: after an epoch they are written when the time since
+#: the last write is at least the last write's duration / WRITE_SHARE (every epoch unless epochs are shorter
+#: than 50 writes)
+WRITE_SHARE = 0.02
+
+
 class StoreWrites(Callback):
     """The run's files: its config and a ``running`` row at the start, the epochs table and the training
-    state after every epoch, the epochs table and the final row at the end (:class:`mixcli.results.store.Store`,
-    every write atomic)."""
+    state (``checkpoint.pt``) after epochs, the epochs table and the final row at the end
+    (:class:`mixcli.results.store.Store`, every write atomic).
 
-    def __init__(self, listeners_state) -> None:
+    When to write the epoch's files: after the first epoch of a session, after the last epoch of the run,
+    and after any other epoch once the time since the last write is at least 1 / :data:`WRITE_SHARE` (50)
+    times that write's duration, so that the writes take at most about 2% of the run's time. With epochs of
+    seconds or more that is every epoch; with tiny epochs (the quickstart's last ~0.15 s) every few. The
+    state of every epoch end is kept (a snapshot in memory) until a later one replaces it, and when training
+    stops on an exception (a failing plugin, Ctrl-C, SIGTERM) the latest one is written before the error
+    goes on: an interrupted run resumes from its last finished epoch, exactly as if every epoch had been
+    written. Only an abrupt end of the process (SIGKILL, a native crash, an out-of-memory kill) can lose the
+    epochs since the last write; the next run resumes from that older checkpoint, again exactly (the
+    checkpoint holds every RNG), and retrains them."""
+
+    def __init__(self, listeners_state, share: float = WRITE_SHARE) -> None:
         self.listeners_state = listeners_state  # () -> the listeners' checkpoint state
+        self.share = share
         self.writer = EpochWriter()  # the epoch's files are written off the training thread, in order
+        self.pending: tuple | None = None  # (epoch rows, state snapshot) of an epoch end not yet written
+        self.last_write: float | None = None  # perf_counter of the last submitted write (this session)
+        self.wrote_last_epoch = False
 
     def on_start(self, run: RunState) -> None:
         run.store.write_config(run.run_id, run.job.config)
         run.store.write_run({**run.base_row, "status": "running", "epochs": len(run.rows)})
 
     def on_epoch_end(self, run: RunState, row: dict) -> None:
-        self.writer.submit(run.store.write_epochs, run.run_id, evaluated(run.rows, run.job.config["task"]))
-        self.writer.submit(run.store.save_checkpoint, run.run_id,
-                           snapshot(training_state(run, self.listeners_state())))
+        self.pending = (evaluated(run.rows, run.job.config["task"]),
+                        snapshot(training_state(run, self.listeners_state())))
+        now = time.perf_counter()
+        last = run.epoch >= run.epochs
+        cost = self.writer.seconds
+        if last or self.last_write is None or (cost is not None and now - self.last_write >= cost / self.share):
+            self._submit(run)
+            self.last_write = now
+            self.wrote_last_epoch = last
+
+    def _submit(self, run: RunState) -> None:
+        rows, state = self.pending
+        self.pending = None
+        self.writer.submit(_write_epoch, run.store, run.run_id, rows, state)
 
     def on_exception(self, run: RunState, exc: BaseException) -> None:
-        self.writer.close(raise_errors=False)  # what was submitted reaches the disk; the error goes on
+        try:
+            if self.pending is not None:  # the latest finished epoch reaches the disk (the run resumes there)
+                self._submit(run)
+        finally:
+            self.writer.close(raise_errors=False)  # what was submitted reaches the disk; the error goes on
 
     def on_end(self, run: RunState, result: dict) -> None:
         self.writer.close()  # every epoch's files are on disk (a failed write is raised here)
-        # the epochs again: this rebuilds a damaged file of a finished run
-        run.store.write_epochs(run.run_id, evaluated(run.rows, run.job.config["task"]))
+        if not self.wrote_last_epoch:  # nothing trained in this session: this rebuilds a damaged epochs file
+            run.store.write_epochs(run.run_id, evaluated(run.rows, run.job.config["task"]))
         run.store.write_run(result)
+
+
+def _write_epoch(store: Store, run_id: str, rows: list[dict], state: dict) -> None:
+    """One epoch's files, in the writer thread: the epochs table, then the training state."""
+    store.write_epochs(run_id, rows)
+    store.save_checkpoint(run_id, state)
 
 
 # ------------------------------------------------------------------------------------- what else is kept
@@ -189,7 +232,7 @@ class StepLog(Callback):
             self.rows += new
             self.pending = []
         table = pa.Table.from_pylist(self.rows, schema=STEP_SCHEMA)
-        atomic_write(steps_path(self.store, self.run_id), lambda f: pq.write_table(table, f), root=self.store.out)
+        atomic_write(steps_path(self.store, self.run_id), lambda f: write_parquet(table, f), root=self.store.out)
         return new
 
 
