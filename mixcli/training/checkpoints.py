@@ -50,19 +50,26 @@ def steps_path(store: Store, run_id: str):
 
 
 # ------------------------------------------------------------------------------------------ training state
-def training_state(run: RunState, listeners: dict) -> dict:
+def training_state(run: RunState, listeners: dict, rows: bool = True) -> dict:
     """What resumes ``run`` exactly after its last epoch: weights, optimizer, schedule, every RNG, the epochs
-    so far, the method's state and the listeners' (``listeners``: :meth:`Callbacks.state_dict`)."""
+    so far, the method's state and the listeners' (``listeners``: :meth:`Callbacks.state_dict`). Without
+    ``rows`` the epochs so far are left out (:func:`with_rows` adds them when the state is written)."""
     state = {
         "model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
         "torch_rng": torch.get_rng_state(), "data_rng": run.data.generator.get_state().cpu(),
-        "method_rng": json.dumps(run.ctx.rng.bit_generator.state), "rows": json.dumps(run.rows),
+        "method_rng": json.dumps(run.ctx.rng.bit_generator.state),
         "epoch": run.epoch, "wall": run.wall, "started_at": run.started_at, "step": run.ctx.step,
         "attempts": run.attempt, "method": run.method.state_dict(),
     }
     if listeners:
         state["callbacks"] = listeners
-    return uncompiled(state)
+    return with_rows(uncompiled(state), run.rows) if rows else uncompiled(state)
+
+
+def with_rows(state: dict, rows: list[dict]) -> dict:
+    """``state`` with the epochs so far (``rows``, every epoch's row: the epochs table's and the others')."""
+    state["rows"] = json.dumps(rows)
+    return state
 
 
 def restore(run: RunState, ckpt: dict) -> None:
@@ -131,8 +138,8 @@ class StoreWrites(Callback):
         run.store.write_run({**run.base_row, "status": "running", "epochs": len(run.rows)})
 
     def on_epoch_end(self, run: RunState, row: dict) -> None:
-        self.pending = (evaluated(run.rows, run.job.config["task"]),
-                        snapshot(training_state(run, self.listeners_state())))
+        # (the rows are plain values that no one changes after their epoch; their JSON is made when written)
+        self.pending = (list(run.rows), snapshot(training_state(run, self.listeners_state(), rows=False)))
         now = time.perf_counter()
         last = run.epoch >= run.epochs
         cost = self.writer.seconds
@@ -144,7 +151,7 @@ class StoreWrites(Callback):
     def _submit(self, run: RunState) -> None:
         rows, state = self.pending
         self.pending = None
-        self.writer.submit(_write_epoch, run.store, run.run_id, rows, state)
+        self.writer.submit(_write_epoch, run.store, run.run_id, rows, state, run.job.config["task"])
 
     def on_exception(self, run: RunState, exc: BaseException) -> None:
         try:
@@ -160,10 +167,11 @@ class StoreWrites(Callback):
         run.store.write_run(result)
 
 
-def _write_epoch(store: Store, run_id: str, rows: list[dict], state: dict) -> None:
-    """One epoch's files, in the writer thread: the epochs table, then the training state."""
-    store.write_epochs(run_id, rows)
-    store.save_checkpoint(run_id, state)
+def _write_epoch(store: Store, run_id: str, rows: list[dict], state: dict, task: str) -> None:
+    """One epoch's files, in the writer thread: the epochs table, then the training state (``rows``: every
+    epoch's row so far)."""
+    store.write_epochs(run_id, evaluated(rows, task))
+    store.save_checkpoint(run_id, with_rows(state, rows))
 
 
 # ------------------------------------------------------------------------------------- what else is kept
