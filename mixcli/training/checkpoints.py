@@ -125,9 +125,9 @@ class StoreWrites(Callback):
     epochs since the last write; the next run resumes from that older checkpoint, again exactly (the
     checkpoint holds every RNG), and retrains them."""
 
-    def __init__(self, listeners_state, share: float = WRITE_SHARE) -> None:
+    def __init__(self, listeners_state, share: float | None = None) -> None:
         self.listeners_state = listeners_state  # () -> the listeners' checkpoint state
-        self.share = share
+        self.share = WRITE_SHARE if share is None else share
         self.writer = EpochWriter()  # the epoch's files are written off the training thread, in order
         self.pending: tuple | None = None  # (epoch rows, state snapshot) of an epoch end not yet written
         self.last_write: float | None = None  # perf_counter of the last submitted write (this session)
