@@ -101,6 +101,8 @@ def cpu(args, work: Path) -> None:
     if shutil.which("sbatch") and not args.no_slurm:  # a SLURM cluster (e.g. scripts/slurm_up.sh's single node)
         setups.append((f"slurm, {n} tasks", ["--executor", "slurm", "--slurm-parallelism", str(n),
                                               "--threads", str(max(1, cores // n))]))
+    elif args.no_slurm:
+        print("(SLURM skipped)")
     else:
         print("(no SLURM here: bash scripts/slurm_up.sh starts a single-node one to compare it)")
     loads = [("quiet", 0)] + ([(f"busy x{args.busy}", args.busy)] if args.busy else [])

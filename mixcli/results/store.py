@@ -5,7 +5,8 @@ Layout of ``OUT``::
     runs/<run_id>.parquet      one row per run (``pandas.read_parquet(OUT / "runs")`` reads them all)
     epochs/<run_id>.parquet    one row per evaluated epoch (``pandas.read_parquet(OUT / "epochs")``)
     jobs/<run_id>/config.yaml  the fully resolved configuration of the run
-    jobs/<run_id>/checkpoint.pt  the last epoch's training state (model, optimizer, RNGs), for resuming
+    jobs/<run_id>/checkpoint.pt  the last written epoch's training state (model, optimizer, RNGs), for
+                                 resuming (when it is written: mixcli.training.checkpoints.StoreWrites)
 
 Every file is written to a hidden temporary file in the same directory and renamed over the target, so a
 crash never leaves a half-written file (pyarrow ignores the hidden temporaries when reading a directory;

@@ -4,8 +4,10 @@ and the parent's weights a fine-tune starts from (:func:`load_init`).
 
 ``checkpoint: {keep: last|best|both}`` (default ``last``):
 
-- ``last``: ``jobs/<run_id>/checkpoint.pt``, the last epoch's full training state (model, optimizer, RNGs);
-  it resumes an interrupted run, rebuilds damaged result files and serves ``init_from``.
+- ``last``: ``jobs/<run_id>/checkpoint.pt``, the last written epoch's full training state (model, optimizer,
+  RNGs; written with the epochs table as often as :class:`StoreWrites` says: every epoch unless epochs are
+  very short, always the last one, and the latest one when training stops on an exception); it resumes an
+  interrupted run, rebuilds damaged result files and serves ``init_from``.
 - ``best``: ``jobs/<run_id>/best.pt`` = ``{"model": state_dict, "epoch": E}``, the weights of the best epoch
   (the ``best_epoch`` of the runs row: best primary metric on validation, else test, earliest on ties),
   written whenever an evaluated epoch becomes the best. ``checkpoint.pt`` is still written while the run

@@ -150,6 +150,7 @@ def test_result_files_are_plain_parquet_that_pandas_reads(tmp_path):
     for table in ("runs", "epochs"):
         meta = pq.ParquetFile(tmp_path / table / "r1.parquet").metadata
         col = meta.row_group(0).column(0)
-        assert not col.is_stats_set and "PLAIN_DICTIONARY" not in col.encodings and "RLE_DICTIONARY" not in col.encodings
+        assert not col.is_stats_set
+        assert "PLAIN_DICTIONARY" not in col.encodings and "RLE_DICTIONARY" not in col.encodings
         assert list(pd.read_parquet(tmp_path / table).columns) == list(columns(table))
     assert pd.read_parquet(tmp_path / "epochs")["test_per_class_recall"].iloc[0].tolist() == [1.0]
