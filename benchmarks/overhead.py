@@ -18,8 +18,9 @@ Each variant runs in its own long-lived process (the bare loop and this tree's m
 round first (imports, plugin loading, first-use allocations), with the same torch threads (``--threads``).
 The rounds alternate between the variants (the order rotates) so that the machine's load hits all alike; the
 median round is printed with the ratios to the bare loop (goal <= 1.05x on CPU), of wall time and of CPU time
-(the process's, writer thread included: steadier on a shared machine), and the load average at the start
-and the end. All are timed end to end: loading the digits split (the same plugin), building the model,
+(the process's, writer thread included: steadier on a shared machine), the CPU time split into the epochs'
+training steps, the evaluations and the rest (loading, building, and for mixcli its files and bookkeeping:
+its fixed cost), and the load average at the start and the end. All are timed end to end: loading the digits split (the same plugin), building the model,
 training, evaluating and, for mixcli, every file it writes (``run_job``).
 
     python benchmarks/overhead.py [--epochs 15] [--rounds 5] [--threads 1] [--before main|none]
@@ -69,10 +70,27 @@ def mixcli_round(exp_path: Path, work: Path, k: int) -> tuple[float, float, floa
     exp.out = work / f"mixcli-{k}"
     (job,) = expand(exp)
     store = Store(exp.out)
-    t0, c0 = time.perf_counter(), time.process_time()
-    row = engine.run_job(job, store, torch.device("cpu"))
+    spent = {"train": 0.0, "eval": 0.0}
+    real = {"train": engine.train_epoch, "eval": engine.evaluate_all}
+
+    def timed(part):
+        def call(*a, **kw):
+            c = time.thread_time()
+            try:
+                return real[part](*a, **kw)
+            finally:
+                spent[part] += time.thread_time() - c
+        return call
+
+    engine.train_epoch, engine.evaluate_all = timed("train"), timed("eval")  # (run_job calls them by name)
+    try:
+        t0, c0 = time.perf_counter(), time.process_time()
+        row = engine.run_job(job, store, torch.device("cpu"))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        engine.train_epoch, engine.evaluate_all = real["train"], real["eval"]
     assert row["status"] == "finished"
-    return time.perf_counter() - t0, time.process_time() - c0, float(row["final_test_accuracy"])
+    return wall, cpu, float(row["final_test_accuracy"]), spent["train"], spent["eval"]
 
 
 def bare_round(epochs: int, metrics: bool, seed: int = 0) -> tuple[float, float, float]:
@@ -82,6 +100,7 @@ def bare_round(epochs: int, metrics: bool, seed: int = 0) -> tuple[float, float,
     from mixcli.registry import REGISTRY
 
     t0, c0 = time.perf_counter(), time.process_time()
+    spent = {"train": 0.0, "eval": 0.0}
     torch.manual_seed(seed)
     data = REGISTRY.get("datasets", "digits")().load()  # (the same split, as uint8 tensors)
     torch.manual_seed(seed)
@@ -103,6 +122,7 @@ def bare_round(epochs: int, metrics: bool, seed: int = 0) -> tuple[float, float,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
+        c = time.thread_time()
         model.train()
         perm = torch.randperm(len(x), generator=g)
         loss_sum = torch.zeros(())
@@ -115,6 +135,8 @@ def bare_round(epochs: int, metrics: bool, seed: int = 0) -> tuple[float, float,
             sched.step()
             loss_sum += loss.detach()
         float(loss_sum)
+        spent["train"] += time.thread_time() - c
+        c = time.thread_time()
         model.eval()
         with torch.no_grad():
             for tx, ty in tests:
@@ -124,7 +146,8 @@ def bare_round(epochs: int, metrics: bool, seed: int = 0) -> tuple[float, float,
                     acc = classification_metrics(out, ty, num_classes=data.num_classes, class_counts=counts)["accuracy"]
                 else:
                     acc = float((out.argmax(1) == ty).float().mean())
-    return time.perf_counter() - t0, time.process_time() - c0, acc
+        spent["eval"] += time.thread_time() - c
+    return time.perf_counter() - t0, time.process_time() - c0, acc, spent["train"], spent["eval"]
 
 
 def serve(args) -> None:
@@ -143,8 +166,10 @@ def serve(args) -> None:
     print(json.dumps({"ready": mixcli.__file__, "threads": torch.get_num_threads()}), flush=True)
     for line in sys.stdin:
         what, k = line.split()
-        wall, cpu, acc = mixcli_round(exp, work, int(k)) if what == "mixcli" else bare_round(args.epochs, metrics)
-        print(json.dumps({"wall": wall, "cpu": cpu, "acc": acc}), flush=True)
+        wall, cpu, acc, train, ev = (mixcli_round(exp, work, int(k)) if what == "mixcli"
+                                     else bare_round(args.epochs, metrics))
+        print(json.dumps({"wall": wall, "cpu": cpu, "acc": acc, "train": train, "eval": ev,
+                          "rest": cpu - train - ev}), flush=True)
 
 
 # ------------------------------------------------------------------------------------------- the parent
@@ -214,19 +239,24 @@ def main() -> None:
         for w in workers.values():
             w.close()
     load1 = os.getloadavg()
-    med = {n: {key: statistics.median(r[key] for r in rs) for key in ("wall", "cpu")} for n, rs in res.items()}
+    med = {n: {key: statistics.median(r[key] for r in rs) for key in ("wall", "cpu", "train", "eval", "rest")}
+           for n, rs in res.items()}
     print(f"digits erm job, cnn width 16, {args.epochs} epochs, {args.threads} torch thread(s), median of "
           f"{args.rounds} alternating rounds (end to end, data loading included); {os.cpu_count()} cores, load "
           f"average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end")
     print(f"{'':<16}{'median s':>10}{'min s':>8}{'max s':>8}{'CPU s':>8}{'test acc':>10}"
-          f"{'wall / bare':>13}{'CPU / bare':>12}")
+          f"{'wall / bare':>13}{'CPU / bare':>12}{'CPU s: train':>14}{'eval':>7}{'rest':>7}")
     for name in res:
         walls = [r["wall"] for r in res[name]]
-        print(f"{name:<16}{med[name]['wall']:>10.2f}{min(walls):>8.2f}{max(walls):>8.2f}{med[name]['cpu']:>8.2f}"
-              f"{100 * res[name][-1]['acc']:>9.2f}%{med[name]['wall'] / med['bare']['wall']:>12.3f}x"
-              f"{med[name]['cpu'] / med['bare']['cpu']:>11.3f}x")
+        m = med[name]
+        print(f"{name:<16}{m['wall']:>10.2f}{min(walls):>8.2f}{max(walls):>8.2f}{m['cpu']:>8.2f}"
+              f"{100 * res[name][-1]['acc']:>9.2f}%{m['wall'] / med['bare']['wall']:>12.3f}x"
+              f"{m['cpu'] / med['bare']['cpu']:>11.3f}x{m['train']:>14.3f}{m['eval']:>7.3f}{m['rest']:>7.3f}")
     print("goal: mixcli / bare <= 1.05x (CPU time; wall time is noisier on a shared machine). Per round, CPU "
           "mixcli / bare: " + ", ".join(f"{m['cpu'] / b['cpu']:.2f}" for m, b in zip(res["mixcli"], res["bare"])))
+    print("CPU s split (medians): train = the epochs' optimizer steps, eval = the per-epoch evaluation (both the "
+          "training thread's CPU), rest = everything else of the process: loading and building, and for mixcli "
+          "the files, checkpoints and bookkeeping (writer thread included)")
     print("the bare loop evaluates val and test after every epoch like mixcli, "
           + ("computing the same metrics (mixcli.metrics.classification_metrics)" if args.bare_eval == "metrics"
              else "computing the accuracy only (mixcli computes all its metrics)")
