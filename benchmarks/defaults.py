@@ -10,6 +10,10 @@ mean test accuracy and whether both defaults gave the same numbers.
     python benchmarks/defaults.py                                      # the quickstart
     python benchmarks/defaults.py experiments/methods_digits.yaml --set train.epochs=5
     python benchmarks/defaults.py --busy 2 --only after
+    python benchmarks/defaults.py --set train.epochs=1 --busy 1       # a quick check of the table
+
+``--busy 0`` (or ``--quiet-only``) measures quiet only. Each line also shows the load average when that
+sweep ended (the machine may be shared).
 """
 from __future__ import annotations
 
@@ -75,7 +79,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment", nargs="?", default="experiments/quickstart.yaml")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="passed to mixcli run (repeatable)")
-    ap.add_argument("--busy", type=int, default=1, help="busy background processes in the busy rows (default 1)")
+    ap.add_argument("--busy", type=int, default=1,
+                    help="busy background processes in the busy rows (default 1; 0: quiet only)")
     ap.add_argument("--only", choices=("before", "after"), help="run one of the two defaults only")
     ap.add_argument("--quiet-only", action="store_true", help="skip the busy rows")
     args = ap.parse_args()
@@ -83,7 +88,7 @@ def main() -> None:
     setups = [("before", f"in-process, {n} threads", ["--in-process", "--threads", str(n)]),
               ("after", f"{n} workers x 1 thread", [])]
     setups = [s for s in setups if args.only in (None, s[0])]
-    loads = [("quiet", 0)] + ([] if args.quiet_only else [(f"busy x{args.busy}", args.busy)])
+    loads = [("quiet", 0)] + ([] if args.quiet_only or args.busy <= 0 else [(f"busy x{args.busy}", args.busy)])
     print(f"{args.experiment} {' '.join('--set ' + s for s in args.sets)}: {n} cores, load average at start "
           f"{os.getloadavg()[0]:.2f}", flush=True)
     res = {}
@@ -93,7 +98,8 @@ def main() -> None:
                 for tag, label, extra in setups:
                     res[tag, load] = r = sweep(args.experiment, Path(d) / f"{tag}-{k}", extra, args.sets)
                     print(f"  {tag:<7}{label:<26}{load:<9}{r['wall']:8.1f} s wall {r['cpu']:8.1f} s CPU "
-                          f"acc {100 * r['acc']:.2f}%  ({r['done']} finished)", flush=True)
+                          f"acc {100 * r['acc']:.2f}%  ({r['done']} finished; load average "
+                          f"{os.getloadavg()[0]:.1f})", flush=True)
     print(f"\n{'load':<10}{'before s':>10}{'after s':>10}{'speed-up':>10}{'CPU before':>12}{'CPU after':>11}"
           f"{'acc before':>12}{'acc after':>11}")
     for load, _ in loads:

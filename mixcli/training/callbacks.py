@@ -93,13 +93,16 @@ class Callbacks:
 
     def __init__(self, listeners: list[Callback]) -> None:
         self.listeners = list(listeners)
+        # on_step runs after every optimizer step: only the listeners that override it are called
+        self._on_step = [cb for cb in self.listeners
+                         if getattr(cb.on_step, "__func__", None) is not Callback.on_step]
 
     def on_start(self, run: RunState) -> None:
         for cb in self.listeners:
             cb.on_start(run)
 
     def on_step(self, run: RunState, loss) -> None:
-        for cb in self.listeners:
+        for cb in self._on_step:
             cb.on_step(run, loss)
 
     def on_evaluate(self, run: RunState, row: dict) -> None:

@@ -4,8 +4,10 @@ and the parent's weights a fine-tune starts from (:func:`load_init`).
 
 ``checkpoint: {keep: last|best|both}`` (default ``last``):
 
-- ``last``: ``jobs/<run_id>/checkpoint.pt``, the last epoch's full training state (model, optimizer, RNGs);
-  it resumes an interrupted run, rebuilds damaged result files and serves ``init_from``.
+- ``last``: ``jobs/<run_id>/checkpoint.pt``, the last written epoch's full training state (model, optimizer,
+  RNGs; written with the epochs table as often as :class:`StoreWrites` says: every epoch unless epochs are
+  very short, always the last one, and the latest one when training stops on an exception); it resumes an
+  interrupted run, rebuilds damaged result files and serves ``init_from``.
 - ``best``: ``jobs/<run_id>/best.pt`` = ``{"model": state_dict, "epoch": E}``, the weights of the best epoch
   (the ``best_epoch`` of the runs row: best primary metric on validation, else test, earliest on ties),
   written whenever an evaluated epoch becomes the best. ``checkpoint.pt`` is still written while the run
@@ -21,6 +23,7 @@ the training loop). Neither key changes what a run computes, so neither is part 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -31,7 +34,7 @@ from torch import nn
 
 from ..errors import MixcliError
 from ..results.selection import PRIMARY, best_index
-from ..results.store import Store, atomic_write
+from ..results.store import Store, atomic_write, write_parquet
 from .callbacks import Callback, RunState
 from .epoch_writer import EpochWriter, snapshot
 
@@ -49,19 +52,26 @@ def steps_path(store: Store, run_id: str):
 
 
 # ------------------------------------------------------------------------------------------ training state
-def training_state(run: RunState, listeners: dict) -> dict:
+def training_state(run: RunState, listeners: dict, rows: bool = True) -> dict:
     """What resumes ``run`` exactly after its last epoch: weights, optimizer, schedule, every RNG, the epochs
-    so far, the method's state and the listeners' (``listeners``: :meth:`Callbacks.state_dict`)."""
+    so far, the method's state and the listeners' (``listeners``: :meth:`Callbacks.state_dict`). Without
+    ``rows`` the epochs so far are left out (:func:`with_rows` adds them when the state is written)."""
     state = {
         "model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
         "torch_rng": torch.get_rng_state(), "data_rng": run.data.generator.get_state().cpu(),
-        "method_rng": json.dumps(run.ctx.rng.bit_generator.state), "rows": json.dumps(run.rows),
+        "method_rng": json.dumps(run.ctx.rng.bit_generator.state),
         "epoch": run.epoch, "wall": run.wall, "started_at": run.started_at, "step": run.ctx.step,
         "attempts": run.attempt, "method": run.method.state_dict(),
     }
     if listeners:
         state["callbacks"] = listeners
-    return uncompiled(state)
+    return with_rows(uncompiled(state), run.rows) if rows else uncompiled(state)
+
+
+def with_rows(state: dict, rows: list[dict]) -> dict:
+    """``state`` with the epochs so far (``rows``, every epoch's row: the epochs table's and the others')."""
+    state["rows"] = json.dumps(rows)
+    return state
 
 
 def restore(run: RunState, ckpt: dict) -> None:
@@ -95,32 +105,75 @@ def evaluated(rows: list[dict], task: str) -> list[dict]:
     return [r for r in rows if "test_" + PRIMARY[task] in r]
 
 
+#: the share of a run's time the epoch files may take: after an epoch they are written when the time since
+#: the last write is at least the last write's duration / WRITE_SHARE (every epoch unless epochs are shorter
+#: than 50 writes)
+WRITE_SHARE = 0.02
+
+
 class StoreWrites(Callback):
     """The run's files: its config and a ``running`` row at the start, the epochs table and the training
-    state after every epoch, the epochs table and the final row at the end (:class:`mixcli.results.store.Store`,
-    every write atomic)."""
+    state (``checkpoint.pt``) after epochs, the epochs table and the final row at the end
+    (:class:`mixcli.results.store.Store`, every write atomic).
 
-    def __init__(self, listeners_state) -> None:
+    When to write the epoch's files: after the first epoch of a session, after the last epoch of the run,
+    and after any other epoch once the time since the last write is at least 1 / :data:`WRITE_SHARE` (50)
+    times that write's duration, so that the writes take at most about 2% of the run's time. With epochs of
+    seconds or more that is every epoch; with tiny epochs (the quickstart's last ~0.15 s) every few. The
+    state of every epoch end is kept (a snapshot in memory) until a later one replaces it, and when training
+    stops on an exception (a failing plugin, Ctrl-C, SIGTERM) the latest one is written before the error
+    goes on: an interrupted run resumes from its last finished epoch, exactly as if every epoch had been
+    written. Only an abrupt end of the process (SIGKILL, a native crash, an out-of-memory kill) can lose the
+    epochs since the last write; the next run resumes from that older checkpoint, again exactly (the
+    checkpoint holds every RNG), and retrains them."""
+
+    def __init__(self, listeners_state, share: float | None = None) -> None:
         self.listeners_state = listeners_state  # () -> the listeners' checkpoint state
+        self.share = WRITE_SHARE if share is None else share
         self.writer = EpochWriter()  # the epoch's files are written off the training thread, in order
+        self.pending: tuple | None = None  # (epoch rows, state snapshot) of an epoch end not yet written
+        self.last_write: float | None = None  # perf_counter of the last submitted write (this session)
+        self.wrote_last_epoch = False
 
     def on_start(self, run: RunState) -> None:
         run.store.write_config(run.run_id, run.job.config)
         run.store.write_run({**run.base_row, "status": "running", "epochs": len(run.rows)})
 
     def on_epoch_end(self, run: RunState, row: dict) -> None:
-        self.writer.submit(run.store.write_epochs, run.run_id, evaluated(run.rows, run.job.config["task"]))
-        self.writer.submit(run.store.save_checkpoint, run.run_id,
-                           snapshot(training_state(run, self.listeners_state())))
+        # (the rows are plain values that no one changes after their epoch; their JSON is made when written)
+        self.pending = (list(run.rows), snapshot(training_state(run, self.listeners_state(), rows=False)))
+        now = time.perf_counter()
+        last = run.epoch >= run.epochs
+        cost = self.writer.seconds
+        if last or self.last_write is None or (cost is not None and now - self.last_write >= cost / self.share):
+            self._submit(run)
+            self.last_write = now
+            self.wrote_last_epoch = last
+
+    def _submit(self, run: RunState) -> None:
+        rows, state = self.pending
+        self.pending = None
+        self.writer.submit(_write_epoch, run.store, run.run_id, rows, state, run.job.config["task"])
 
     def on_exception(self, run: RunState, exc: BaseException) -> None:
-        self.writer.close(raise_errors=False)  # what was submitted reaches the disk; the error goes on
+        try:
+            if self.pending is not None:  # the latest finished epoch reaches the disk (the run resumes there)
+                self._submit(run)
+        finally:
+            self.writer.close(raise_errors=False)  # what was submitted reaches the disk; the error goes on
 
     def on_end(self, run: RunState, result: dict) -> None:
         self.writer.close()  # every epoch's files are on disk (a failed write is raised here)
-        # the epochs again: this rebuilds a damaged file of a finished run
-        run.store.write_epochs(run.run_id, evaluated(run.rows, run.job.config["task"]))
+        if not self.wrote_last_epoch:  # nothing trained in this session: this rebuilds a damaged epochs file
+            run.store.write_epochs(run.run_id, evaluated(run.rows, run.job.config["task"]))
         run.store.write_run(result)
+
+
+def _write_epoch(store: Store, run_id: str, rows: list[dict], state: dict, task: str) -> None:
+    """One epoch's files, in the writer thread: the epochs table, then the training state (``rows``: every
+    epoch's row so far)."""
+    store.write_epochs(run_id, evaluated(rows, task))
+    store.save_checkpoint(run_id, with_rows(state, rows))
 
 
 # ------------------------------------------------------------------------------------- what else is kept
@@ -189,7 +242,7 @@ class StepLog(Callback):
             self.rows += new
             self.pending = []
         table = pa.Table.from_pylist(self.rows, schema=STEP_SCHEMA)
-        atomic_write(steps_path(self.store, self.run_id), lambda f: pq.write_table(table, f), root=self.store.out)
+        atomic_write(steps_path(self.store, self.run_id), lambda f: write_parquet(table, f), root=self.store.out)
         return new
 
 

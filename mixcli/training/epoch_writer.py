@@ -6,12 +6,15 @@ so the files on disk are always those of a finished epoch: at worst an older one
 like any checkpoint. At most ``depth`` writes wait (a slow disk makes training wait rather than pile up
 memory). What is handed over is a snapshot: the tensors of a state are cloned when submitted, so the next
 epoch's updates never reach a checkpoint being written. A write that fails (a full disk) raises its error in
-the training thread at the next :meth:`submit` or at :meth:`close`.
+the training thread at the next :meth:`submit` or at :meth:`close`. :attr:`EpochWriter.seconds` is how
+long the last completed write took (wall time), by which :class:`mixcli.training.checkpoints.StoreWrites`
+decides how often to write.
 """
 from __future__ import annotations
 
 import queue
 import threading
+import time
 
 import torch
 
@@ -32,6 +35,7 @@ class EpochWriter:
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self.seconds: float | None = None  # wall time of the last completed write (None before the first)
 
     def submit(self, fn, *args) -> None:
         """Run ``fn(*args)`` after the writes submitted before it."""
@@ -48,10 +52,12 @@ class EpochWriter:
                 return
             if self._error is None:  # after a failure the later writes are dropped (the run fails)
                 fn, args = item
+                t0 = time.perf_counter()
                 try:
                     fn(*args)
                 except BaseException as exc:  # noqa: BLE001 - handed to the training thread
                     self._error = exc
+                self.seconds = time.perf_counter() - t0
 
     def close(self, raise_errors: bool = True) -> None:
         """Wait for every submitted write; then raise the first write's error, if any (``raise_errors``)."""
