@@ -111,7 +111,7 @@ def read_all(outs: list[Path], notes: list[str]) -> tuple[pd.DataFrame, pd.DataF
         try:
             loaded.append((o, load_runs(o)))
         except MixcliError as exc:  # with several directories, one without usable runs is a warning
-            if len(outs) == 1:
+            if len(outs) == 1 or not Path(o).is_dir():  # (a path that is not there is a typo: an error)
                 raise
             problems.append(exc)
             stderr_warning(f"left out {clean_line(o)}: no usable runs there")
