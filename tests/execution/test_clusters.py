@@ -196,6 +196,10 @@ def test_a_slurm_array_trains_one_run_per_task_and_requeues_at_the_time_limit(sl
         r = subprocess.run(["squeue", "-h", "-j", signalled["slurm_job"], "-o", "%T"], capture_output=True,
                            text=True)
         if r.stdout.strip() == "PENDING":
+            # SLURM holds a requeued task ~2 minutes, long after the old task's batch step has ended; forcing the
+            # start at once can let that late exit status land on the new allocation (seen under load: the
+            # requeued task "completed" with the old exit 1 before it ran), so give it a few seconds first
+            time.sleep(5)
             subprocess.run(["scontrol", "update", f"jobid={signalled['slurm_job']}", "StartTime=now"], check=True)
             break
         time.sleep(0.5)
