@@ -38,7 +38,7 @@ __all__ = [
     "Plugin", "Split", "DataBundle", "Dataset", "Model", "Batch", "MixOutput", "Context", "Method", "Loss",
     "soft_targets", "sample_lam", "PluginError", "permutation", "begin_step", "lam_tensor", "interpolate",
     "soft_cross_entropy", "mixed_regression_target", "check_range", "file_fingerprint", "Evaluator",
-    "EvalContext", "metric", "dataset_class", "method_class", "MetricInfo", "Logger", "scalars", "write_artifact", "NEEDS",
+    "EvalContext", "metric", "dataset_class", "method_class", "checkpoint_refusal", "MetricInfo", "Logger", "scalars", "write_artifact", "NEEDS",
     # metric functions evaluator plugins build on (defined in mixcli.metrics, one definition each)
     "ece", "adaptive_ece", "confidences", "fit_temperature", "auroc", "aupr", "fpr_at_tpr",
 ]
@@ -568,6 +568,23 @@ def method_class(name: str) -> type:
         return REGISTRY.get("methods", name)
     except MixcliError as exc:
         raise PluginError(str(exc)) from None
+
+
+def checkpoint_refusal(path, exc: Exception, fix: str) -> str:
+    """One line for a checkpoint ``torch.load(weights_only=True)`` refused with ``exc``: a pickle holding Python
+    objects (which could run code, so it is never unpickled; the blocked global is named) or a file that is no
+    checkpoint at all. ``fix`` says how to make a loadable one."""
+    import pickle
+    import re
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (f"{path} is not a weights-only checkpoint: it holds pickled Python objects{what}, which are never "
+                f"loaded (they could run code); {fix}")
+    first = (text.strip().splitlines() or [""])[0][:160]
+    return f"{path} is not a readable checkpoint ({type(exc).__name__}: {first})"
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -179,9 +179,6 @@ def weights_only_problem(path: Path) -> str | None:
     """Why ``torch.load(path, weights_only=True)`` (how a run loads its parent's weights) refuses ``path``, in
     one line, or None. A pickle holding Python objects (a ``__reduce__`` payload) is refused by the
     weights-only unpickler before anything in it runs."""
-    import pickle
-    import re
-
     import torch
 
     try:
@@ -192,15 +189,10 @@ def weights_only_problem(path: Path) -> str | None:
                 raise
             torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - whatever the file holds, one line
-        text = str(exc)
-        if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
-            found = re.search(r"GLOBAL ([\w.]+)", text)
-            what = f" ({found.group(1)})" if found else ""
-            return (f"{path} is not a weights-only checkpoint: it holds pickled Python objects{what}, which are "
-                    "never loaded (they could run code); use a checkpoint.pt mixcli wrote, or save the weights "
-                    "alone with torch.save(model.state_dict(), PATH)")
-        first = (text.strip().splitlines() or [""])[0][:160]
-        return f"{path} is not a readable checkpoint ({type(exc).__name__}: {first})"
+        from ..api import checkpoint_refusal
+
+        return checkpoint_refusal(path, exc, "use a checkpoint.pt mixcli wrote, or save the weights alone with "
+                                             "torch.save(model.state_dict(), PATH)")
     return None
 
 

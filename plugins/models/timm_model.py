@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mixcli.api import Model, PluginError
+from mixcli.api import Model, PluginError, checkpoint_refusal
 from mixcli.mixing.adapters import timm_class_attention, timm_forward_from, timm_forward_to, timm_last_attention
 from mixcli.mixing.adapters import timm_patch_attention, timm_patch_tokens
 
@@ -79,24 +79,8 @@ def read_state(p: Path, mmap: bool = False):
                 raise
             return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
-        raise PluginError(f"checkpoint: {_unreadable(p, exc)}") from None
-
-
-def _unreadable(p: Path, exc: Exception) -> str:
-    """One line for a checkpoint torch.load(weights_only=True) refused: a pickle holding Python objects (which
-    could run code, so it is never unpickled) or a file that is no checkpoint at all."""
-    import pickle
-    import re
-
-    text = str(exc)
-    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        what = f" ({found.group(1)})" if found else ""
-        return (f"{p} is not a weights-only checkpoint: it holds pickled Python objects{what}, which are never "
-                "loaded (they could run code); save the weights alone, torch.save(model.state_dict(), PATH), "
-                "or as a .safetensors file")
-    first = (text.strip().splitlines() or [""])[0][:160]
-    return f"cannot read {p}: {type(exc).__name__}: {first}"
+        fix = "save the weights alone, torch.save(model.state_dict(), PATH), or as a .safetensors file"
+        raise PluginError("checkpoint: " + checkpoint_refusal(p, exc, fix)) from None
 
 
 def _classifier_name(net: nn.Module) -> str:
