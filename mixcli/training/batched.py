@@ -43,9 +43,8 @@ from torch.func import functional_call, vmap
 
 from ..api import MixOutput
 from ..errors import RunFailed
-from .callbacks import Callbacks, Loggers, ProgressEvents, RunState
-from .checkpoints import Keeper, StepLog, StoreWrites
-from .engine import Recipe, build, evaluate_all, final_row, resume
+from .callbacks import Callbacks, RunState
+from .engine import Recipe, evaluate_all, final_row, start
 from .loop import train_mode, train_steps
 
 OPS = ("forward", "forward_to", "forward_from")
@@ -63,21 +62,8 @@ class Member:
 def prepare(job, store, device, progress=None, prior_attempts=None, notes=None, where=None) -> Member:
     """Build and restore ``job`` as :func:`mixcli.training.engine.run_job` does (the same listeners, in the
     same order), and tell its listeners it starts. The runs rows of a batched member say ``batched``."""
-    run, recipe = build(job, store, device)
-    ckpt = resume(run, prior_attempts)
-    run.notes = notes
-    run.base_row.update(where or {})
+    run, recipe, callbacks = start(job, store, device, progress, prior_attempts, notes, where)
     run.base_row["batched"] = True
-    callbacks = Callbacks([
-        recipe.evaluations,
-        StoreWrites(lambda: callbacks.state_dict()),
-        Keeper(store, job.run_id, job.config.get("checkpoint", {}).get("keep", "last"), job.config["task"]),
-        StepLog(store, job.run_id, job.config["train"].get("log_steps"), run.ctx.step),
-        *([ProgressEvents(progress)] if progress is not None else []),
-        Loggers(),
-    ])
-    if ckpt is not None:
-        callbacks.load_state_dict(ckpt.get("callbacks", {}))
     callbacks.on_start(run)
     return Member(run, recipe, callbacks)
 

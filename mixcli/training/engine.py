@@ -65,6 +65,29 @@ def _seed_all(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+def start(job, store: Store, device: torch.device, progress: Progress | None = None,
+          prior_attempts: int | None = None, notes: list | None = None,
+          where: dict | None = None) -> tuple[RunState, Recipe, Callbacks]:
+    """Build ``job`` (data, model, method, loss, optimizer), restore it from its checkpoint (an interrupted run
+    continues where it stopped) and make its listeners (called only through the returned
+    :class:`Callbacks`); what :func:`run_job` and a batched member (:mod:`.batched`) start from."""
+    run, recipe = build(job, store, device)
+    ckpt = resume(run, prior_attempts)
+    run.notes = notes
+    run.base_row.update(where or {})
+    callbacks = Callbacks([
+        recipe.evaluations,  # evaluator plugins: add their metrics to an evaluated epoch's row
+        StoreWrites(lambda: callbacks.state_dict()),
+        Keeper(store, job.run_id, job.config.get("checkpoint", {}).get("keep", "last"), job.config["task"]),
+        StepLog(store, job.run_id, job.config["train"].get("log_steps"), run.ctx.step),
+        *([ProgressEvents(progress)] if progress is not None else []),
+        Loggers(),
+    ])
+    if ckpt is not None:
+        callbacks.load_state_dict(ckpt.get("callbacks", {}))
+    return run, recipe, callbacks
+
+
 def run_job(job, store: Store, device: torch.device, progress: Progress | None = None,
             prior_attempts: int | None = None, notes: list | None = None, where: dict | None = None) -> dict:
     """Train ``job`` (a :class:`mixcli.config.jobs.Job`) to completion (resuming from its checkpoint), record
@@ -76,20 +99,7 @@ def run_job(job, store: Store, device: torch.device, progress: Progress | None =
     training (and without counting a start). A loss that is not finite raises :class:`RunFailed`.
     ``notes`` receives one line per logger that failed (None: they go to stderr). ``where``: runs-row columns
     saying where it trains (SLURM job, node, Ray ids: the executor's)."""
-    run, recipe = build(job, store, device)     # build: data, model, method, loss, optimizer
-    ckpt = resume(run, prior_attempts)          # restore: an interrupted run continues where it stopped
-    run.notes = notes
-    run.base_row.update(where or {})
-    callbacks = Callbacks([                     # the listeners, called only through this object
-        recipe.evaluations,  # evaluator plugins: add their metrics to an evaluated epoch's row
-        StoreWrites(lambda: callbacks.state_dict()),
-        Keeper(store, job.run_id, job.config.get("checkpoint", {}).get("keep", "last"), job.config["task"]),
-        StepLog(store, job.run_id, job.config["train"].get("log_steps"), run.ctx.step),
-        *([ProgressEvents(progress)] if progress is not None else []),
-        Loggers(),
-    ])
-    if ckpt is not None:
-        callbacks.load_state_dict(ckpt.get("callbacks", {}))
+    run, recipe, callbacks = start(job, store, device, progress, prior_attempts, notes, where)  # build, restore
     try:
         callbacks.on_start(run)
         for epoch in range(run.start_epoch, run.epochs + 1):  # loop
