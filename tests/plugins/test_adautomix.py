@@ -18,6 +18,7 @@ from mixcli_plugins.methods.adautomix import AdAutoMix
 from mixcli_plugins.models.cnn import CNN
 
 from test_methods_dynamic import make_ctx
+from resume_helpers import full_and_resumed
 
 
 # ------------------------------------------------------------------------------------------ reference ports
@@ -324,27 +325,8 @@ seeds: [0]
 def test_adautomix_runs_and_resumes_exactly(cli, write, tmp_path, monkeypatch):
     """Interrupt a run after epoch 1 and resume it: the final weights, the generator, its optimizer state,
     the heads, the EMA teacher and the adversarial counter equal the uninterrupted run's."""
-    from mixcli.training import engine
-
     p = write(EXP)
-    code, text = cli("run", p, "--out", tmp_path / "full", "--device", "cpu")
-    assert code == 0, text
-    real, calls = engine.evaluate, {"n": 0}
-
-    def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] > 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine, "evaluate", crash)
-    assert cli("run", p, "--out", tmp_path / "cut", "--device", "cpu")[0] == 130
-    monkeypatch.setattr(engine, "evaluate", real)
-    assert cli("run", p, "--out", tmp_path / "cut", "--device", "cpu")[0] == 0
-    (fa,), (fb,) = (list((tmp_path / d / "jobs").glob("*/checkpoint.pt")) for d in ("full", "cut"))
-    a, b = torch.load(fa, weights_only=True), torch.load(fb, weights_only=True)
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    a, b = full_and_resumed(cli, p, tmp_path, monkeypatch)
     for part in ("k", "block", "head_mix_q", "head_mix_k"):
         for key in a["method"][part]:
             torch.testing.assert_close(a["method"][part][key], b["method"][part][key], rtol=0, atol=0)

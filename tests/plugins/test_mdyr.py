@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from mixcli.api import Batch, Context, Split
 from mixcli_plugins.methods.mdyr import MDYR, BetaMixture, bootstrap_loss, normalise_losses
+from resume_helpers import full_and_resumed
 
 
 # ------------------------------------------------------------------------- ports of the reference code
@@ -339,25 +340,8 @@ seeds: [0]
 
 def test_resume_is_exact(cli, write, tmp_path, monkeypatch):
     """Interrupted during epoch 3 and resumed: weights and the fitted mixture equal the uninterrupted run's."""
-    from mixcli.training import engine
     p = write(EXP.replace("BOOT", "bootstrap: hard"))
-    assert cli("run", p, "--out", tmp_path / "full", "--device", "cpu")[0] == 0
-    real, calls = engine.evaluate, {"n": 0}
-
-    def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] > 4:  # after epoch 2's evaluations, during epoch 3's
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine, "evaluate", crash)
-    assert cli("run", p, "--out", tmp_path / "cut", "--device", "cpu")[0] == 130
-    monkeypatch.setattr(engine, "evaluate", real)
-    assert cli("run", p, "--out", tmp_path / "cut", "--device", "cpu")[0] == 0
-    (fa,), (fb,) = (list((tmp_path / d / "jobs").glob("*/checkpoint.pt")) for d in ("full", "cut"))
-    a, b = torch.load(fa, weights_only=True), torch.load(fb, weights_only=True)
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    a, b = full_and_resumed(cli, p, tmp_path, monkeypatch, evaluations=4)
     assert a["method"]["fitted_for"] == b["method"]["fitted_for"] == 3
     for key in a["method"]["bmm"]:
         torch.testing.assert_close(a["method"]["bmm"][key], b["method"]["bmm"][key], rtol=0, atol=0)

@@ -22,6 +22,7 @@ from mixcli_plugins.methods.smoothmix import SmoothMix, smooth_mask
 from mixcli_plugins.methods.snapmix import SnapMix, semantic_maps, snapmix_weights
 from mixcli_plugins.methods.transmix import TransMix, transmix_lam
 from mixcli_plugins.models.cnn import CNN
+from resume_helpers import full_and_resumed
 
 
 def make_ctx(x, y, k, model=None, seed=0, mean=None, std=None, epochs=1):
@@ -585,7 +586,6 @@ def test_automix_trains_the_mixblock_and_keeps_the_encoder_an_ema():
 def test_automix_resume_is_exact(cli, write, tmp_path, monkeypatch):
     """Interrupt a run after epoch 1 and resume it: the final weights, MixBlock, its optimizer state and
     the momentum encoder equal those of the uninterrupted run."""
-    from mixcli.training import engine
     exp = """\
     name: am
     dataset: {name: digits, fraction: 0.1}
@@ -595,23 +595,7 @@ def test_automix_resume_is_exact(cli, write, tmp_path, monkeypatch):
     seeds: [0]
     """
     p = write(exp)
-    assert cli("run", p, "--out", tmp_path / "full", "--device", "cpu")[0] == 0
-    real, calls = engine.evaluate, {"n": 0}
-
-    def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] > 2:  # after epoch 1's two evaluations, during epoch 2's
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine, "evaluate", crash)
-    assert cli("run", p, "--out", tmp_path / "cut", "--device", "cpu")[0] == 130
-    monkeypatch.setattr(engine, "evaluate", real)
-    assert cli("run", p, "--out", tmp_path / "cut", "--device", "cpu")[0] == 0
-    (fa,), (fb,) = (list((tmp_path / d / "jobs").glob("*/checkpoint.pt")) for d in ("full", "cut"))
-    a, b = torch.load(fa, weights_only=True), torch.load(fb, weights_only=True)
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    a, b = full_and_resumed(cli, p, tmp_path, monkeypatch)
     for part in ("k", "block"):
         for key in a["method"][part]:
             torch.testing.assert_close(a["method"][part][key], b["method"][part][key], rtol=0, atol=0)

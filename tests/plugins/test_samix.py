@@ -20,6 +20,7 @@ from mixcli_plugins.methods.samix import SAMix
 from mixcli_plugins.models.cnn import CNN
 
 from test_methods_dynamic import make_ctx
+from resume_helpers import full_and_resumed
 
 
 # ------------------------------------------------------------------------------------------ reference ports
@@ -295,29 +296,10 @@ def test_samix_runs_and_resumes_exactly(cli, write, tmp_path, monkeypatch):
     """Interrupt a run after epoch 1 and resume it: the final weights, the MixBlock (with its BatchNorm
     statistics), its optimizer state, the heads and the momentum encoder equal the uninterrupted run's."""
     import pandas as pd
-    from mixcli.training import engine
-
     p = write(EXP)
-    code, text = cli("run", p, "--out", tmp_path / "full", "--device", "cpu")
-    assert code == 0, text
+    a, b = full_and_resumed(cli, p, tmp_path, monkeypatch)
     ep = pd.read_parquet(tmp_path / "full" / "epochs")
     assert len(ep) == 2 and 0 <= ep.iloc[-1]["test_automix_mix_k_accuracy"] <= 1
-    real, calls = engine.evaluate, {"n": 0}
-
-    def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] > 2:  # after epoch 1's two evaluations, during epoch 2's
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine, "evaluate", crash)
-    assert cli("run", p, "--out", tmp_path / "cut", "--device", "cpu")[0] == 130
-    monkeypatch.setattr(engine, "evaluate", real)
-    assert cli("run", p, "--out", tmp_path / "cut", "--device", "cpu")[0] == 0
-    (fa,), (fb,) = (list((tmp_path / d / "jobs").glob("*/checkpoint.pt")) for d in ("full", "cut"))
-    a, b = torch.load(fa, weights_only=True), torch.load(fb, weights_only=True)
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
     for part in ("k", "block", "head_mix_q", "head_mix_k"):
         for key in a["method"][part]:
             torch.testing.assert_close(a["method"][part][key], b["method"][part][key], rtol=0, atol=0)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from mixcli.api import Batch, Context, DataBundle, PluginError, Split
 from mixcli_plugins.methods.smmix import SMMix, smmix_images, smmix_loss, smmix_regions
 from mixcli_plugins.models.timm_model import TimmModel
+from resume_helpers import full_and_resumed
 
 VIT = dict(arch="vit_tiny_patch16_224", img_size=8, patch_size=2,
            timm_args={"depth": 2, "embed_dim": 16, "num_heads": 2})
@@ -216,26 +217,9 @@ def test_validate_refuses_a_cnn_and_squares_that_do_not_fit(cli, write, tmp_path
 def test_resume_is_exact_and_runs_on_digits(cli, write, tmp_path, monkeypatch):
     """Interrupt a 2-epoch run after epoch 1 and resume it: the weights, the token head and its optimizer
     state equal those of the uninterrupted run."""
-    from mixcli.training import engine
     p = write(exp_file("{name: smmix, switch_prob: 0.7}", VIT_YAML, tmp_path / "unused", epochs=2))
     assert cli("validate", p)[0] == 0
-    assert cli("run", p, "--out", tmp_path / "full", "--device", "cpu")[0] == 0
-    real, calls = engine.evaluate, {"n": 0}
-
-    def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] > 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine, "evaluate", crash)
-    assert cli("run", p, "--out", tmp_path / "cut", "--device", "cpu")[0] == 130
-    monkeypatch.setattr(engine, "evaluate", real)
-    assert cli("run", p, "--out", tmp_path / "cut", "--device", "cpu")[0] == 0
-    (fa,), (fb,) = (list((tmp_path / d / "jobs").glob("*/checkpoint.pt")) for d in ("full", "cut"))
-    a, b = torch.load(fa, weights_only=True), torch.load(fb, weights_only=True)
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    a, b = full_and_resumed(cli, p, tmp_path, monkeypatch)
     for key in a["method"]["head"]:
         torch.testing.assert_close(a["method"]["head"][key], b["method"]["head"][key], rtol=0, atol=0)
     for i, st in a["method"]["head_opt"]["state"].items():
