@@ -353,6 +353,16 @@ def _write_identity(fd: int, me: dict) -> None:
         pass  # a full disk: the lock still holds; a contest then counts this holder as the junior
 
 
+def _locked(fd: int) -> bool:
+    """Whether a live process holds the lock on open file ``fd`` (a shared lock cannot be taken)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
 def _held_by(dfd: int, name: str) -> dict | None:
     """The identity in lock file ``name`` when a live process holds it; None when nobody does."""
     try:
@@ -360,12 +370,7 @@ def _held_by(dfd: int, name: str) -> dict | None:
     except OSError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            pass  # held
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        if not _locked(fd):
             return None
         try:
             ident = json.loads(os.pread(fd, 4096, 0) or b"{}")
@@ -489,12 +494,7 @@ def holder(out: Path, run_id: str, warn: Callable[[str], None] | None = None) ->
     except OSError:
         return None  # missing, or not a plain file (acquire says what is wrong with it)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            pass  # held
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        if not _locked(fd):
             return None
     finally:
         os.close(fd)
